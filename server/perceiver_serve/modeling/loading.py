@@ -1,0 +1,153 @@
+"""Load a checkpoint directory in Hugging Face layout into one of our task heads.
+
+The directory holds ``config.json`` and the weights as ``model.safetensors`` (preferred),
+a sharded ``model.safetensors.index.json``, or ``pytorch_model.bin`` — the latter read with
+``torch.load(weights_only=True)`` so a checkpoint can never run code. Every failure raises
+:class:`CheckpointError` naming the file, and the key where one is at fault.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from .config import PerceiverConfig
+from .errors import CheckpointError
+from .heads import ARCHITECTURES, PerceiverTaskModel
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+SAFETENSORS = "model.safetensors"
+SAFETENSORS_INDEX = "model.safetensors.index.json"
+PYTORCH_BIN = "pytorch_model.bin"
+
+
+def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        if dtype not in DTYPES.values():
+            raise ValueError(f"unsupported dtype {dtype}; choose one of {sorted(DTYPES)}")
+        return dtype
+    try:
+        return DTYPES[dtype]
+    except KeyError:
+        raise ValueError(f"unsupported dtype {dtype!r}; choose one of {sorted(DTYPES)}") from None
+
+
+def architecture_of(config: PerceiverConfig, source: str) -> type[PerceiverTaskModel]:
+    if not config.architectures:
+        raise CheckpointError(f"{source}: 'architectures' is missing; cannot tell which task head to build")
+    for name in config.architectures:
+        if name in ARCHITECTURES:
+            return ARCHITECTURES[name]
+    raise CheckpointError(
+        f"{source}: unknown architecture {list(config.architectures)}; supported: {sorted(ARCHITECTURES)}"
+    )
+
+
+def load_config(directory: str | Path) -> PerceiverConfig:
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise CheckpointError(f"{directory}: checkpoint directory not found")
+    return PerceiverConfig.from_file(directory / "config.json")
+
+
+def read_state_dict(directory: str | Path) -> dict[str, torch.Tensor]:
+    """Tensors of a checkpoint directory, on the CPU, from whichever weight format it holds."""
+    directory = Path(directory)
+    if (directory / SAFETENSORS).is_file():
+        return _read_safetensors(directory / SAFETENSORS)
+    if (directory / SAFETENSORS_INDEX).is_file():
+        return _read_sharded(directory / SAFETENSORS_INDEX)
+    if (directory / PYTORCH_BIN).is_file():
+        return _read_bin(directory / PYTORCH_BIN)
+    raise CheckpointError(
+        f"{directory}: no weights found (looked for {SAFETENSORS}, {SAFETENSORS_INDEX}, {PYTORCH_BIN})"
+    )
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"{path}: corrupt or truncated safetensors file ({exc})") from None
+
+
+def _read_sharded(index_path: Path) -> dict[str, torch.Tensor]:
+    try:
+        weight_map = json.loads(index_path.read_text(encoding="utf-8"))["weight_map"]
+        shards = sorted(set(weight_map.values()))
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise CheckpointError(f"{index_path}: malformed shard index ({exc})") from None
+    state: dict[str, torch.Tensor] = {}
+    for shard in shards:
+        shard_path = (index_path.parent / shard).resolve()
+        if index_path.parent.resolve() not in shard_path.parents:
+            raise CheckpointError(f"{index_path}: shard {shard!r} lies outside the checkpoint directory")
+        if not shard_path.is_file():
+            raise CheckpointError(f"{index_path}: shard file {shard!r} is missing")
+        state.update(_read_safetensors(shard_path))
+    return state
+
+
+def _read_bin(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch raises many types for damaged or unsafe pickles
+        raise CheckpointError(f"{path}: cannot read weights safely ({type(exc).__name__}: {exc})") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path}: expected a mapping of tensor names to tensors")
+    return state
+
+
+def check_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Missing, unexpected and mis-shaped tensors, reported by key before anything is assigned."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing:
+        raise CheckpointError(f"{source}: missing weight {missing[0]!r}" + _more(missing))
+    if unexpected:
+        raise CheckpointError(f"{source}: unexpected weight {unexpected[0]!r}" + _more(unexpected))
+    for key, tensor in expected.items():
+        if tuple(state[key].shape) != tuple(tensor.shape):
+            raise CheckpointError(
+                f"{source}: weight {key!r} has shape {tuple(state[key].shape)}, "
+                f"the config implies {tuple(tensor.shape)}"
+            )
+
+
+def _more(keys: list[str]) -> str:
+    return f" (and {len(keys) - 1} more)" if len(keys) > 1 else ""
+
+
+def load_model(
+    directory: str | Path,
+    device: str | torch.device = "cpu",
+    dtype: str | torch.dtype = "float32",
+    progress: Callable[[str], None] | None = None,
+) -> PerceiverTaskModel:
+    """Build the task head named by ``config.json`` and load its weights onto ``device``/``dtype``."""
+    directory = Path(directory)
+    say = progress or log.info
+    torch_dtype = resolve_dtype(dtype)
+    config = load_config(directory)
+    cls = architecture_of(config, str(directory / "config.json"))
+    say(f"{directory.name}: reading weights ({cls.architecture})")
+    state = read_state_dict(directory)
+    with torch.device("meta"):
+        model = cls(config)
+    check_state_dict(model, state, str(directory))
+    model.load_state_dict(state, strict=True, assign=True)
+    say(f"{directory.name}: moving to {device} as {torch_dtype}")
+    model = model.to(device=device, dtype=torch_dtype).eval()
+    model.requires_grad_(False)
+    return model
