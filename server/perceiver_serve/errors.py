@@ -33,6 +33,13 @@ class InvalidInput(ServeError):
     grpc_status = "INVALID_ARGUMENT"
 
 
+class InvalidRequest(InvalidInput):
+    """A request that does not match the endpoint's schema (422 / INVALID_ARGUMENT)."""
+
+    code = "invalid_request"
+    http_status = 422
+
+
 class PayloadTooLarge(ServeError):
     """A body, text, image or stream beyond a configured limit (413 / INVALID_ARGUMENT)."""
 

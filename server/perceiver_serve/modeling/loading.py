@@ -141,13 +141,13 @@ def load_model(
     torch_dtype = resolve_dtype(dtype)
     config = load_config(directory)
     cls = architecture_of(config, str(directory / "config.json"))
-    say(f"{directory.name}: reading weights ({cls.architecture})")
+    say(f"reading {cls.architecture} weights from {directory}")
     state = read_state_dict(directory)
     with torch.device("meta"):
         model = cls(config)
     check_state_dict(model, state, str(directory))
     model.load_state_dict(state, strict=True, assign=True)
-    say(f"{directory.name}: moving to {device} as {torch_dtype}")
+    say(f"placing weights on {device} as {str(torch_dtype).removeprefix('torch.')}")
     model = model.to(device=device, dtype=torch_dtype).eval()
     model.requires_grad_(False)
     return model

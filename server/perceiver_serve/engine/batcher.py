@@ -1,0 +1,237 @@
+"""Dynamic batching on a dedicated device worker thread.
+
+Callers on the event loop ``await batcher.submit(payload)``; the payload joins a bounded
+queue and the call returns when its result exists. One worker thread per model takes the
+oldest waiting item, gathers up to ``max_batch_size`` items that share its batch key (only
+shape-compatible work shares a forward pass), waiting at most ``max_delay_ms`` counted from
+when that oldest item arrived, and runs the batch. The event loop never runs model code.
+
+Items are dropped before they are computed when their caller went away (the awaiting task
+was cancelled) or their deadline passed. An exception fails only the batch it happened in;
+an out-of-memory error splits the batch in halves and retries each.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import dataclasses
+import logging
+import threading
+import time
+from collections.abc import Hashable, Sequence
+from typing import Any, Protocol
+
+import torch
+
+from ..errors import DeadlineExceeded, InferenceFailed, QueueFull, ServeError, ShuttingDown
+from .repository import BatchingConfig
+
+log = logging.getLogger(__name__)
+
+
+class BatchRunner(Protocol):
+    """What a task tells the batcher: which payloads may share a batch, and how to run one."""
+
+    def batch_key(self, payload: Any) -> Hashable: ...
+
+    def run(self, payloads: Sequence[Any]) -> Sequence[Any]:
+        """Results for ``payloads`` in order; a result may be a ``ServeError`` for that item alone."""
+
+
+class BatchObserver(Protocol):
+    def observe_queue_depth(self, model: str, depth: int) -> None: ...
+
+    def observe_batch(self, model: str, size: int, queue_seconds: list[float], compute_seconds: float) -> None: ...
+
+    def observe_rejected(self, model: str, reason: str) -> None: ...
+
+
+class _NullObserver:
+    def observe_queue_depth(self, model: str, depth: int) -> None:
+        pass
+
+    def observe_batch(self, model: str, size: int, queue_seconds: list[float], compute_seconds: float) -> None:
+        pass
+
+    def observe_rejected(self, model: str, reason: str) -> None:
+        pass
+
+
+@dataclasses.dataclass(eq=False)
+class _Item:
+    payload: Any
+    key: Hashable
+    future: asyncio.Future
+    loop: asyncio.AbstractEventLoop
+    enqueued: float
+    deadline: float
+
+    def settle(self, outcome: Any) -> None:
+        """Deliver a result or exception to the waiting caller, from any thread."""
+        try:
+            self.loop.call_soon_threadsafe(_settle, self.future, outcome)
+        except RuntimeError:  # the caller's event loop is closed: nobody is waiting any more
+            pass
+
+
+def _settle(future: asyncio.Future, outcome: Any) -> None:
+    if future.done():
+        return
+    if isinstance(outcome, BaseException):
+        future.set_exception(outcome)
+    else:
+        future.set_result(outcome)
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
+
+
+class DynamicBatcher:
+    def __init__(self, name: str, runner: BatchRunner, limits: BatchingConfig,
+                 observer: BatchObserver | None = None) -> None:
+        self.name = name
+        self.runner = runner
+        self.limits = limits
+        self.observer = observer or _NullObserver()
+        self._queue: collections.deque[_Item] = collections.deque()
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._work, name=f"device-worker:{name}", daemon=True)
+        self.forward_passes = 0  # batches actually run; tests and benchmarks read it
+
+    # -- event-loop side ----------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread.start()
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._queue)
+
+    async def submit(self, payload: Any, *, deadline: float | None = None) -> Any:
+        """Queue one payload and wait for its result (``deadline`` on the ``time.monotonic`` clock)."""
+        (result,) = await self.submit_all([payload], deadline=deadline)
+        return result
+
+    async def submit_all(self, payloads: Sequence[Any], *, deadline: float | None = None) -> list[Any]:
+        """Queue payloads of one request all-or-nothing and wait for all their results.
+
+        If the caller goes away, or one item fails, the request's other items are dropped
+        (those not yet computed are never computed).
+        """
+        loop = asyncio.get_running_loop()
+        now = time.monotonic()
+        if deadline is None:
+            deadline = now + self.limits.timeout_ms / 1000
+        items = [_Item(p, self.runner.batch_key(p), loop.create_future(), loop, now, deadline) for p in payloads]
+        with self._cond:
+            if self._stopping:
+                raise ShuttingDown(f"model {self.name!r} is shutting down")
+            if len(self._queue) + len(items) > self.limits.max_queue:
+                self.observer.observe_rejected(self.name, "queue_full")
+                raise QueueFull(
+                    f"model {self.name!r} has {len(self._queue)} items queued (limit {self.limits.max_queue}); "
+                    "retry later"
+                )
+            self._queue.extend(items)
+            self._cond.notify()
+            depth = len(self._queue)
+        self.observer.observe_queue_depth(self.name, depth)
+        futures = [item.future for item in items]
+        try:
+            return list(await asyncio.gather(*futures))
+        finally:
+            for future in futures:
+                future.cancel()  # no-op for settled ones; drops the rest before they run
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Refuse new work, finish what is queued, and end the worker thread."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    # -- worker side --------------------------------------------------------------------------
+    def _work(self) -> None:
+        torch.set_grad_enabled(False)
+        while (batch := self._next_batch()) is not None:
+            live = self._drop_dead(batch)
+            if live:
+                self._run(live)
+
+    def _next_batch(self) -> list[_Item] | None:
+        limits = self.limits
+        with self._cond:
+            while not self._queue:
+                if self._stopping:
+                    return None
+                self._cond.wait()
+            head = self._queue[0]
+            fill_until = head.enqueued + limits.max_delay_ms / 1000
+            while True:
+                batch = [item for item in self._queue if item.key == head.key][: limits.max_batch_size]
+                remaining = fill_until - time.monotonic()
+                if len(batch) >= limits.max_batch_size or remaining <= 0 or self._stopping:
+                    break
+                self._cond.wait(remaining)
+            chosen = set(map(id, batch))
+            self._queue = collections.deque(item for item in self._queue if id(item) not in chosen)
+            depth = len(self._queue)
+        self.observer.observe_queue_depth(self.name, depth)
+        return batch
+
+    def _drop_dead(self, batch: list[_Item]) -> list[_Item]:
+        now, live = time.monotonic(), []
+        for item in batch:
+            if item.future.cancelled():
+                self.observer.observe_rejected(self.name, "cancelled")
+            elif now > item.deadline:
+                self.observer.observe_rejected(self.name, "deadline")
+                item.settle(DeadlineExceeded(
+                    f"request to model {self.name!r} passed its deadline after waiting "
+                    f"{now - item.enqueued:.3f} s in the queue"
+                ))
+            else:
+                live.append(item)
+        return live
+
+    def _run(self, batch: list[_Item]) -> None:
+        started = time.monotonic()
+        try:
+            with torch.inference_mode():
+                results = list(self.runner.run([item.payload for item in batch]))
+            if len(results) != len(batch):
+                raise RuntimeError(f"runner returned {len(results)} results for {len(batch)} items")
+        except Exception as exc:  # noqa: BLE001 - any failure fails this batch, never the worker
+            self._fail(batch, exc)
+            return
+        finally:
+            self.forward_passes += 1
+        compute = time.monotonic() - started
+        self.observer.observe_batch(self.name, len(batch), [started - i.enqueued for i in batch], compute)
+        for item, result in zip(batch, results):
+            item.settle(result)
+
+    def _fail(self, batch: list[_Item], exc: Exception) -> None:
+        if is_out_of_memory(exc) and len(batch) > 1:
+            log.warning("model %s: out of memory on a batch of %d; retrying in halves", self.name, len(batch))
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            half = len(batch) // 2
+            self._run(batch[:half])
+            self._run(batch[half:])
+            return
+        if isinstance(exc, ServeError):
+            error: ServeError = exc
+        else:
+            log.exception("model %s: forward pass failed on a batch of %d", self.name, len(batch), exc_info=exc)
+            kind = "out of memory" if is_out_of_memory(exc) else f"{type(exc).__name__}: {exc}"
+            error = InferenceFailed(f"model {self.name!r} failed on this request's batch ({kind})")
+        self.observer.observe_rejected(self.name, "error")
+        for item in batch:
+            item.settle(error)

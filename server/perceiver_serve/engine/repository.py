@@ -1,0 +1,158 @@
+"""The model repository: one folder per served model, described by ``model.toml``.
+
+```
+models/<name>/model.toml        task, source, device, dtype, [batching], [options]
+models/<name>/checkpoint/       config.json + weights, Hugging Face layout (or source = "hf://org/name")
+```
+
+Reading a repository never raises for one bad folder: each folder becomes either a
+:class:`ModelSpec` or a :class:`SpecProblem` naming the file and the field at fault, so one
+broken model never keeps the others from serving.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+log = logging.getLogger(__name__)
+
+Task = Literal["text-classification", "fill-mask", "image-classification", "optical-flow", "video-autoencoding"]
+TASKS: tuple[str, ...] = Task.__args__  # type: ignore[attr-defined]
+
+MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+HF_SCHEME = "hf://"
+
+
+class RepositoryError(ValueError):
+    """The repository directory itself is unusable (missing, not a directory)."""
+
+
+class BatchingConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_batch_size: int = Field(8, ge=1, le=4096, description="Largest number of work items in one forward pass.")
+    max_delay_ms: float = Field(5.0, ge=0, le=60_000, description="Longest wait for a batch to fill.")
+    max_queue: int = Field(256, ge=1, le=1_000_000, description="Work items waiting beyond which requests get 429.")
+    timeout_ms: float = Field(60_000, gt=0, le=3_600_000, description="Default per-request deadline.")
+
+
+class ModelSpec(BaseModel):
+    """One validated ``model.toml``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    toml_path: Path
+    task: Task
+    source: str = Field(min_length=1)
+    device: str = "auto"
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    default: bool = False
+    batching: BatchingConfig = BatchingConfig()
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        if value in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", value):
+            return value
+        raise ValueError("must be 'auto', 'cpu', 'cuda' or 'cuda:N'")
+
+    @property
+    def is_remote(self) -> bool:
+        return self.source.startswith(HF_SCHEME)
+
+    def checkpoint_dir(self) -> Path:
+        """The local checkpoint directory, fetching ``hf://`` sources first."""
+        if self.is_remote:
+            return fetch_from_hub(self.source)
+        path = (self.toml_path.parent / self.source).resolve()
+        if not path.is_dir():
+            raise FileNotFoundError(f"{self.toml_path}: source directory {self.source!r} does not exist ({path})")
+        return path
+
+
+@dataclasses.dataclass(frozen=True)
+class SpecProblem:
+    """A model folder whose ``model.toml`` cannot be used, and why."""
+
+    name: str
+    toml_path: Path
+    message: str
+
+
+def fetch_from_hub(source: str) -> Path:
+    """Download ``hf://org/name[@revision]`` with huggingface_hub; offline, fail with advice."""
+    ref = source[len(HF_SCHEME):]
+    repo_id, _, revision = ref.partition("@")
+    if not re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", repo_id):
+        raise ValueError(f"{source!r} is not of the form hf://org/name[@revision]")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(
+            repo_id, revision=revision or None,
+            allow_patterns=["config.json", "*.safetensors", "model.safetensors.index.json", "pytorch_model.bin"],
+        ))
+    except Exception as exc:  # noqa: BLE001 - hub errors are many; all mean "not available here"
+        offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
+        hint = " (HF_HUB_OFFLINE is set)" if offline else ""
+        raise ConnectionError(
+            f"cannot fetch {source}{hint}: {type(exc).__name__}: {exc}. Without network access, download the "
+            f"checkpoint beforehand (huggingface-cli download {repo_id} --local-dir DIR) and set source to DIR."
+        ) from None
+
+
+def describe_validation_error(error: ValidationError, prefix: str = "") -> str:
+    parts = []
+    for err in error.errors():
+        field = prefix + ".".join(str(p) for p in err["loc"]) or "(file)"
+        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        parts.append(f"{field}: {msg}")
+    return "; ".join(parts)
+
+
+def read_spec(toml_path: Path) -> ModelSpec | SpecProblem:
+    name = toml_path.parent.name
+    if not MODEL_NAME.fullmatch(name):
+        return SpecProblem(name, toml_path, f"{toml_path}: folder name {name!r} is not a valid model name "
+                                            "(letters, digits, '.', '_', '-'; at most 64)")
+    try:
+        raw = tomllib.loads(toml_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        return SpecProblem(name, toml_path, f"{toml_path}: cannot read TOML ({exc})")
+    for reserved in ("name", "toml_path"):
+        if reserved in raw:
+            return SpecProblem(name, toml_path, f"{toml_path}: {reserved}: unknown key")
+    try:
+        return ModelSpec(name=name, toml_path=toml_path, **raw)
+    except ValidationError as exc:
+        return SpecProblem(name, toml_path, f"{toml_path}: {describe_validation_error(exc)}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelRepository:
+    root: Path
+    specs: tuple[ModelSpec, ...]
+    problems: tuple[SpecProblem, ...]
+
+    @classmethod
+    def scan(cls, root: str | Path) -> "ModelRepository":
+        root = Path(root)
+        if not root.is_dir():
+            raise RepositoryError(f"model repository {root} is not a directory")
+        specs, problems = [], []
+        for toml_path in sorted(root.glob("*/model.toml")):
+            entry = read_spec(toml_path)
+            (specs if isinstance(entry, ModelSpec) else problems).append(entry)
+        if not specs and not problems:
+            raise RepositoryError(f"model repository {root} holds no */model.toml")
+        return cls(root, tuple(specs), tuple(problems))

@@ -1,0 +1,119 @@
+"""Optical flow on frames of any size, by overlapping tiles of the model's training size.
+
+Following the DeepMind optical-flow pipeline: tiles of the training size are laid on a grid
+with at least ``tile_overlap`` pixels of overlap, the last row/column flush with the frame
+border; each tile's flow is weighted by its distance to the tile edge (``min(x+1, w-x,
+y+1, h-y)``) and the weighted flows are averaged. Frames smaller than a tile in a dimension
+are padded to the tile size by repeating their edge pixels and the flow is cropped back.
+
+Every tile is one work item, so tiles of one request and of concurrent requests share
+forward passes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from pydantic import Field
+
+from ..engine.registry import ServedModel
+from ..media.image import decode_frame_pair
+from ..media.limits import MediaLimits
+from ..modeling import PerceiverForOpticalFlow, flow_patches
+from .common import TaskOptions, off_loop
+
+
+class FlowOptions(TaskOptions):
+    tile_overlap: int = Field(20, ge=0, description="Minimum overlap of neighbouring tiles, in pixels.")
+    decode_chunk: int = Field(16384, ge=1, description="Output pixels decoded per chunk (bounds memory).")
+    flow_scale: float = Field(20.0, gt=0, description="Model output × flow_scale = flow in pixels.")
+
+
+@dataclasses.dataclass(frozen=True)
+class FlowTiler:
+    tile: tuple[int, int]
+    min_overlap: int
+
+    def __post_init__(self) -> None:
+        if self.min_overlap >= min(self.tile):
+            raise ValueError(f"tile_overlap {self.min_overlap} must be smaller than the tile {self.tile}")
+
+    def origins(self, height: int, width: int) -> list[tuple[int, int]]:
+        """Top-left corners of the tiles covering a ``height × width`` frame (at least tile-sized)."""
+        def axis(size: int, tile: int) -> list[int]:
+            starts = list(range(0, size - tile, tile - self.min_overlap)) + [size - tile]
+            return sorted(set(starts))
+        th, tw = self.tile
+        return [(y, x) for y in axis(height, th) for x in axis(width, tw)]
+
+    def weights(self) -> np.ndarray:
+        th, tw = self.tile
+        wy = np.minimum(np.arange(th) + 1, th - np.arange(th))
+        wx = np.minimum(np.arange(tw) + 1, tw - np.arange(tw))
+        return np.minimum(wy[:, None], wx[None, :]).astype(np.float32)
+
+    def pad(self, frames: np.ndarray) -> np.ndarray:
+        """``(2, H, W, 3)`` frames padded by edge repetition to at least the tile size."""
+        th, tw = self.tile
+        extra_h, extra_w = max(0, th - frames.shape[1]), max(0, tw - frames.shape[2])
+        if not (extra_h or extra_w):
+            return frames
+        return np.pad(frames, ((0, 0), (0, extra_h), (0, extra_w), (0, 0)), mode="edge")
+
+    def split(self, frame1: np.ndarray, frame2: np.ndarray) -> tuple[list[np.ndarray], list[tuple[int, int]]]:
+        """Tiles of a (padded) frame pair, each ``(2, h, w, 3)``, and their top-left corners."""
+        frames = self.pad(np.stack([frame1, frame2]))
+        th, tw = self.tile
+        origins = self.origins(frames.shape[1], frames.shape[2])
+        return [np.ascontiguousarray(frames[:, y:y + th, x:x + tw]) for y, x in origins], origins
+
+    def blend(self, flows: Sequence[np.ndarray], origins: Sequence[tuple[int, int]], height: int,
+              width: int) -> np.ndarray:
+        """Weighted average of tile flows, cropped to the original ``height × width``."""
+        th, tw = self.tile
+        weights = self.weights()[..., None]
+        full_h, full_w = max(height, th), max(width, tw)
+        total = np.zeros((full_h, full_w, 2), dtype=np.float64)
+        count = np.zeros((full_h, full_w, 1), dtype=np.float64)
+        for flow, (y, x) in zip(flows, origins):
+            total[y:y + th, x:x + tw] += flow * weights
+            count[y:y + th, x:x + tw] += weights
+        return (total / count)[:height, :width].astype(np.float32)
+
+
+class OpticalFlowRunner:
+    """Payload: one tile pair ``(2, h, w, 3)`` uint8. Result: its flow ``(h, w, 2)`` in pixels."""
+
+    def __init__(self, model: PerceiverForOpticalFlow, options: FlowOptions) -> None:
+        self.model = model
+        self.options = options
+        self.tiler = FlowTiler(tuple(model.config.train_size), options.tile_overlap)
+
+    def batch_key(self, payload: np.ndarray) -> tuple[int, ...]:
+        return payload.shape
+
+    def run(self, payloads: Sequence[np.ndarray]) -> list[np.ndarray]:
+        frames = torch.from_numpy(np.stack(payloads)).to(self.model.device)
+        patches = flow_patches(frames).to(self.model.dtype)
+        encoding = self.model.encode(patches)
+        flow = self.model.decode_all(encoding, chunk_size=self.options.decode_chunk).float() * self.options.flow_scale
+        return list(flow.cpu().numpy())
+
+    def warmup_payloads(self) -> list[np.ndarray]:
+        th, tw = self.tiler.tile
+        return [np.zeros((2, th, tw, 3), dtype=np.uint8)]
+
+
+async def estimate_flow(served: ServedModel, first: bytes, second: bytes, limits: MediaLimits,
+                        deadline: float | None = None) -> np.ndarray:
+    """Flow ``(H, W, 2)`` float32 in pixels (x then y) from two encoded frames."""
+    runner: OpticalFlowRunner = served.runner
+    tiler = runner.tiler
+    frame1, frame2 = await off_loop(decode_frame_pair, first, second, limits)
+    height, width = frame1.shape[:2]
+    tiles, origins = await off_loop(tiler.split, frame1, frame2)
+    flows = await served.batcher.submit_all(tiles, deadline=deadline)
+    return await off_loop(tiler.blend, flows, origins, height, width)

@@ -1,0 +1,180 @@
+"""Byte-level text tasks: classification and fill-mask.
+
+Texts are never padded beyond what their batch needs: each batch is padded to its own
+longest member with a key mask, and fill-mask decodes only the masked positions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from ..engine.registry import ServedModel
+from ..errors import InvalidInput, PayloadTooLarge
+from ..modeling import ByteTokenizer, PerceiverTaskModel
+from .common import Classification, TaskOptions, classification, top_k
+
+
+class TextOptions(TaskOptions):
+    pass
+
+
+def _tokenizer(model: PerceiverTaskModel) -> ByteTokenizer:
+    return ByteTokenizer(max_length=model.config.max_position_embeddings)
+
+
+class _TextRunner:
+    def __init__(self, model: PerceiverTaskModel, options: TextOptions) -> None:
+        self.model = model
+        self.tokenizer = _tokenizer(model)
+
+    def batch_key(self, payload: object) -> str:
+        return "text"
+
+    def _ids(self, sequences: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        ids, mask = self.tokenizer.batch(sequences)
+        device = self.model.device
+        if bool(mask.all()):
+            return ids.to(device), None  # no padding in this batch: skip the mask entirely
+        return ids.to(device), mask.to(device)
+
+
+class TextClassificationRunner(_TextRunner):
+    """Payload: token ids of one text. Result: its logits as float32."""
+
+    def run(self, payloads: Sequence[list[int]]) -> list[np.ndarray]:
+        ids, mask = self._ids(payloads)
+        logits = self.model(ids, mask).float().cpu().numpy()
+        return list(logits)
+
+    def warmup_payloads(self) -> list[list[int]]:
+        return [self.tokenizer.encode("warm-up"), self.tokenizer.encode("a somewhat longer warm-up text")]
+
+
+@dataclasses.dataclass(frozen=True)
+class MaskedText:
+    ids: list[int]
+    positions: list[int]
+
+
+class FillMaskRunner(_TextRunner):
+    """Payload: :class:`MaskedText`. Result: probabilities ``(P, vocab)`` at the masked positions."""
+
+    def run(self, payloads: Sequence[MaskedText]) -> list[np.ndarray]:
+        ids, mask = self._ids([p.ids for p in payloads])
+        longest = max(len(p.positions) for p in payloads)
+        # Items with fewer masked bytes repeat their first position; the extra rows are dropped.
+        positions = torch.tensor([p.positions + [p.positions[0]] * (longest - len(p.positions)) for p in payloads])
+        latents = self.model.encode(ids, mask)
+        probs = torch.softmax(self.model.decode(latents, positions.to(ids.device)).float(), dim=-1).cpu().numpy()
+        return [probs[i, : len(p.positions)] for i, p in enumerate(payloads)]
+
+    def warmup_payloads(self) -> list[MaskedText]:
+        ids = self.tokenizer.encode("warm-up")
+        return [MaskedText([*ids[:2], ByteTokenizer.MASK, *ids[3:]], [2])]
+
+
+# -- request-level operations (shared by REST and gRPC) ---------------------------------------
+
+def _encode(tokenizer: ByteTokenizer, text: str | bytes, *, truncate: bool = False, field: str = "text") -> list[int]:
+    data = text.encode("utf-8") if isinstance(text, str) else text
+    if not data:
+        raise InvalidInput(f"{field} is empty", code="empty_text")
+    limit = tokenizer.max_text_bytes
+    if len(data) > limit:
+        if not truncate:
+            raise PayloadTooLarge(
+                f"{field} is {len(data)} UTF-8 bytes; this model takes at most {limit} (send \"truncate\": true "
+                "to cut it)", code="text_too_long",
+            )
+        data = data[:limit]
+    return tokenizer.encode(data)
+
+
+async def classify_texts(served: ServedModel, texts: Sequence[str], *, top: int, return_logits: bool,
+                         deadline: float | None = None) -> list[Classification]:
+    tokenizer = served.runner.tokenizer
+    sequences = [_encode(tokenizer, t, field=f"texts[{i}]" if len(texts) > 1 else "text") for i, t in enumerate(texts)]
+    logits = await served.batcher.submit_all(sequences, deadline=deadline)
+    labels = served.model.config.id2label
+    return [classification(row, labels, top, return_logits) for row in logits]
+
+
+MASK_MARKER = "[MASK]"
+_MARKER = re.compile(re.escape(MASK_MARKER))
+
+
+@dataclasses.dataclass(frozen=True)
+class MaskedByte:
+    position: int  # byte offset in the (possibly truncated) input
+    original: int
+    candidates: list[tuple[int, float]]  # (byte value, probability), best first
+
+
+@dataclasses.dataclass(frozen=True)
+class FillMaskResult:
+    filled: bytes
+    masked: list[MaskedByte]
+
+
+def apply_mask_markers(text: str) -> tuple[bytes, list[tuple[int, int]]]:
+    """``"The [MASK][MASK]t"`` → the text with each marker replaced by one space byte, and spans.
+
+    Each ``[MASK]`` stands for exactly one byte to predict; consecutive markers mask
+    consecutive bytes (as the released checkpoint was trained on bytes).
+    """
+    out, spans, last = bytearray(), [], 0
+    for match in _MARKER.finditer(text):
+        out += text[last:match.start()].encode("utf-8")
+        spans.append((len(out), len(out) + 1))
+        out += b" "
+        last = match.end()
+    out += text[last:].encode("utf-8")
+    return bytes(out), spans
+
+
+def _masked_positions(data: bytes, spans: Sequence[Sequence[int]]) -> list[int]:
+    positions: set[int] = set()
+    for i, span in enumerate(spans):
+        if len(span) != 2:
+            raise InvalidInput(f"mask_spans[{i}] must be [start, end]")
+        start, end = span
+        if not 0 <= start < end <= len(data):
+            raise InvalidInput(
+                f"mask_spans[{i}] = [{start}, {end}] is not a non-empty byte range within the text's "
+                f"{len(data)} UTF-8 bytes"
+            )
+        positions.update(range(start, end))
+    if not positions:
+        raise InvalidInput("nothing to predict: give mask_spans or put [MASK] markers in the text", code="no_mask")
+    return sorted(positions)
+
+
+async def fill_mask(served: ServedModel, text: str, spans: Sequence[Sequence[int]] | None, *, top: int,
+                    truncate: bool = False, deadline: float | None = None) -> FillMaskResult:
+    if MASK_MARKER in text:
+        if spans:
+            raise InvalidInput("use either [MASK] markers or mask_spans, not both")
+        data, spans = apply_mask_markers(text)
+    else:
+        data = text.encode("utf-8")
+    tokenizer: ByteTokenizer = served.runner.tokenizer
+    ids = _encode(tokenizer, data, truncate=truncate)
+    data = data[: len(ids) - 2]
+    positions = _masked_positions(data, spans or [])
+    for p in positions:
+        ids[p + 1] = ByteTokenizer.MASK  # +1: [CLS] comes first
+    probs = await served.batcher.submit(MaskedText(ids, [p + 1 for p in positions]), deadline=deadline)
+    byte_ids = np.arange(ByteTokenizer.NUM_SPECIAL, probs.shape[-1])
+    filled = bytearray(data)
+    masked = []
+    for row, position in zip(probs, positions):
+        best = [(i - ByteTokenizer.NUM_SPECIAL, score) for i, score in top_k(row, top, byte_ids)]
+        filled[position] = best[0][0]
+        masked.append(MaskedByte(position, data[position], best))
+    return FillMaskResult(bytes(filled), masked)
+

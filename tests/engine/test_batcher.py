@@ -1,0 +1,208 @@
+"""DynamicBatcher: batching, isolation of results, bounds, deadlines, cancellation, failures."""
+
+import asyncio
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from perceiver_serve.engine import BatchingConfig, DynamicBatcher
+from perceiver_serve.errors import DeadlineExceeded, InferenceFailed, QueueFull
+from perceiver_serve.modeling import ByteTokenizer, load_model
+from perceiver_serve.tasks.text import TextClassificationRunner, TextOptions
+
+
+class Recorder:
+    """A runner around a callable; records every batch it is asked to run."""
+
+    def __init__(self, fn=lambda payloads: [p * 2 for p in payloads], delay: float = 0.0) -> None:
+        self.fn, self.delay, self.batches = fn, delay, []
+        self.started = threading.Event()
+
+    def batch_key(self, payload):
+        return "k" if not isinstance(payload, tuple) else payload[0]
+
+    def run(self, payloads):
+        self.batches.append(list(payloads))
+        self.started.set()
+        time.sleep(self.delay)
+        return self.fn(payloads)
+
+
+def limits(**kw):
+    return BatchingConfig(**{"max_batch_size": 8, "max_delay_ms": 20, "max_queue": 64, "timeout_ms": 10_000, **kw})
+
+
+def started(runner, **kw):
+    batcher = DynamicBatcher("m", runner, limits(**kw))
+    batcher.start()
+    return batcher
+
+
+async def test_concurrent_texts_are_batched_and_each_caller_gets_its_own_answer(text_checkpoint):
+    model = load_model(text_checkpoint)
+    runner = TextClassificationRunner(model, TextOptions())
+    batcher = started(runner, max_batch_size=16, max_delay_ms=50)
+    tok = ByteTokenizer(model.config.max_position_embeddings)
+    texts = [("x" * (i % 7 + 1)) + str(i) for i in range(24)]
+    try:
+        results = await asyncio.gather(*(batcher.submit(tok.encode(t)) for t in texts))
+    finally:
+        batcher.stop()
+    assert batcher.forward_passes < len(texts)
+    for text, got in zip(texts, results):
+        with torch.no_grad():
+            alone = model(torch.tensor([tok.encode(text)])).numpy()[0]
+        assert np.abs(got - alone).max() <= 1e-5
+
+
+async def test_only_items_with_the_same_key_share_a_batch():
+    runner = Recorder(fn=lambda ps: [p[1] for p in ps])
+    batcher = started(runner, max_delay_ms=30)
+    try:
+        out = await asyncio.gather(*(batcher.submit((k, i)) for i, k in enumerate("ababab")))
+    finally:
+        batcher.stop()
+    assert out == list(range(6))
+    assert all(len({p[0] for p in batch}) == 1 for batch in runner.batches)
+    assert len(runner.batches) == 2
+
+
+async def test_batch_size_is_bounded():
+    runner = Recorder()
+    batcher = started(runner, max_batch_size=3, max_delay_ms=50)
+    try:
+        assert await asyncio.gather(*(batcher.submit(i) for i in range(7))) == [i * 2 for i in range(7)]
+    finally:
+        batcher.stop()
+    assert max(len(b) for b in runner.batches) == 3
+
+
+async def test_full_queue_rejects_at_once():
+    runner = Recorder(delay=0.3)
+    batcher = started(runner, max_batch_size=1, max_queue=2, max_delay_ms=0)
+    try:
+        first = asyncio.ensure_future(batcher.submit(1))
+        await asyncio.to_thread(runner.started.wait, 5)  # the worker is busy with item 1
+        queued = [asyncio.ensure_future(batcher.submit(i)) for i in (2, 3)]
+        await asyncio.sleep(0)
+        t0 = time.monotonic()
+        with pytest.raises(QueueFull) as info:
+            await batcher.submit(4)
+        assert time.monotonic() - t0 < 0.1
+        assert info.value.headers["Retry-After"]
+        assert await first == 2 and [await q for q in queued] == [4, 6]
+    finally:
+        batcher.stop()
+
+
+async def test_expired_items_are_never_computed():
+    runner = Recorder(delay=0.3)
+    batcher = started(runner, max_batch_size=1, max_delay_ms=0)
+    try:
+        blocker = asyncio.ensure_future(batcher.submit(1))
+        await asyncio.to_thread(runner.started.wait, 5)
+        with pytest.raises(DeadlineExceeded):
+            await batcher.submit(99, deadline=time.monotonic() + 0.05)
+        await blocker
+    finally:
+        batcher.stop()
+    assert [99] not in runner.batches
+
+
+async def test_cancelled_items_are_never_computed():
+    runner = Recorder(delay=0.3)
+    batcher = started(runner, max_batch_size=1, max_delay_ms=0)
+    try:
+        blocker = asyncio.ensure_future(batcher.submit(1))
+        await asyncio.to_thread(runner.started.wait, 5)
+        gone = asyncio.ensure_future(batcher.submit(77))
+        await asyncio.sleep(0.01)
+        gone.cancel()
+        await blocker
+        assert await batcher.submit(5) == 10
+    finally:
+        batcher.stop()
+    assert [77] not in runner.batches
+
+
+async def test_a_failing_batch_fails_only_its_requests():
+    def fn(payloads):
+        if 13 in payloads:
+            raise ValueError("unlucky")
+        return [p * 2 for p in payloads]
+
+    runner = Recorder(fn=fn)
+    batcher = started(runner, max_batch_size=4, max_delay_ms=0)
+    try:
+        with pytest.raises(InferenceFailed, match="unlucky"):
+            await batcher.submit(13)
+        assert await batcher.submit(4) == 8
+    finally:
+        batcher.stop()
+
+
+async def test_out_of_memory_splits_the_batch_and_retries():
+    def fn(payloads):
+        if len(payloads) > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated for batches over 2)")
+        return [p * 2 for p in payloads]
+
+    runner = Recorder(fn=fn)
+    batcher = started(runner, max_batch_size=8, max_delay_ms=50)
+    try:
+        out = await asyncio.gather(*(batcher.submit(i) for i in range(7)))
+    finally:
+        batcher.stop()
+    assert out == [i * 2 for i in range(7)]
+    # 7 fails → halves 3 and 4 fail → 1+2 and 2+2 succeed
+    assert [len(b) for b in runner.batches] == [7, 3, 1, 2, 4, 2, 2]
+
+
+async def test_a_single_item_out_of_memory_fails_cleanly():
+    def fn(payloads):
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory")
+
+    batcher = started(Recorder(fn=fn), max_delay_ms=0)
+    try:
+        with pytest.raises(InferenceFailed, match="out of memory"):
+            await batcher.submit(1)
+    finally:
+        batcher.stop()
+
+
+async def test_event_loop_keeps_ticking_during_a_slow_forward_pass():
+    runner = Recorder(fn=lambda ps: [sum(i * i for i in range(3_000_000)) for _ in ps])
+    batcher = started(runner, max_delay_ms=0)
+    ticks = 0
+
+    async def timer():
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.01)
+            ticks += 1
+
+    ticker = asyncio.ensure_future(timer())
+    try:
+        t0 = time.monotonic()
+        await batcher.submit(1)
+        elapsed = time.monotonic() - t0
+    finally:
+        ticker.cancel()
+        batcher.stop()
+    assert elapsed > 0.1
+    assert ticks >= 0.3 * elapsed / 0.01
+
+
+async def test_stop_finishes_queued_work_and_refuses_new():
+    runner = Recorder(delay=0.05)
+    batcher = started(runner, max_batch_size=1, max_delay_ms=0)
+    pending = [asyncio.ensure_future(batcher.submit(i)) for i in range(4)]
+    await asyncio.sleep(0.01)
+    await asyncio.to_thread(batcher.stop)
+    assert [await p for p in pending] == [0, 2, 4, 6]
+    from perceiver_serve.errors import ShuttingDown
+    with pytest.raises(ShuttingDown):
+        await batcher.submit(1)
