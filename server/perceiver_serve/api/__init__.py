@@ -1,0 +1,1 @@
+"""Front ends: REST (FastAPI) and gRPC, thin layers over the tasks."""

@@ -1,0 +1,149 @@
+"""ASGI middleware around the REST app: request ids and metrics, API-key auth, body limits.
+
+Written as plain ASGI (not ``BaseHTTPMiddleware``) so streaming bodies pass through untouched
+and a rejected request is answered before its body is read.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import re
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+from ..errors import PayloadTooLarge
+from ..metrics import Metrics
+
+log = logging.getLogger("perceiver_serve.access")
+
+Scope = dict[str, Any]
+Message = dict[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+async def send_error(send: Send, status: int, code: str, message: str,
+                     headers: Iterable[tuple[bytes, bytes]] = ()) -> None:
+    body = json.dumps({"error": {"code": code, "message": message}}).encode()
+    await send({"type": "http.response.start", "status": status, "headers": [
+        (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *headers]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", ()):
+        if key == name:
+            return value.decode("latin-1")
+    return None
+
+
+def new_request_id(offered: str | None) -> str:
+    """The client's ``X-Request-ID`` when it is sane, else a fresh one."""
+    return offered if offered and REQUEST_ID.fullmatch(offered) else uuid.uuid4().hex
+
+
+class RequestContext:
+    """Request id in and out, the in-flight gauge, per-request metrics and an access log line."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = new_request_id(_header(scope, b"x-request-id"))
+        scope.setdefault("state", {})["request_id"] = request_id
+        status, responded = 500, False
+        started = time.perf_counter()
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status, responded
+            if message["type"] == "http.response.start":
+                status, responded = message["status"], True
+                message["headers"] = [*message.get("headers", ()), (b"x-request-id", request_id.encode())]
+            await send(message)
+
+        with self.metrics.track_inflight("rest"):
+            try:
+                await self.app(scope, receive, send_with_id)
+            except Exception:  # a bug: answer 500 with the request id, log it, keep serving
+                log.exception("unhandled error in %s %s", scope["method"], scope["path"],
+                              extra={"request_id": request_id})
+                if not responded:
+                    await send_error(send_with_id, 500, "internal", f"internal error; request id {request_id}")
+            finally:
+                elapsed = time.perf_counter() - started
+                route = scope.get("route")
+                endpoint = getattr(route, "path", None) or "unmatched"
+                model = scope["state"].get("model", "")
+                if endpoint not in ("/metrics", "/health/live", "/health/ready"):
+                    self.metrics.observe_request(model, endpoint, "rest", status, elapsed)
+                log.info("%s %s %s %.1fms", scope["method"], scope["path"], status, elapsed * 1000,
+                         extra={"request_id": request_id, "model": model, "status": status,
+                                "duration_ms": round(elapsed * 1000, 2), "protocol": "rest"})
+
+
+class ApiKeyAuth:
+    """Every path needs ``Authorization: Bearer <key>`` except an exact allow-list of open ones.
+
+    Deny by default: unknown paths, other spellings ("/Health/live", "/health/live/") and every
+    method are covered, so there is no route variant that skips the check.
+    """
+
+    def __init__(self, app: ASGIApp, api_key: str, open_paths: frozenset[str]) -> None:
+        self.app = app
+        self.expected = f"Bearer {api_key}".encode()
+        self.open_paths = open_paths
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] not in self.open_paths:
+            offered = (_header(scope, b"authorization") or "").encode("latin-1")
+            if not hmac.compare_digest(offered, self.expected):
+                await send_error(send, 401, "unauthenticated", "missing or wrong API key (Authorization: Bearer …)",
+                                 [(b"www-authenticate", b"Bearer")])
+                return
+        await self.app(scope, receive, send)
+
+
+class BodyLimit:
+    """Refuse bodies over ``limit`` bytes: by Content-Length up front, else while streaming."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = _header(scope, b"content-length")
+        if declared is not None:
+            if not declared.isdigit():
+                await send_error(send, 400, "bad_request", "Content-Length is not a number")
+                return
+            if int(declared) > self.limit:
+                await send_error(send, 413, "too_large",
+                                 f"request body is {declared} bytes; the limit is {self.limit} bytes")
+                return
+        seen = 0
+        limit = self.limit
+
+        async def counted() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
+            return message
+
+        await self.app(scope, counted, send)

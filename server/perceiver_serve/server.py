@@ -1,0 +1,78 @@
+"""The server process: REST (uvicorn) on one port, models loading behind it, graceful drain.
+
+Models load in a background thread while the HTTP port is already up, so liveness answers at
+once and readiness turns 200 when every model is warm. SIGTERM/SIGINT start a drain:
+readiness turns 503, the listener closes, in-flight requests finish (up to the grace
+period), queued model work completes, and the process exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+
+import uvicorn
+
+from .api.rest import ServerState, create_app
+from .engine import ModelRegistry, ModelRepository
+from .metrics import Metrics
+from .settings import Settings
+from .tasks.common import configure_preprocess_pool
+
+log = logging.getLogger("perceiver_serve")
+
+
+class _Uvicorn(uvicorn.Server):
+    """uvicorn without its own signal handling: this process coordinates shutdown itself."""
+
+    @contextlib.contextmanager
+    def capture_signals(self):
+        yield
+
+
+def build_state(settings: Settings) -> ServerState:
+    metrics = Metrics()
+    repository = ModelRepository.scan(settings.model_repository)
+    registry = ModelRegistry(repository, observer=metrics, progress=log.info)
+    return ServerState(registry, metrics, settings.media_limits())
+
+
+async def serve(settings: Settings) -> int:
+    configure_preprocess_pool(settings.preprocess_threads)
+    state = build_state(settings)
+    app = create_app(
+        state,
+        api_key=settings.api_key.get_secret_value() if settings.api_key else None,
+        max_body_bytes=settings.max_body_bytes,
+        docs=settings.docs,
+    )
+    http = _Uvicorn(uvicorn.Config(
+        app, host=settings.host, port=settings.http_port, log_config=None, lifespan="off",
+        timeout_graceful_shutdown=settings.grace_period_s,
+        ssl_certfile=str(settings.tls_cert) if settings.tls_cert else None,
+        ssl_keyfile=str(settings.tls_key) if settings.tls_key else None,
+    ))
+
+    def drain(signum: int) -> None:
+        log.info("received %s: draining (grace period %.0f s)", signal.Signals(signum).name, settings.grace_period_s)
+        state.draining = True
+        http.should_exit = True
+
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, drain, signum)
+
+    loading = asyncio.create_task(asyncio.to_thread(state.registry.load_all))
+    scheme = "https" if settings.tls_cert else "http"
+    log.info("REST on %s://%s:%d (model repository %s)", scheme, settings.host, settings.http_port,
+             settings.model_repository)
+    try:
+        await http.serve()
+    finally:
+        state.draining = True
+        await loading
+        await asyncio.to_thread(state.registry.stop, settings.grace_period_s)
+        log.info("stopped")
+    return 0

@@ -1,0 +1,62 @@
+"""Server settings: command-line flags, each also a ``PERCEIVER_*`` environment variable."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from .media.limits import MediaLimits
+
+MiB = 1024 * 1024
+
+
+def bundled_repository() -> Path:
+    """The demo model repository shipped next to the package (a source checkout's ``models/``)."""
+    return Path(__file__).resolve().parents[2] / "models"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="PERCEIVER_", extra="forbid", frozen=True)
+
+    model_repository: Path = Field(default_factory=bundled_repository,
+                                   description="Directory with one <name>/model.toml per served model.")
+    host: str = Field("127.0.0.1", description="Interface both servers listen on.")
+    http_port: int = Field(8000, ge=0, le=65535, description="REST port (0 picks a free one).")
+    grpc_port: int = Field(50051, ge=-1, le=65535, description="gRPC port (0 picks a free one, -1 disables).")
+    api_key: SecretStr | None = Field(None, description="If set, model routes need 'Authorization: Bearer KEY'.")
+    max_body_mb: float = Field(64.0, gt=0, description="Largest REST request body, in MiB.")
+    grpc_max_message_mb: float = Field(64.0, gt=0, description="Largest gRPC message, in MiB.")
+    max_image_pixels: int = Field(40_000_000, gt=0, description="Largest decoded image, in pixels.")
+    max_image_mb: float = Field(20.0, gt=0, description="Largest encoded image, in MiB.")
+    max_audio_seconds: float = Field(120.0, gt=0, description="Longest audio clip accepted.")
+    docs: bool = Field(True, description="Serve /docs and /openapi.json.")
+    log_format: Literal["text", "json"] = "text"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    tls_cert: Path | None = Field(None, description="PEM certificate: serve both ports over TLS.")
+    tls_key: Path | None = Field(None, description="PEM private key for --tls-cert.")
+    grace_period_s: float = Field(30.0, ge=0, description="On SIGTERM, time allowed for in-flight work.")
+    preprocess_threads: int | None = Field(None, ge=1, description="Threads decoding and preprocessing media.")
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> "Settings":
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("--tls-cert and --tls-key go together")
+        return self
+
+    @property
+    def max_body_bytes(self) -> int:
+        return int(self.max_body_mb * MiB)
+
+    @property
+    def grpc_max_message_bytes(self) -> int:
+        return int(self.grpc_max_message_mb * MiB)
+
+    def media_limits(self) -> MediaLimits:
+        return MediaLimits(
+            max_image_bytes=int(self.max_image_mb * MiB),
+            max_image_pixels=self.max_image_pixels,
+            max_audio_seconds=self.max_audio_seconds,
+        )
