@@ -1,0 +1,151 @@
+"""Untrusted image bytes → RGB pictures, checked against :class:`MediaLimits` first.
+
+Only PNG, JPEG, GIF, WebP, BMP and TIFF are read. The format is recognised from its
+signature by us, and only that one Pillow plugin is handed the bytes, so no other parser
+in Pillow ever sees client data, and a file that claims to be a PNG but is broken is told
+apart from one that is not an image at all (400 vs 415).
+
+The plugin class is opened directly rather than through ``Image.open`` so that our pixel
+limit, with its message in the client's terms, is checked as soon as the header is read
+and before any pixel is decoded. Pillow's own process-wide guard (``Image.MAX_IMAGE_PIXELS``)
+stays in force underneath for the allocations plugins make while opening (a WebP canvas,
+a GIF frame extent, a TIFF tile); when it fires, the client gets a 413 as well.
+
+Every picture comes out as a fully loaded mode-``RGB`` image:
+
+- animated GIF, WebP and APNG files, and multi-page TIFFs, give their first frame;
+- the EXIF orientation is applied, so the picture is upright as a browser shows it;
+- transparency (alpha, or a transparent palette entry) is composited onto white, the
+  usual background of a page the picture was cut from, instead of leaking the colour
+  under fully transparent pixels;
+- 16-bit and 32-bit integer samples keep their top 8 bits (``>> 8``; 32-bit ones are
+  taken to hold 16-bit values and clipped to them); 32-bit float samples are taken to be
+  in [0, 1] (NaN as 0) and scaled to 0–255;
+- CMYK and other colour spaces are converted with Pillow's built-in formulas (embedded
+  ICC profiles are not applied).
+"""
+
+from __future__ import annotations
+
+import io
+import re
+
+import numpy as np
+from PIL import (
+    BmpImagePlugin,
+    GifImagePlugin,
+    Image,
+    ImageFile,
+    ImageOps,
+    JpegImagePlugin,
+    PngImagePlugin,
+    TiffImagePlugin,
+    WebPImagePlugin,
+)
+
+from ..errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
+from .limits import MediaLimits
+from .untrusted import check_byte_count, translated_errors
+
+# Format name → (signature at the start of the file, the Pillow plugin class that reads it).
+_FORMATS: dict[str, tuple[re.Pattern[bytes], type[ImageFile.ImageFile]]] = {
+    "PNG": (re.compile(rb"\x89PNG\r\n\x1a\n"), PngImagePlugin.PngImageFile),
+    "JPEG": (re.compile(rb"\xff\xd8\xff"), JpegImagePlugin.JpegImageFile),
+    "GIF": (re.compile(rb"GIF8[79]a"), GifImagePlugin.GifImageFile),
+    "WebP": (re.compile(rb"RIFF.{4}WEBP", re.DOTALL), WebPImagePlugin.WebPImageFile),
+    "BMP": (re.compile(rb"BM"), BmpImagePlugin.BmpImageFile),
+    "TIFF": (re.compile(rb"II[*+]\x00|MM\x00[*+]"), TiffImagePlugin.TiffImageFile),
+}
+IMAGE_FORMATS: tuple[str, ...] = tuple(_FORMATS)
+
+_PILLOW_BOMB_GUARD = (Image.DecompressionBombError, Image.DecompressionBombWarning)
+_HIGH_DEPTH_MODES = frozenset({"I", "I;16", "I;16L", "I;16B", "I;16N", "F"})
+_WHITE = (255, 255, 255, 255)
+
+
+def decode_image(data: bytes, limits: MediaLimits, *, field: str = "image") -> Image.Image:
+    """Decode one image upload into a loaded RGB picture (see the module docstring).
+
+    ``field`` names the input in every message, so a client sending several images learns
+    which one is wrong. Raises :class:`InvalidInput`, :class:`PayloadTooLarge` or
+    :class:`UnsupportedMediaType`, and nothing else, whatever ``data`` holds.
+    """
+    check_byte_count(data, limit=limits.max_image_bytes, subject=field)
+    kind = next((name for name, (signature, _) in _FORMATS.items() if signature.match(data)), None)
+    if kind is None:
+        raise UnsupportedMediaType(f"{field} is not an image in a supported format ({', '.join(IMAGE_FORMATS)})")
+    opener = _FORMATS[kind][1]
+    with translated_errors(f"{field} ({kind})", too_large=_PILLOW_BOMB_GUARD), opener(io.BytesIO(data)) as picture:
+        check_image_size(picture.width, picture.height, limits, field=field)
+        picture.load()
+        ImageOps.exif_transpose(picture, in_place=True)
+        return _to_rgb(picture)
+
+
+def decode_frame_pair(first: bytes, second: bytes, limits: MediaLimits) -> tuple[np.ndarray, np.ndarray]:
+    """Decode the two frames of an optical-flow request into same-sized ``(H, W, 3)`` uint8 arrays.
+
+    The frames may differ in format and pixel mode; only their sizes must agree, since flow
+    maps each pixel of the first frame into the second.
+    """
+    frame1 = decode_image(first, limits, field="frame1")
+    frame2 = decode_image(second, limits, field="frame2")
+    if frame1.size != frame2.size:
+        raise InvalidInput(
+            f"frame2 is {_dimensions(*frame2.size)} but frame1 is {_dimensions(*frame1.size)}; "
+            "the two frames must be the same size"
+        )
+    return np.array(frame1), np.array(frame2)
+
+
+def rgb_frame_from_raw(
+    data: bytes, height: int, width: int, limits: MediaLimits, *, field: str = "frame"
+) -> np.ndarray:
+    """Check and reshape a raw RGB24 frame (row-major, 3 bytes a pixel) into ``(H, W, 3)`` uint8.
+
+    gRPC clients send frames this way to skip encoding; the byte count must be exactly
+    ``height * width * 3`` because there is no header to say where rows end.
+    """
+    check_image_size(width, height, limits, field=field)
+    expected = height * width * 3
+    if len(data) != expected:
+        raise InvalidInput(
+            f"{field} has {len(data)} bytes, but a {_dimensions(width, height)} RGB24 frame has {expected}"
+        )
+    return np.frombuffer(data, dtype=np.uint8).reshape(height, width, 3).copy()
+
+
+def check_image_size(width: int, height: int, limits: MediaLimits, *, field: str = "image") -> None:
+    """Enforce the side and pixel-count limits on dimensions read from a header."""
+    if min(width, height) < limits.min_image_side:
+        raise InvalidInput(
+            f"{field} is {_dimensions(width, height)}; each side must be at least {limits.min_image_side} px"
+        )
+    if width * height > limits.max_image_pixels:
+        raise PayloadTooLarge(
+            f"{field} is {_dimensions(width, height)}, which has {width * height} pixels; "
+            f"the limit is {limits.max_image_pixels}"
+        )
+
+
+def _dimensions(width: int, height: int) -> str:
+    return f"{width}×{height}"
+
+
+def _to_rgb(picture: Image.Image) -> Image.Image:
+    if picture.mode in _HIGH_DEPTH_MODES:
+        picture = _to_8bit_gray(picture)
+    if picture.has_transparency_data:
+        rgba = picture.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, _WHITE), rgba).convert("RGB")
+    return picture.convert("RGB")
+
+
+def _to_8bit_gray(picture: Image.Image) -> Image.Image:
+    # Pillow's own conversion of these modes to "L" clips at 255 instead of scaling.
+    samples = np.asarray(picture)
+    if picture.mode == "F":
+        eight_bit = np.nan_to_num(samples, nan=0.0).clip(0.0, 1.0) * 255.0 + 0.5
+    else:
+        eight_bit = samples.clip(0, 65535) >> 8
+    return Image.fromarray(eight_bit.astype(np.uint8))
