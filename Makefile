@@ -7,7 +7,7 @@ PIP := $(VENV)/bin/pip
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test bench bench-quick proto lint clean
+.PHONY: install run test bench bench-quick proto clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,10 @@ bench: $(STAMP)
 
 bench-quick: $(STAMP)
 	$(PY) -m benchmarks.run --quick
+
+# Regenerate server/perceiver_serve/pb/ from proto/ (tests/grpc checks the committed code is current).
+proto: $(STAMP)
+	$(PY) proto/generate.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -23,10 +23,10 @@ from ..errors import InvalidInput, InvalidRequest, ServeError, UnsupportedMediaT
 from ..media.flow_formats import FLOW_FORMATS, to_json
 from ..media.limits import MediaLimits
 from ..metrics import EXPOSITION_CONTENT_TYPE, Metrics
-from ..tasks.common import Classification
 from ..tasks.flow import estimate_flow
 from ..tasks.image import classify_image
-from ..tasks.text import FillMaskResult, classify_texts, fill_mask
+from ..tasks.text import classify_texts, fill_mask
+from .common import MAX_TEXTS, MAX_TOP_K, check_top_k, classification_json, fill_mask_json, models_json
 from .errors import install_error_handlers
 from .middleware import ApiKeyAuth, BodyLimit, RequestContext
 
@@ -34,8 +34,6 @@ T = TypeVar("T")
 
 OPEN_PATHS = frozenset({"/health/live", "/health/ready", "/metrics", "/docs", "/docs/oauth2-redirect",
                         "/openapi.json"})
-MAX_TOP_K = 1000
-MAX_TEXTS = 256
 
 
 @dataclasses.dataclass
@@ -124,28 +122,6 @@ class ErrorResponse(BaseModel):
 ERRORS = {status: {"model": ErrorResponse} for status in (400, 401, 404, 413, 415, 422, 429, 503, 504)}
 
 
-def _classification_json(result: Classification) -> dict[str, Any]:
-    out: dict[str, Any] = {"predictions": [dataclasses.asdict(p) for p in result.predictions]}
-    if result.logits is not None:
-        out["logits"] = result.logits
-    return out
-
-
-def _fill_mask_json(model: str, result: FillMaskResult) -> dict[str, Any]:
-    def char(byte: int) -> str | None:
-        return chr(byte) if 32 <= byte < 127 else None
-
-    return {
-        "model": model,
-        "text": result.filled.decode("utf-8", errors="replace"),
-        "masked": [
-            {"position": m.position, "original": m.original,
-             "predictions": [{"byte": b, "char": char(b), "score": s} for b, s in m.candidates]}
-            for m in result.masked
-        ],
-    }
-
-
 # -- helpers --------------------------------------------------------------------------------------
 
 def _parse(model: type[BaseModel], raw: bytes) -> Any:
@@ -225,12 +201,6 @@ def _coerce(value: str, kind: type) -> Any:
     return kind(value)
 
 
-def _check_top_k(top_k: int) -> int:
-    if not 1 <= top_k <= MAX_TOP_K:
-        raise InvalidRequest(f"top_k must be between 1 and {MAX_TOP_K}, got {top_k}")
-    return top_k
-
-
 async def _form(request: Request) -> FormData:
     if _media_type(request) != "multipart/form-data":
         raise UnsupportedMediaType(f"expected multipart/form-data, got {_media_type(request) or 'no content type'}")
@@ -280,13 +250,13 @@ def create_app(state: ServerState, *, api_key: str | None = None, max_body_bytes
             except UnicodeDecodeError as exc:
                 raise InvalidInput(f"body is not valid UTF-8 ({exc.reason} at byte {exc.start})",
                                    code="invalid_utf8") from None
-            _check_top_k(top_k)
+            check_top_k(top_k)
         else:
             raise UnsupportedMediaType(f"send application/json or text/plain, not {kind or 'no content type'}")
         served = _resolve(request, "text-classification", model)
         results = await until_disconnect(request, classify_texts(served, texts, top=top_k,
                                                                  return_logits=return_logits))
-        return JSONResponse({"model": served.name, "results": [_classification_json(r) for r in results]})
+        return JSONResponse({"model": served.name, "results": [classification_json(r) for r in results]})
 
     mask_body = {"requestBody": {"required": True, "content": {
         "application/json": {"schema": {"$ref": "#/components/schemas/FillMaskRequest"}}}}}
@@ -300,7 +270,7 @@ def create_app(state: ServerState, *, api_key: str | None = None, max_body_bytes
         served = _resolve(request, "fill-mask", body.model)
         result = await until_disconnect(request, fill_mask(served, body.text, body.mask_spans, top=body.top_k,
                                                            truncate=body.truncate))
-        return JSONResponse(_fill_mask_json(served.name, result))
+        return JSONResponse(fill_mask_json(served.name, result))
 
     image_body = {"requestBody": {"required": True, "content": {
         "multipart/form-data": {"schema": {"type": "object", "required": ["image"], "properties": {
@@ -322,9 +292,9 @@ def create_app(state: ServerState, *, api_key: str | None = None, max_body_bytes
         served = _resolve(request, "image-classification", params.get("model"))
         limits = request.app.state.serve.limits
         result = await until_disconnect(request, classify_image(
-            served, data, limits, top=_check_top_k(params.get("top_k", 5)),
+            served, data, limits, top=check_top_k(params.get("top_k", 5)),
             return_logits=params.get("return_logits", False)))
-        return JSONResponse({"model": served.name, "results": [_classification_json(result)]})
+        return JSONResponse({"model": served.name, "results": [classification_json(result)]})
 
     flow_body = {"requestBody": {"required": True, "content": {
         "multipart/form-data": {"schema": {"type": "object", "required": ["frame1", "frame2"], "properties": {
@@ -352,9 +322,7 @@ def create_app(state: ServerState, *, api_key: str | None = None, max_body_bytes
 
     @app.get("/models", summary="Every model of the repository with its state")
     async def list_models(request: Request) -> JSONResponse:
-        registry = request.app.state.serve.registry
-        return JSONResponse({"models": [m.describe() for m in registry.models.values()],
-                             "defaults": registry.defaults})
+        return JSONResponse(models_json(request.app.state.serve.registry))
 
     @app.get("/models/{name}", responses={404: {"model": ErrorResponse}}, summary="One model")
     async def get_model(request: Request, name: str) -> JSONResponse:
@@ -378,6 +346,21 @@ def create_app(state: ServerState, *, api_key: str | None = None, max_body_bytes
     @app.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics")
     async def metrics(request: Request) -> Response:
         return Response(request.app.state.serve.metrics.exposition(), media_type=EXPOSITION_CONTENT_TYPE)
+
+    default_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        """The generated schema plus the request bodies that handlers parse themselves."""
+        if app.openapi_schema is None:
+            schema = default_openapi()
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            for body in (ClassifyTextRequest, FillMaskRequest):
+                found = body.model_json_schema(ref_template="#/components/schemas/{model}")
+                components.update(found.pop("$defs", {}))
+                components[body.__name__] = found
+        return app.openapi_schema or schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
     # Added innermost first: request context (ids, metrics) → API key → body limit → routes.
     app.add_middleware(BodyLimit, limit=max_body_bytes)

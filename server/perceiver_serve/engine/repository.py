@@ -107,7 +107,7 @@ def fetch_from_hub(source: str) -> Path:
         hint = " (HF_HUB_OFFLINE is set)" if offline else ""
         raise ConnectionError(
             f"cannot fetch {source}{hint}: {type(exc).__name__}: {exc}. Without network access, download the "
-            f"checkpoint beforehand (huggingface-cli download {repo_id} --local-dir DIR) and set source to DIR."
+            f"checkpoint beforehand (hf download {repo_id} --local-dir DIR) and set source to DIR."
         ) from None
 
 

@@ -2,9 +2,10 @@
 
 Following the DeepMind optical-flow pipeline: tiles of the training size are laid on a grid
 with at least ``tile_overlap`` pixels of overlap, the last row/column flush with the frame
-border; each tile's flow is weighted by its distance to the tile edge (``min(x+1, w-x,
+border (unlike the colab's grid, no other tile may overhang the border on any frame size); each tile's flow is weighted by its distance to the tile edge (``min(x+1, w-x,
 y+1, h-y)``) and the weighted flows are averaged. Frames smaller than a tile in a dimension
-are padded to the tile size by repeating their edge pixels and the flow is cropped back.
+are padded to the tile size by repeating their edge pixels and the flow is cropped back;
+frames under ``min_frame_side`` pixels on a side are refused, as padding would dominate.
 
 Every tile is one work item, so tiles of one request and of concurrent requests share
 forward passes.
@@ -20,6 +21,7 @@ import torch
 from pydantic import Field
 
 from ..engine.registry import ServedModel
+from ..errors import InvalidInput
 from ..media.image import decode_frame_pair
 from ..media.limits import MediaLimits
 from ..modeling import PerceiverForOpticalFlow, flow_patches
@@ -30,6 +32,7 @@ class FlowOptions(TaskOptions):
     tile_overlap: int = Field(20, ge=0, description="Minimum overlap of neighbouring tiles, in pixels.")
     decode_chunk: int = Field(16384, ge=1, description="Output pixels decoded per chunk (bounds memory).")
     flow_scale: float = Field(20.0, gt=0, description="Model output × flow_scale = flow in pixels.")
+    min_frame_side: int = Field(32, ge=1, description="Smaller frames are refused: padding would dominate them.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,6 +117,10 @@ async def estimate_flow(served: ServedModel, first: bytes, second: bytes, limits
     tiler = runner.tiler
     frame1, frame2 = await off_loop(decode_frame_pair, first, second, limits)
     height, width = frame1.shape[:2]
+    smallest = runner.options.min_frame_side
+    if min(height, width) < smallest:
+        raise InvalidInput(f"frames are {width}×{height}; this model needs at least {smallest} pixels on each side",
+                           code="frame_too_small")
     tiles, origins = await off_loop(tiler.split, frame1, frame2)
     flows = await served.batcher.submit_all(tiles, deadline=deadline)
     return await off_loop(tiler.blend, flows, origins, height, width)

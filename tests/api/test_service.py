@@ -1,0 +1,131 @@
+"""Models, health, OpenAPI, routing errors, body limits and API keys on the real server."""
+
+import asyncio
+import io
+
+import httpx
+import numpy as np
+import pytest
+
+from ..support import ServerProcess
+from .conftest import error_of, png_bytes
+
+TASKS = {"text-classification", "fill-mask", "image-classification", "optical-flow", "video-autoencoding"}
+
+
+def test_models_list_every_demo_model(client):
+    body = client.get("/models").json()
+    assert {m["task"] for m in body["models"]} == TASKS
+    for m in body["models"]:
+        assert m["state"] == "ready" and m["device"] == "cpu" and m["dtype"] == "float32"
+        assert m["batching"]["max_batch_size"] >= 1 and m["labels"] >= 1
+    assert set(body["defaults"]) == TASKS
+
+
+def test_one_model_and_unknown_model(client):
+    assert client.get("/models/text-sentiment").json()["architecture"] == "PerceiverForSequenceClassification"
+    assert error_of(client.get("/models/nope")) == (404, "model_not_found")
+    assert error_of(client.get("/models/..%2F..%2Fetc%2Fpasswd"))[0] == 404
+    assert error_of(client.get("/models/.hidden")) == (404, "model_not_found")
+
+
+def test_health(client):
+    assert client.get("/health/live").json() == {"status": "alive"}
+    ready = client.get("/health/ready")
+    assert ready.status_code == 200 and ready.json()["status"] == "ready"
+
+
+def test_openapi_has_schemas_for_every_body(client):
+    spec = client.get("/openapi.json").json()
+    for path in ("/classify/text", "/fill-mask", "/classify/image", "/flow"):
+        content = spec["paths"][path]["post"]["requestBody"]["content"]
+        assert content, path
+    schemas = spec["components"]["schemas"]
+    assert {"ClassifyTextRequest", "FillMaskRequest", "ClassificationResponse", "FillMaskResponse",
+            "ErrorResponse"} <= set(schemas)
+    assert client.get("/docs").status_code == 200
+
+
+def test_routing_errors_use_the_error_shape(client):
+    assert error_of(client.get("/no/such/route")) == (404, "not_found")
+    assert error_of(client.get("/classify/text")) == (405, "method_not_allowed")
+    assert error_of(client.post("/classify/text/", json={"text": "a"})) == (404, "not_found")
+
+
+def test_metrics_exposition(client):
+    client.post("/classify/text", json={"text": "count me"})
+    r = client.get("/metrics")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+    assert 'perceiver_requests_total{endpoint="/classify/text",model="text-sentiment",protocol="rest",status="200"}' \
+        in r.text
+
+
+@pytest.fixture(scope="module")
+def guarded():
+    """A server with an API key and a small body limit."""
+    with ServerProcess("--api-key", "s3cret-key", "--max-body-mb", "0.05", "--no-docs") as proc:
+        proc.wait()
+        yield proc
+
+
+AUTH = {"authorization": "Bearer s3cret-key"}
+
+
+def test_api_key_is_required_on_model_routes(guarded):
+    with httpx.Client(base_url=guarded.url) as c:
+        assert c.post("/classify/text", json={"text": "a"}, headers=AUTH).status_code == 200
+        for headers in ({}, {"authorization": "Bearer wrong"}, {"authorization": "s3cret-key"},
+                        {"authorization": "bearer s3cret-key"}, {"authorization": "Bearer s3cret-key2"}, {"authorization": "Bearer s3cret"}):
+            r = c.post("/classify/text", json={"text": "a"}, headers=headers)
+            assert error_of(r) == (401, "unauthenticated") and r.headers["www-authenticate"] == "Bearer"
+        for method, path in (("GET", "/models"), ("GET", "/models/text-sentiment"), ("POST", "/flow"),
+                             ("POST", "/fill-mask"), ("POST", "/classify/image"), ("PUT", "/classify/text"),
+                             ("POST", "/Classify/Text"), ("POST", "/classify//text"), ("GET", "/nowhere"),
+                             ("OPTIONS", "/classify/text"), ("GET", "/health/live/"), ("GET", "/HEALTH/ready")):
+            assert c.request(method, path).status_code == 401, (method, path)
+        for path in ("/health/live", "/health/ready", "/metrics"):
+            assert c.get(path).status_code == 200, path
+
+
+def test_docs_can_be_turned_off(guarded):
+    with httpx.Client(base_url=guarded.url, headers=AUTH) as c:
+        assert c.get("/docs").status_code == 404 and c.get("/openapi.json").status_code == 404
+
+
+def test_body_limit_by_content_length_and_by_stream(guarded):
+    big = b"x" * 60_000
+    with httpx.Client(base_url=guarded.url, headers=AUTH) as c:
+        r = c.post("/classify/text", content=big, headers={"content-type": "text/plain"})
+        assert error_of(r) == (413, "too_large")
+
+        def chunks():
+            for _ in range(10):
+                yield b"y" * 10_000
+
+        r = c.post("/classify/text", content=chunks(), headers={"content-type": "text/plain"})
+        assert error_of(r) == (413, "too_large")
+        image = png_bytes(np.random.default_rng(0).integers(0, 256, (200, 200, 3), dtype=np.uint8))
+        assert error_of(c.post("/classify/image", files={"image": ("a.png", image)})) == (413, "too_large")
+        assert c.post("/classify/text", json={"text": "still serving"}).status_code == 200
+
+
+async def test_concurrent_requests_share_forward_passes(server):
+    """Visible through the engine: the batch-size histogram counts fewer passes than requests."""
+    def passes() -> tuple[float, float]:
+        text = httpx.get(server.url + "/metrics").text
+        count = total = 0.0
+        for line in text.splitlines():
+            if line.startswith('perceiver_batch_size_count{model="text-sentiment"}'):
+                count = float(line.split()[-1])
+            if line.startswith('perceiver_batch_size_sum{model="text-sentiment"}'):
+                total = float(line.split()[-1])
+        return count, total
+
+    before = passes()
+    async with httpx.AsyncClient(base_url=server.url, timeout=60) as c:
+        responses = await asyncio.gather(*(c.post("/classify/text", json={"text": f"text {i} " * 20})
+                                           for i in range(32)))
+    assert all(r.status_code == 200 for r in responses)
+    after = passes()
+    forward_passes, items = after[0] - before[0], after[1] - before[1]
+    assert items == 32 and forward_passes < 32

@@ -1,0 +1,151 @@
+"""POST /classify/text and /fill-mask against the real server."""
+
+import numpy as np
+import pytest
+import torch
+
+from perceiver_serve.modeling import ByteTokenizer
+
+from .conftest import assert_top_k, error_of
+
+TEXTS = ["I loved this film.", "Terrible, would not watch again!", "ünïcödé ☃ text", "x"]
+
+
+def direct_probs(model, text: str) -> np.ndarray:
+    ids = torch.tensor([ByteTokenizer(model.config.max_position_embeddings).encode(text)])
+    with torch.no_grad():
+        return torch.softmax(model(ids).double(), -1).numpy()[0]
+
+
+def test_classify_one_text_equals_direct_pipeline(client, direct):
+    model = direct("text-classification")
+    r = client.post("/classify/text", json={"text": TEXTS[0], "top_k": 2, "return_logits": True})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    (result,) = body["results"]
+    probs = direct_probs(model, TEXTS[0])
+    assert_top_k(result["predictions"], probs, k=2)
+    for p in result["predictions"]:
+        assert p["label"] == model.config.id2label[p["index"]]
+    assert len(result["logits"]) == model.config.num_labels
+    assert r.headers["x-request-id"]
+
+
+def test_classify_many_texts_in_order(client, direct):
+    model = direct("text-classification")
+    r = client.post("/classify/text", json={"texts": TEXTS, "top_k": 1})
+    assert r.status_code == 200
+    results = r.json()["results"]
+    assert len(results) == len(TEXTS)
+    for text, result in zip(TEXTS, results):
+        assert_top_k(result["predictions"], direct_probs(model, text), k=1)
+        assert "logits" not in result
+
+
+def test_classify_plain_text_body(client):
+    r = client.post("/classify/text?top_k=1", content="I loved this film.".encode(),
+                    headers={"content-type": "text/plain; charset=utf-8"})
+    j = client.post("/classify/text", json={"text": "I loved this film.", "top_k": 1})
+    assert r.status_code == 200 and r.json() == j.json()
+
+
+def test_request_id_is_echoed(client):
+    r = client.post("/classify/text", json={"text": "hi"}, headers={"x-request-id": "my-trace-42"})
+    assert r.headers["x-request-id"] == "my-trace-42"
+    r = client.post("/classify/text", json={"text": "hi"}, headers={"x-request-id": "bad id with spaces"})
+    assert r.headers["x-request-id"] != "bad id with spaces"
+
+
+@pytest.mark.parametrize(
+    "kwargs, status, code",
+    [
+        (dict(json={"text": ""}), 400, "empty_text"),
+        (dict(json={"texts": ["fine", ""]}), 400, "empty_text"),
+        (dict(content=b"\xff\xfe bad", headers={"content-type": "text/plain"}), 400, "invalid_utf8"),
+        (dict(content=b"{not json", headers={"content-type": "application/json"}), 400, "malformed_json"),
+        (dict(content=b"", headers={"content-type": "application/json"}), 400, "malformed_json"),
+        (dict(json={"text": 42}), 422, "invalid_request"),
+        (dict(json={"texts": "not a list"}), 422, "invalid_request"),
+        (dict(json={"text": "a", "texts": ["b"]}), 422, "invalid_request"),
+        (dict(json={}), 422, "invalid_request"),
+        (dict(json={"text": "a", "top_k": "5"}), 422, "invalid_request"),
+        (dict(json={"text": "a", "top_k": 0}), 422, "invalid_request"),
+        (dict(json={"text": "a", "top_k": 10**30}), 422, "invalid_request"),
+        (dict(json={"text": "a", "surprise": 1}), 422, "invalid_request"),
+        (dict(json={"texts": []}), 422, "invalid_request"),
+        (dict(json={"text": "a", "model": "no-such-model"}), 404, "model_not_found"),
+        (dict(json={"text": "a", "model": "language-mlm"}), 404, "wrong_task"),
+        (dict(json={"text": "x" * 5000}), 413, "text_too_long"),
+        (dict(content=b"hi", headers={"content-type": "application/xml"}), 415, "unsupported_media_type"),
+        (dict(content=b"hi"), 415, "unsupported_media_type"),
+    ],
+)
+def test_classify_text_errors(client, kwargs, status, code):
+    assert error_of(client.post("/classify/text", **kwargs)) == (status, code)
+
+
+def test_text_at_the_byte_limit_is_accepted(client, direct):
+    limit = direct("text-classification").config.max_position_embeddings - 2
+    assert client.post("/classify/text", json={"text": "é" * (limit // 2)}).status_code == 200
+    r = client.post("/classify/text", json={"text": "a" * (limit + 1)})
+    assert error_of(r) == (413, "text_too_long") and str(limit) in r.json()["error"]["message"]
+
+
+def direct_fill(model, data: bytes, positions: list[int]) -> np.ndarray:
+    ids = ByteTokenizer(model.config.max_position_embeddings).encode(data)
+    for p in positions:
+        ids[p + 1] = ByteTokenizer.MASK
+    with torch.no_grad():
+        return torch.softmax(model(torch.tensor([ids])).double(), -1).numpy()[0]
+
+
+def test_fill_mask_spans_equal_direct_pipeline(client, direct):
+    model = direct("fill-mask")
+    text = "The quick brown fox"
+    r = client.post("/fill-mask", json={"text": text, "mask_spans": [[4, 6], [16, 17]], "top_k": 3})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    probs = direct_fill(model, text.encode(), [4, 5, 16])
+    assert [m["position"] for m in body["masked"]] == [4, 5, 16]
+    filled = bytearray(text.encode())
+    for m in body["masked"]:
+        assert_top_k(m["predictions"], probs[m["position"] + 1][6:], index_key="byte", k=3)
+        assert m["original"] == text.encode()[m["position"]]
+        filled[m["position"]] = m["predictions"][0]["byte"]
+    assert body["text"] == filled.decode("utf-8", errors="replace")
+
+
+def test_fill_mask_markers(client, direct):
+    r = client.post("/fill-mask", json={"text": "Hello w[MASK]rld[MASK]", "top_k": 1})
+    assert r.status_code == 200
+    masked = r.json()["masked"]
+    assert [m["position"] for m in masked] == [7, 11]
+    probs = direct_fill(direct("fill-mask"), b"Hello w rld ", [7, 11])
+    assert_top_k(masked[0]["predictions"], probs[8][6:], index_key="byte", k=1)
+    assert_top_k(masked[1]["predictions"], probs[12][6:], index_key="byte", k=1)
+
+
+def test_fill_mask_truncate(client, direct):
+    limit = direct("fill-mask").config.max_position_embeddings - 2
+    long = "ab" * limit
+    assert error_of(client.post("/fill-mask", json={"text": long, "mask_spans": [[0, 1]]})) == (413, "text_too_long")
+    r = client.post("/fill-mask", json={"text": long, "mask_spans": [[0, 1]], "truncate": True})
+    assert r.status_code == 200 and len(r.json()["text"]) == limit
+
+
+@pytest.mark.parametrize(
+    "body, status, code",
+    [
+        ({"text": "abc"}, 400, "no_mask"),
+        ({"text": "abc", "mask_spans": [[2, 9]]}, 400, "invalid_input"),
+        ({"text": "abc", "mask_spans": [[2, 2]]}, 400, "invalid_input"),
+        ({"text": "abc", "mask_spans": [[-1, 1]]}, 400, "invalid_input"),
+        ({"text": "a[MASK]c", "mask_spans": [[0, 1]]}, 400, "invalid_input"),
+        ({"text": "abc", "mask_spans": [[1]]}, 422, "invalid_request"),
+        ({"text": "abc", "mask_spans": "0-1"}, 422, "invalid_request"),
+        ({"text": "", "mask_spans": [[0, 1]]}, 400, "empty_text"),
+        ({"text": "abc", "mask_spans": [[0, 1]], "model": "text-sentiment"}, 404, "wrong_task"),
+    ],
+)
+def test_fill_mask_errors(client, body, status, code):
+    assert error_of(client.post("/fill-mask", json=body)) == (status, code)
