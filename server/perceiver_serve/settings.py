@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .media.limits import MediaLimits
@@ -39,6 +39,11 @@ class Settings(BaseSettings):
     tls_key: Path | None = Field(None, description="PEM private key for --tls-cert.")
     grace_period_s: float = Field(30.0, ge=0, description="On SIGTERM, time allowed for in-flight work.")
     preprocess_threads: int | None = Field(None, ge=1, description="Threads decoding and preprocessing media.")
+
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def _empty_key_is_no_key(cls, value: object) -> object:
+        return None if value in ("", None) else value
 
     @model_validator(mode="after")
     def _tls_pair(self) -> "Settings":
