@@ -1,4 +1,4 @@
-"""The server process: REST (uvicorn) on one port, models loading behind it, graceful drain.
+"""The server process: REST (uvicorn) and gRPC on their ports, models loading behind them, graceful drain.
 
 Models load in a background thread while the HTTP port is already up, so liveness answers at
 once and readiness turns 200 when every model is warm. SIGTERM/SIGINT start a drain:
@@ -15,6 +15,7 @@ import signal
 
 import uvicorn
 
+from .api.grpc import GrpcServer
 from .api.rest import ServerState, create_app
 from .engine import ModelRegistry, ModelRepository
 from .metrics import Metrics
@@ -54,11 +55,14 @@ async def serve(settings: Settings) -> int:
         ssl_certfile=str(settings.tls_cert) if settings.tls_cert else None,
         ssl_keyfile=str(settings.tls_key) if settings.tls_key else None,
     ))
+    grpc_server = GrpcServer(state, settings) if settings.grpc_port >= 0 else None
 
     def drain(signum: int) -> None:
         log.info("received %s: draining (grace period %.0f s)", signal.Signals(signum).name, settings.grace_period_s)
         state.draining = True
         http.should_exit = True
+        if grpc_server is not None:
+            grpc_server.drain(settings.grace_period_s)
 
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -69,9 +73,13 @@ async def serve(settings: Settings) -> int:
     log.info("REST on %s://%s:%d (model repository %s)", scheme, settings.host, settings.http_port,
              settings.model_repository)
     try:
+        if grpc_server is not None:
+            await grpc_server.start()
         await http.serve()
     finally:
         state.draining = True
+        if grpc_server is not None:
+            await grpc_server.stop(settings.grace_period_s)
         await loading
         await asyncio.to_thread(state.registry.stop, settings.grace_period_s)
         log.info("stopped")

@@ -1,0 +1,126 @@
+"""``ReconstructVideo``: stream messages adapted to and from :func:`..tasks.video.reconstruct`.
+
+The task does the work — windows, one encode each, chunked decoding, bounded buffering,
+stopping when the consumer goes away. This module decodes each media message off the event
+loop into the task's ``(frames, audio)`` pieces and writes each chunk and label event to the
+client the moment the task yields it; ``context.write`` waits for gRPC flow control, so a
+client that stops reading stops the task's consumer, and the task's bounded queue then stops
+the decoding.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Sequence
+
+import numpy as np
+
+from ..errors import InvalidInput, InvalidRequest
+from ..media import decode_audio, decode_image, pcm_from_f32le, rgb_frame_from_raw
+from ..media.limits import MediaLimits
+from ..modeling import PerceiverForMultimodalAutoencoding
+from ..pb.perceiver.v1 import perceiver_pb2 as pb
+from ..tasks.common import off_loop
+from ..tasks.video import Chunk, StreamSettings, VideoOptions, WindowLabels, reconstruct
+from .grpc import RpcCall, top_k_of
+from .rest import ServerState
+
+TASK = "video-autoencoding"
+MAX_CHUNKS_PER_WINDOW = 4096  # as VideoOptions.chunks_per_window
+
+Piece = tuple[list[np.ndarray], np.ndarray | None]
+
+
+async def reconstruct_video(state: ServerState, requests: AsyncIterator[pb.ReconstructVideoRequest],
+                            call: RpcCall) -> None:
+    first = await anext(requests, None)
+    if first is None or first.WhichOneof("kind") != "config":
+        raise InvalidRequest("the stream's first message must carry its config", code="no_config")
+    served = call.resolve(state.registry, TASK, first.config.model)
+    options: VideoOptions = served.runner.options
+    settings = stream_settings(first.config, options)
+    model: PerceiverForMultimodalAutoencoding = served.model
+    config = model.config
+    grid = pb.VideoGrid(frames=config.output_shape[1], height=config.output_shape[2], width=config.output_shape[3])
+    await call.context.write(pb.ReconstructVideoResponse(started=pb.StreamStarted(
+        model=served.name, grid=grid, audio_samples_per_window=config.num_frames * config.audio_samples_per_frame,
+        sample_rate=options.sample_rate, chunks_per_window=settings.chunks_per_window)))
+    pieces = media_pieces(requests, state.limits, options.sample_rate)
+    async with contextlib.aclosing(reconstruct(served, settings, pieces)) as events:
+        async for event in events:
+            await call.context.write(event_message(event, grid))
+
+
+def stream_settings(config: pb.StreamConfig, options: VideoOptions) -> StreamSettings:
+    chunks = config.chunks_per_window if config.HasField("chunks_per_window") else options.chunks_per_window
+    if not 1 <= chunks <= MAX_CHUNKS_PER_WINDOW:
+        raise InvalidRequest(f"chunks_per_window must be between 1 and {MAX_CHUNKS_PER_WINDOW}, got {chunks}")
+    return StreamSettings(
+        chunks,
+        image=not config.HasField("return_image") or config.return_image,
+        audio=not config.HasField("return_audio") or config.return_audio,
+        top_k=top_k_of(config),
+    )
+
+
+async def media_pieces(requests: AsyncIterator[pb.ReconstructVideoRequest], limits: MediaLimits,
+                       sample_rate: int) -> AsyncIterator[Piece]:
+    """The task's ``(frames, audio)`` pieces, decoded off the event loop, one per media message."""
+    frames_seen = 0
+    async for message in requests:
+        kind = message.WhichOneof("kind")
+        if kind != "media":
+            raise InvalidRequest("only the stream's first message carries config; later ones carry media"
+                                 if kind == "config" else "a stream message carries neither config nor media")
+        piece = message.media
+        frames = await off_loop(decode_frames, piece.frames, frames_seen, limits) if piece.frames else []
+        frames_seen += len(frames)
+        audio = None
+        if piece.HasField("audio"):
+            audio = await off_loop(decode_piece_audio, piece.audio, limits, sample_rate)
+        yield frames, audio
+
+
+def decode_frames(frames: Sequence[pb.Frame], first_index: int, limits: MediaLimits) -> list[np.ndarray]:
+    """``(H, W, 3)`` uint8 arrays; messages name each frame by its index in the stream."""
+    out = []
+    for index, frame in enumerate(frames, start=first_index):
+        field = f"frame {index}"
+        kind = frame.WhichOneof("data")
+        if kind == "encoded":
+            out.append(np.asarray(decode_image(frame.encoded, limits, field=field)))
+        elif kind == "raw":
+            out.append(rgb_frame_from_raw(frame.raw.rgb, frame.raw.height, frame.raw.width, limits, field=field))
+        else:
+            raise InvalidInput(f"{field} carries no picture: set encoded or raw")
+    return out
+
+
+def decode_piece_audio(audio: pb.Audio, limits: MediaLimits, sample_rate: int) -> np.ndarray:
+    """Mono float32 samples at ``sample_rate``, from a file or from raw PCM that states its rate."""
+    kind = audio.WhichOneof("data")
+    if kind == "encoded":
+        return decode_audio(audio.encoded, limits, sample_rate=sample_rate)
+    if kind != "raw":
+        raise InvalidInput("audio carries no samples: set raw or encoded")
+    raw = audio.raw
+    if raw.sample_rate != sample_rate:
+        stated = f"is sampled at {raw.sample_rate} Hz" if raw.sample_rate else "does not state its sample_rate"
+        raise InvalidInput(f"raw audio {stated}, but this model needs {sample_rate} Hz; resample it first")
+    return pcm_from_f32le(raw.pcm_f32le, limits, sample_rate=sample_rate, channels=raw.channels or 1)
+
+
+def _f32le(values: np.ndarray | None) -> bytes:
+    return b"" if values is None else np.ascontiguousarray(values, dtype="<f4").tobytes()
+
+
+def event_message(event: Chunk | WindowLabels, grid: pb.VideoGrid) -> pb.ReconstructVideoResponse:
+    if isinstance(event, WindowLabels):
+        return pb.ReconstructVideoResponse(labels=pb.WindowLabels(
+            window=event.window, real_frames=event.real_frames, padded=event.padded,
+            predictions=[pb.Prediction(label=p.label, index=p.index, score=p.score) for p in event.predictions]))
+    rgb, audio = event.image_rgb, event.audio
+    return pb.ReconstructVideoResponse(chunk=pb.VideoChunk(
+        window=event.window, chunk=event.chunk, padded=event.padded, grid=grid,
+        pixel_start=event.image_start, pixel_count=0 if rgb is None else len(rgb), rgb=_f32le(rgb),
+        audio_start=event.audio_start, audio_count=0 if audio is None else len(audio), audio=_f32le(audio)))

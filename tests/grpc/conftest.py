@@ -1,0 +1,92 @@
+from __future__ import annotations
+
+import grpc
+import httpx
+import pytest
+
+from perceiver_serve.pb.perceiver.v1 import perceiver_pb2_grpc
+from perceiver_serve.settings import Settings
+
+from ..support import ServerProcess
+from .inprocess import InProcessServer, write_repository
+
+API_KEY = "grpc-test-key"
+AUTH = (("authorization", f"Bearer {API_KEY}"),)
+MAX_MESSAGE_MB = 1.0
+
+
+# -- the real process: `perceiver-serve serve` with REST and gRPC on the demo repository -----------
+
+@pytest.fixture(scope="session")
+def process():
+    with ServerProcess(grpc=True) as proc:
+        proc.wait()
+        yield proc
+        assert proc.stop() == 0, proc.logs()
+
+
+@pytest.fixture(scope="session")
+def rest(process):
+    with httpx.Client(base_url=process.url, timeout=60) as client:
+        yield client
+
+
+@pytest.fixture(scope="session")
+def channel(process):
+    with grpc.insecure_channel(f"127.0.0.1:{process.grpc_port}") as ch:
+        grpc.channel_ready_future(ch).result(timeout=30)
+        yield ch
+
+
+@pytest.fixture(scope="session")
+def stub(channel):
+    return perceiver_pb2_grpc.PerceiverStub(channel)
+
+
+# -- in this process: an API key, a 1 MiB message limit, the video and text demo models ------------
+
+def _settings(root, **overrides) -> Settings:
+    return Settings(model_repository=root, host="127.0.0.1", grpc_port=0, api_key=API_KEY,
+                    grpc_max_message_mb=MAX_MESSAGE_MB, **overrides)
+
+
+@pytest.fixture(scope="session")
+def inproc(tmp_path_factory):
+    server = InProcessServer(_settings(write_repository(tmp_path_factory.mktemp("repo")))).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def loading_server(tmp_path_factory):
+    """A server whose models never finish loading (load_all is not called)."""
+    server = InProcessServer(_settings(write_repository(tmp_path_factory.mktemp("loading"))), load=False).start()
+    yield server
+    server.stop()
+
+
+def _stub(address: str, options=()):
+    ch = grpc.insecure_channel(address, options=list(options))
+    return ch, perceiver_pb2_grpc.PerceiverStub(ch)
+
+
+@pytest.fixture()
+def local(inproc):
+    """A fresh channel to the in-process server (tests cancel calls and tune flow control)."""
+    ch, stub = _stub(inproc.address)
+    yield stub
+    ch.close()
+
+
+@pytest.fixture()
+def make_stub(inproc):
+    channels = []
+
+    def make(**options):
+        ch, stub = _stub(inproc.address, [(f"grpc.{k}", v) for k, v in options.items()])
+        channels.append(ch)
+        return stub
+
+    yield make
+    for ch in channels:
+        ch.close()
