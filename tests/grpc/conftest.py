@@ -45,14 +45,14 @@ def stub(channel):
 
 # -- in this process: an API key, a 1 MiB message limit, the video and text demo models ------------
 
-def _settings(root, **overrides) -> Settings:
+def settings_for(root, **overrides) -> Settings:
     return Settings(model_repository=root, host="127.0.0.1", grpc_port=0, api_key=API_KEY,
                     grpc_max_message_mb=MAX_MESSAGE_MB, **overrides)
 
 
 @pytest.fixture(scope="session")
 def inproc(tmp_path_factory):
-    server = InProcessServer(_settings(write_repository(tmp_path_factory.mktemp("repo")))).start()
+    server = InProcessServer(settings_for(write_repository(tmp_path_factory.mktemp("repo")))).start()
     yield server
     server.stop()
 
@@ -60,7 +60,7 @@ def inproc(tmp_path_factory):
 @pytest.fixture(scope="session")
 def loading_server(tmp_path_factory):
     """A server whose models never finish loading (load_all is not called)."""
-    server = InProcessServer(_settings(write_repository(tmp_path_factory.mktemp("loading"))), load=False).start()
+    server = InProcessServer(settings_for(write_repository(tmp_path_factory.mktemp("loading"))), load=False).start()
     yield server
     server.stop()
 
@@ -80,10 +80,11 @@ def local(inproc):
 
 @pytest.fixture()
 def make_stub(inproc):
+    """Stubs on channels with the given grpc options."""
     channels = []
 
-    def make(**options):
-        ch, stub = _stub(inproc.address, [(f"grpc.{k}", v) for k, v in options.items()])
+    def make(options: dict[str, int | str]):
+        ch, stub = _stub(inproc.address, options.items())
         channels.append(ch)
         return stub
 

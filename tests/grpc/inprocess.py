@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable
 from pathlib import Path
 
 from perceiver_serve.api.grpc import GrpcServer
@@ -78,10 +77,6 @@ class InProcessServer:
             self._ready.set()
         await self._stop.wait()
         await server.stop(1.0)
-
-    def call_soon(self, fn: Callable[[], object]) -> None:
-        assert self._loop is not None
-        self._loop.call_soon_threadsafe(fn)
 
     def stop(self) -> None:
         if self._loop is not None and self._stop is not None:
