@@ -43,7 +43,7 @@ def stub(channel):
     return perceiver_pb2_grpc.PerceiverStub(channel)
 
 
-# -- in this process: an API key, a 1 MiB message limit, the video and text demo models ------------
+# -- in this process: an API key, a 1 MiB message limit, the video, text and flow demo models -------
 
 def settings_for(root, **overrides) -> Settings:
     return Settings(model_repository=root, host="127.0.0.1", grpc_port=0, api_key=API_KEY,
@@ -52,7 +52,9 @@ def settings_for(root, **overrides) -> Settings:
 
 @pytest.fixture(scope="session")
 def inproc(tmp_path_factory):
-    server = InProcessServer(settings_for(write_repository(tmp_path_factory.mktemp("repo")))).start()
+    models = ("video-autoencoder", "text-sentiment", "optical-flow")
+    repository = write_repository(tmp_path_factory.mktemp("repo"), *models)
+    server = InProcessServer(settings_for(repository)).start()
     yield server
     server.stop()
 

@@ -27,9 +27,10 @@ max_frames_per_stream = 64
 """
 
 
-def write_repository(root: Path) -> Path:
-    """The demo video and text models, the video one with a small frame limit."""
-    for name, options in (("video-autoencoder", VIDEO_OPTIONS), ("text-sentiment", "")):
+def write_repository(root: Path, *names: str) -> Path:
+    """Demo models (by default the video and text ones), the video one with a small frame limit."""
+    for name in names or ("video-autoencoder", "text-sentiment"):
+        options = VIDEO_OPTIONS if name == "video-autoencoder" else ""
         source = DEMO_MODELS / name
         text = (source / "model.toml").read_text()
         text = text.replace('source = "checkpoint"', f'source = "{source / "checkpoint"}"')

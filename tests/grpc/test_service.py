@@ -9,6 +9,7 @@ import subprocess
 import time
 
 import grpc
+import numpy as np
 import pytest
 from google.protobuf import descriptor_pool
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -81,6 +82,7 @@ def test_health_watch_turns_not_serving_when_draining(inproc):
             assert next(watch).status == SERVING
             inproc.state.draining = True
             assert next(watch).status == NOT_SERVING
+            assert list(watch) == [], "a watch ends once draining, so it does not hold the drain"
             check = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service="text-sentiment"))
             assert check.status == NOT_SERVING
         finally:
@@ -105,6 +107,17 @@ def test_message_over_the_limit_is_refused_by_grpc(local):
     error = code_of(local.ClassifyImage, pb.ClassifyImageRequest(image=image), metadata=AUTH)
     assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "larger than max" in error.details()
+
+
+def test_a_flow_answer_over_the_limit_is_refused_clearly(local, monkeypatch):
+    async def big_flow(*args, **kwargs):  # what 300×440 frames give, without computing it
+        return np.zeros((300, 440, 2), np.float32)
+
+    monkeypatch.setattr("perceiver_serve.api.grpc_service.estimate_flow", big_flow)
+    error = code_of(local.EstimateFlow, pb.EstimateFlowRequest(frame1=b"1", frame2=b"2"), metadata=AUTH)
+    assert (error.code(), dict(error.trailing_metadata())["x-error-code"]) == (grpc.StatusCode.INVALID_ARGUMENT,
+                                                                              "too_large")
+    assert "gRPC message limit" in error.details()
 
 
 @pytest.mark.parametrize("raised, code", [

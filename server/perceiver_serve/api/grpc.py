@@ -195,12 +195,15 @@ class HealthService(health_pb2_grpc.HealthServicer):
 
     async def Watch(self, request: health_pb2.HealthCheckRequest,
                     context: grpc.aio.ServicerContext) -> None:
+        """Send each change of status; once draining, say NOT_SERVING and end, so as not to hold the drain."""
         last = None
         while True:
             status = self.status(request.service)
             if status != last:
                 await context.write(health_pb2.HealthCheckResponse(status=status))
                 last = status
+            if self.state.draining:
+                return
             await asyncio.sleep(WATCH_INTERVAL_S)
 
 
@@ -218,7 +221,8 @@ class GrpcServer:
             ("grpc.so_reuseport", 0),  # a port another process holds is an error, not shared
         ])
         api_key = settings.api_key.get_secret_value() if settings.api_key else None
-        self.server.add_generic_rpc_handlers((service_handler(PerceiverService(state), state, api_key),))
+        service = PerceiverService(state, max_message_bytes=limit)
+        self.server.add_generic_rpc_handlers((service_handler(service, state, api_key),))
         health_pb2_grpc.add_HealthServicer_to_server(HealthService(state), self.server)
         reflection.enable_server_reflection((SERVICE.full_name, HEALTH_SERVICE, reflection.SERVICE_NAME), self.server)
         self.port: int | None = None

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 
 from google.protobuf import json_format
 
-from ..errors import InvalidRequest
+from ..errors import InvalidRequest, PayloadTooLarge
 from ..pb.perceiver.v1 import perceiver_pb2 as pb
 from ..tasks.flow import estimate_flow
 from ..tasks.image import classify_image
@@ -29,9 +29,10 @@ def _classifications(model: str, results: list) -> pb.ClassificationResponse:
 
 
 class PerceiverService:
-    def __init__(self, state: ServerState) -> None:
+    def __init__(self, state: ServerState, max_message_bytes: int) -> None:
         self.state = state
         self.registry = state.registry
+        self.max_message_bytes = max_message_bytes
 
     async def ClassifyText(self, request: pb.ClassifyTextRequest, call: RpcCall) -> pb.ClassificationResponse:
         texts = list(request.texts)
@@ -64,6 +65,10 @@ class PerceiverService:
         served = call.resolve(self.registry, "optical-flow", request.model)
         flow = await estimate_flow(served, request.frame1, request.frame2, self.state.limits, deadline=call.deadline())
         height, width, _ = flow.shape
+        if flow.nbytes > self.max_message_bytes:  # else grpc fails the send with a message about itself
+            raise PayloadTooLarge(
+                f"the flow field of {width}×{height} frames is {flow.nbytes} bytes, more than this server's gRPC "
+                f"message limit of {self.max_message_bytes} bytes; send smaller frames or use REST")
         return pb.EstimateFlowResponse(model=served.name, height=height, width=width, flow=flow.astype("<f4").tobytes())
 
     async def ListModels(self, request: pb.ListModelsRequest, call: RpcCall) -> pb.ListModelsResponse:
