@@ -1,0 +1,122 @@
+"""Writing benchmark results: the machine they ran on, JSON, markdown tables and bar charts.
+
+Shared by every benchmark in this package, so all results look alike and carry the
+environment they were measured in.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def environment() -> dict[str, Any]:
+    """What the numbers depend on: CPU, core count, library versions, thread setting."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        import transformers
+
+        transformers_version = transformers.__version__
+    except ImportError:
+        transformers_version = None
+    return {
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers_version,
+        "platform": platform.platform(),
+    }
+
+
+def write_json(path: Path, payload: dict[str, Any]) -> None:
+    path.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def seconds(value: float) -> str:
+    if value >= 100:
+        return f"{value:.0f} s"
+    if value >= 1:
+        return f"{value:.2f} s"
+    return f"{value * 1000:.1f} ms"
+
+
+def bar_chart(path: Path, labels: Sequence[str], values: Sequence[float | None], *, title: str,
+              xlabel: str, targets: Sequence[float | None] | None = None, reference_line: float | None = 1.0,
+              log: bool = False) -> None:
+    """A horizontal bar per label; optional per-bar target ticks and a vertical reference line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = [(label, value, (targets or [None] * len(labels))[i])
+             for i, (label, value) in enumerate(zip(labels, values)) if value is not None]
+    fig, ax = plt.subplots(figsize=(8, 0.45 * len(shown) + 1.4))
+    ys = list(range(len(shown)))
+    colors = ["tab:green" if t is None or v >= t else "tab:red" for _, v, t in shown]
+    ax.barh(ys, [v for _, v, _ in shown], color=colors)
+    for y, (_, value, target) in zip(ys, shown):
+        ax.text(value, y, f" {value:.2f}", va="center", fontsize=8)
+        if target is not None:
+            ax.plot([target, target], [y - 0.4, y + 0.4], color="black", linewidth=2)
+    if reference_line is not None:
+        ax.axvline(reference_line, color="grey", linestyle="--", linewidth=1)
+    ax.set_yticks(ys, [label for label, _, _ in shown], fontsize=8)
+    ax.invert_yaxis()
+    if log:
+        ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def grouped_bar_chart(path: Path, labels: Sequence[str], series: dict[str, Sequence[float | None]], *,
+                      title: str, xlabel: str, log: bool = False) -> None:
+    """Side-by-side horizontal bars, one colour per series (e.g. reference vs ours)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 0.6 * len(labels) + 1.4))
+    height = 0.8 / max(len(series), 1)
+    for i, (name, values) in enumerate(series.items()):
+        ys = [y + i * height for y in range(len(labels))]
+        ax.barh(ys, [v or 0 for v in values], height=height, label=name)
+        for y, v in zip(ys, values):
+            if v:
+                ax.text(v, y, f" {v:.0f}", va="center", fontsize=7)
+    ax.set_yticks([y + 0.4 - height / 2 for y in range(len(labels))], labels, fontsize=8)
+    ax.invert_yaxis()
+    if log:
+        ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
