@@ -80,17 +80,18 @@ class FillMaskRunner(_TextRunner):
 
 # -- request-level operations (shared by REST and gRPC) ---------------------------------------
 
-def _encode(tokenizer: ByteTokenizer, text: str | bytes, *, truncate: bool = False, field: str = "text") -> list[int]:
+def _encode(tokenizer: ByteTokenizer, text: str | bytes, *, truncate: bool | None = None,
+            field: str = "text") -> list[int]:
+    """Byte ids of a text; ``truncate`` None means the operation offers no truncation."""
     data = text.encode("utf-8") if isinstance(text, str) else text
     if not data:
         raise InvalidInput(f"{field} is empty", code="empty_text")
     limit = tokenizer.max_text_bytes
     if len(data) > limit:
         if not truncate:
-            raise PayloadTooLarge(
-                f"{field} is {len(data)} UTF-8 bytes; this model takes at most {limit} (send \"truncate\": true "
-                "to cut it)", code="text_too_long",
-            )
+            hint = ' (send "truncate": true to cut it)' if truncate is False else ""
+            raise PayloadTooLarge(f"{field} is {len(data)} UTF-8 bytes; this model takes at most {limit}{hint}",
+                                  code="text_too_long")
         data = data[:limit]
     return tokenizer.encode(data)
 
