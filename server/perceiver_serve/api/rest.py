@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 from collections.abc import Awaitable
 from typing import Annotated, Any, TypeVar
 
@@ -22,6 +23,7 @@ from ..errors import InvalidInput, InvalidRequest, ServeError, UnsupportedMediaT
 from ..media.flow_formats import FLOW_FORMATS, to_json
 from ..media.limits import MediaLimits
 from ..metrics import EXPOSITION_CONTENT_TYPE, Metrics
+from ..tasks.common import off_loop
 from ..tasks.flow import estimate_flow
 from ..tasks.image import classify_image
 from ..tasks.text import classify_texts, fill_mask
@@ -314,10 +316,14 @@ def create_app(state: ServerState, *, api_key: str | None = None, max_body_bytes
         served = _resolve(request, "optical-flow", params.get("model"))
         flow = await until_disconnect(request, estimate_flow(served, first, second, request.app.state.serve.limits))
         headers = {"x-model": served.name, "x-flow-height": str(flow.shape[0]), "x-flow-width": str(flow.shape[1])}
-        if fmt == "json":
-            return JSONResponse({"model": served.name, **to_json(flow)}, headers=headers)
         encoder = FLOW_FORMATS[fmt]
-        return Response(encoder.encode(flow), media_type=encoder.media_type, headers=headers)
+        if fmt == "json":  # the JSON answer also names the model, as every JSON answer does
+            def encode(field):
+                return json.dumps({"model": served.name, **to_json(field)}, separators=(",", ":")).encode()
+        else:
+            encode = encoder.encode
+        # Encoding a large field (PNG, JSON) takes milliseconds: keep it off the event loop.
+        return Response(await off_loop(encode, flow), media_type=encoder.media_type, headers=headers)
 
     @app.get("/models", summary="Every model of the repository with its state")
     async def list_models(request: Request) -> JSONResponse:
