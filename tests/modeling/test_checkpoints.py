@@ -116,6 +116,7 @@ class _Payload:
         return (print, ("code ran while loading",))
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_pickle_with_code_is_refused(ckpt, capsys):
     (ckpt / "model.safetensors").unlink()
     with open(ckpt / "pytorch_model.bin", "wb") as f:
