@@ -24,7 +24,7 @@ from typing import Any, Protocol
 
 import torch
 
-from ..errors import DeadlineExceeded, InferenceFailed, QueueFull, ServeError, ShuttingDown
+from ..errors import DeadlineExceeded, InferenceFailed, PayloadTooLarge, QueueFull, ServeError, ShuttingDown
 from .repository import BatchingConfig
 
 log = logging.getLogger(__name__)
@@ -121,12 +121,19 @@ class DynamicBatcher:
         """Queue payloads of one request all-or-nothing and wait for all their results.
 
         If the caller goes away, or one item fails, the request's other items are dropped
-        (those not yet computed are never computed).
+        (those not yet computed are never computed). A request of more items than the queue
+        holds is refused as too large, since retrying it later could never succeed.
         """
         loop = asyncio.get_running_loop()
         now = time.monotonic()
         if deadline is None:
             deadline = now + self.limits.timeout_ms / 1000
+        if len(payloads) > self.limits.max_queue:  # would be refused however empty the queue: not a 429
+            self.observer.observe_rejected(self.name, "too_large")
+            raise PayloadTooLarge(
+                f"this request needs {len(payloads)} work items on model {self.name!r}, more than its queue ever "
+                f"holds ({self.limits.max_queue}); send a smaller input"
+            )
         items = [_Item(p, self.runner.batch_key(p), loop.create_future(), loop, now, deadline) for p in payloads]
         with self._cond:
             if self._stopping:
