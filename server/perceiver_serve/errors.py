@@ -106,6 +106,18 @@ class ShuttingDown(ServeError):
     grpc_status = "UNAVAILABLE"
 
 
+class ClientDisconnected(ServeError):
+    """The client went away before its answer was ready; its queued work was dropped (499 / CANCELLED).
+
+    Nobody reads this answer: it exists so that logs and metrics record a client's choice,
+    not a server failure.
+    """
+
+    code = "client_disconnected"
+    http_status = 499
+    grpc_status = "CANCELLED"
+
+
 class InferenceFailed(ServeError):
     """The model raised while computing this request's batch (500 / INTERNAL)."""
 

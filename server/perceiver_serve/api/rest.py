@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from starlette.datastructures import FormData, UploadFile
 
 from ..engine import ModelRegistry
-from ..errors import InvalidInput, InvalidRequest, ServeError, UnsupportedMediaType
+from ..errors import ClientDisconnected, InvalidInput, InvalidRequest, ServeError, UnsupportedMediaType
 from ..media.flow_formats import FLOW_FORMATS, to_json
 from ..media.limits import MediaLimits
 from ..metrics import EXPOSITION_CONTENT_TYPE, Metrics
@@ -141,7 +141,11 @@ def _media_type(request: Request) -> str:
 
 
 async def until_disconnect(request: Request, work: Awaitable[T]) -> T:
-    """Await ``work``, abandoning it (and dropping its queued items) if the client disconnects."""
+    """Await ``work``, abandoning it (and dropping its queued items) if the client disconnects.
+
+    The abandoned request ends as :class:`ClientDisconnected` (499, never sent), so logs and
+    metrics count a client's choice, not a 500.
+    """
     task = asyncio.ensure_future(work)
 
     async def disconnected() -> None:
@@ -153,7 +157,7 @@ async def until_disconnect(request: Request, work: Awaitable[T]) -> T:
         done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
         if task not in done:
             task.cancel()
-            raise asyncio.CancelledError("client disconnected")
+            raise ClientDisconnected("the client disconnected before its answer was ready")
         return task.result()
     finally:
         watcher.cancel()
