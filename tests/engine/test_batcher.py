@@ -1,6 +1,7 @@
 """DynamicBatcher: batching, isolation of results, bounds, deadlines, cancellation, failures."""
 
 import asyncio
+import contextlib
 import threading
 import time
 
@@ -98,33 +99,33 @@ async def test_full_queue_rejects_at_once():
         batcher.stop()
 
 
-async def test_expired_items_are_never_computed():
+@contextlib.asynccontextmanager
+async def busy_worker():
+    """A one-at-a-time batcher whose worker is busy with a slow first item."""
     runner = Recorder(delay=0.3)
     batcher = started(runner, max_batch_size=1, max_delay_ms=0)
     try:
         blocker = asyncio.ensure_future(batcher.submit(1))
         await asyncio.to_thread(runner.started.wait, 5)
-        with pytest.raises(DeadlineExceeded):
-            await batcher.submit(99, deadline=time.monotonic() + 0.05)
-        await blocker
+        yield batcher, runner
+        assert await blocker == 2
     finally:
         batcher.stop()
+
+
+async def test_expired_items_are_never_computed():
+    async with busy_worker() as (batcher, runner):
+        with pytest.raises(DeadlineExceeded):
+            await batcher.submit(99, deadline=time.monotonic() + 0.05)
     assert [99] not in runner.batches
 
 
 async def test_cancelled_items_are_never_computed():
-    runner = Recorder(delay=0.3)
-    batcher = started(runner, max_batch_size=1, max_delay_ms=0)
-    try:
-        blocker = asyncio.ensure_future(batcher.submit(1))
-        await asyncio.to_thread(runner.started.wait, 5)
+    async with busy_worker() as (batcher, runner):
         gone = asyncio.ensure_future(batcher.submit(77))
         await asyncio.sleep(0.01)
         gone.cancel()
-        await blocker
         assert await batcher.submit(5) == 10
-    finally:
-        batcher.stop()
     assert [77] not in runner.batches
 
 
@@ -174,7 +175,13 @@ async def test_a_single_item_out_of_memory_fails_cleanly():
 
 
 async def test_event_loop_keeps_ticking_during_a_slow_forward_pass():
-    runner = Recorder(fn=lambda ps: [sum(i * i for i in range(3_000_000)) for _ in ps])
+    def slow_forward(payloads):  # torch work, which (like a real forward pass) releases the GIL
+        x = torch.randn(800, 800)
+        for _ in range(40):
+            x = torch.tanh(x @ x / 800)
+        return [float(x.sum()) for _ in payloads]
+
+    runner = Recorder(fn=slow_forward)
     batcher = started(runner, max_delay_ms=0)
     ticks = 0
 
