@@ -15,6 +15,8 @@ from torch import nn
 
 from .attention import PerceiverLayer
 from .config import PerceiverConfig
+from .cross_attention import PaddedQueries, Queries
+from .kernels import Linear
 from .position import FourierPositionEncoding, TrainablePositionEncoding, point_positions
 
 
@@ -63,14 +65,25 @@ class CrossAttentionDecoder(nn.Module):
             use_query_residual=use_query_residual,
         )
         if final_project:
-            self.final_layer = nn.Linear(num_channels, output_num_channels)
+            self.final_layer = Linear(num_channels, output_num_channels)
 
     def learned_queries(self, index: torch.Tensor | None, batch_size: int) -> torch.Tensor:
         return gather_rows(self.output_position_encodings.position_embeddings, index, batch_size)
 
-    def forward(self, queries: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
-        out = self.decoding_cross_attention(queries, latents)
-        return self.final_layer(out) if hasattr(self, "final_layer") else out
+    def forward(self, queries: Queries, latents: torch.Tensor,
+                head: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """Decoded queries; ``head`` (weight, bias) is a linear map applied after the final layer.
+
+        Passing the task's output layer as ``head`` lets the decoder multiply it into its own
+        last layers when that is cheaper (narrow outputs such as pixels or flow).
+        """
+        projection = head
+        if hasattr(self, "final_layer"):
+            weight, bias = self.final_layer.weight, self.final_layer.bias
+            if head is not None:
+                weight, bias = torch.matmul(head[0], weight), torch.addmv(head[1], head[0], bias)
+            projection = (weight, bias)
+        return self.decoding_cross_attention.decode(queries, latents, projection)
 
 
 class ClassificationDecoder(nn.Module):
@@ -150,15 +163,16 @@ class MultimodalDecoder(nn.Module):
             use_query_residual=False,
         )
 
-    def queries(self, name: str, index: torch.Tensor | None, batch_size: int, dtype: torch.dtype) -> torch.Tensor:
+    def queries(self, name: str, index: torch.Tensor | None, batch_size: int, dtype: torch.dtype) -> PaddedQueries:
+        """The queries of one modality: its own features, then that modality's learned padding."""
         if name == "label":
-            q = self.modalities["label"].decoder.learned_queries(None, batch_size)
+            q = self.modalities["label"].decoder.learned_queries(None, 1)
         elif name == "image":
-            q = self.modalities["image"].decoder(index, batch_size, dtype)
+            q = self.modalities["image"].decoder(index, 1, dtype)
         else:
-            q = self.modalities["audio"](index, batch_size, dtype)
-        pad = self.padding[name].expand(q.shape[0], q.shape[1], -1)
-        return torch.cat([q.to(dtype), pad], dim=-1)
+            q = self.modalities["audio"](index, 1, dtype)
+        return PaddedQueries(q.to(dtype), self.padding[name][0], batch_size)
 
-    def forward(self, queries: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
-        return self.decoder(queries, latents)
+    def forward(self, queries: Queries, latents: torch.Tensor,
+                head: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        return self.decoder(queries, latents, head)

@@ -15,7 +15,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from .attention import Latents, PerceiverEncoder
+from .attention import Latents, PerceiverEncoder, QKVAttention
 from .config import PerceiverConfig
 from .decoders import (
     ClassificationDecoder,
@@ -25,6 +25,7 @@ from .decoders import (
     MultimodalDecoder,
     gather_rows,
 )
+from .kernels import Linear
 from .position import FourierPositionEncoding, TrainablePositionEncoding
 from .preprocessors import (
     AudioPreprocessor,
@@ -66,6 +67,12 @@ class PerceiverTaskModel(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.perceiver.embeddings.latents.dtype
 
+    def fuse_projections(self) -> None:
+        """Projections that read the same tensor computed in one product (see ``QKVAttention``)."""
+        for module in self.modules():
+            if isinstance(module, QKVAttention):
+                module.fuse_projections()
+
     @property
     def device(self) -> torch.device:
         return self.perceiver.embeddings.latents.device
@@ -102,8 +109,8 @@ class PerceiverForMaskedLM(_TextModel):
     def decode(self, latents: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
         """Byte logits ``(B, P, vocab)`` at ``positions`` (``(P,)`` or ``(B, P)``; default: all)."""
         decoder = self.perceiver.decoder
-        hidden = decoder(decoder.learned_queries(positions, latents.shape[0]), latents)
-        return self.embedding_decoder(hidden, self.perceiver.input_preprocessor.embeddings.weight)
+        head = self.embedding_decoder.head(self.perceiver.input_preprocessor.embeddings.weight)
+        return decoder(decoder.learned_queries(positions, latents.shape[0]), latents, head)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 positions: torch.Tensor | None = None) -> torch.Tensor:
@@ -117,8 +124,9 @@ class EmbeddingDecoder(nn.Module):
         super().__init__()
         self.bias = nn.Parameter(torch.zeros(vocab_size))
 
-    def forward(self, hidden: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
-        return torch.matmul(hidden, embedding.t()) + self.bias
+    def head(self, embedding: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The output layer as (weight, bias), for the decoder to apply (see ``CrossAttentionDecoder``)."""
+        return embedding, self.bias
 
 
 class PerceiverForSequenceClassification(_TextModel):
@@ -295,15 +303,13 @@ class PerceiverForMultimodalAutoencoding(PerceiverTaskModel):
         decoder, post = self.perceiver.decoder, self.perceiver.output_postprocessor
         batch, dtype = latents.shape[0], latents.dtype
         wanted = {"audio": audio_points, "image": image_points, "label": True if label else None}
-        names = [name for name in ("audio", "image", "label") if wanted[name] is not None]
-        if not names:
-            return {}
-        parts = [decoder.queries(name, wanted[name] if name != "label" else None, batch, dtype) for name in names]
-        hidden = decoder(torch.cat(parts, dim=1), latents)
-        out, start = {}, 0
-        for name, part in zip(names, parts):
-            out[name] = post.modalities[name](hidden[:, start:start + part.shape[1]])
-            start += part.shape[1]
+        out = {}
+        for name in ("audio", "image", "label"):
+            if wanted[name] is None:
+                continue
+            queries = decoder.queries(name, wanted[name] if name != "label" else None, batch, dtype)
+            head = post.modalities[name]
+            out[name] = head.arrange(decoder(queries, latents, (head.classifier.weight, head.classifier.bias)))
         return out
 
     def forward(self, images: torch.Tensor, audio: torch.Tensor, label: torch.Tensor | None = None,
@@ -313,24 +319,32 @@ class PerceiverForMultimodalAutoencoding(PerceiverTaskModel):
 
 
 class _Projection(nn.Module):
+    """A linear map to the modality's outputs; the decoder applies it (folded into its own last
+    layers where that is cheaper), :meth:`arrange` shapes the result."""
+
     def __init__(self, in_channels: int, out_channels: int) -> None:
         super().__init__()
-        self.classifier = nn.Linear(in_channels, out_channels)
+        self.classifier = Linear(in_channels, out_channels)
+
+    def arrange(self, projected: torch.Tensor) -> torch.Tensor:
+        return projected
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.arrange(self.classifier(hidden))
 
 
 class _AudioOut(_Projection):
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.classifier(hidden).reshape(hidden.shape[0], -1)
+    def arrange(self, projected: torch.Tensor) -> torch.Tensor:
+        return projected.reshape(projected.shape[0], -1)
 
 
 class _ImageOut(_Projection):
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.classifier(hidden)
+    pass
 
 
 class _LabelOut(_Projection):
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.classifier(hidden[:, 0])
+    def arrange(self, projected: torch.Tensor) -> torch.Tensor:
+        return projected[:, 0]
 
 
 class MultimodalPostprocessor(nn.Module):

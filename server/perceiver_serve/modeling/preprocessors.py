@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from .config import PerceiverConfig
+from .kernels import Linear
 from .position import FourierPositionEncoding, TrainablePositionEncoding
 
 PositionEncoding = FourierPositionEncoding | TrainablePositionEncoding
@@ -95,11 +96,11 @@ class ImagePreprocessor(nn.Module):
         elif prep_type == "conv1x1":
             self.convnet_1x1 = nn.Conv2d(in_channels, out_channels, kernel_size=1, stride=spatial_downsample)
         if conv_after_patching_in_channels is not None:
-            self.conv_after_patches = nn.Linear(conv_after_patching_in_channels, out_channels)
+            self.conv_after_patches = Linear(conv_after_patching_in_channels, out_channels)
         self.position_embeddings = position_embeddings
         pos_dim = position_embeddings.output_size()
         if project_pos_dim:
-            self.positions_projection = nn.Linear(pos_dim, project_pos_dim)
+            self.positions_projection = Linear(pos_dim, project_pos_dim)
             pos_dim = project_pos_dim
         if prep_type in ("conv", "conv1x1") or conv_after_patching_in_channels is not None:
             feature_dim = out_channels

@@ -1,0 +1,115 @@
+"""The evaluation orders the benchmark measures agree with the plain ones they replace.
+
+Parity with transformers (tests/modeling) covers the paths each head takes by default; these
+tests pin the alternatives against each other on the same weights: absorbed vs projected
+cross-attention (with padding masks), padded vs materialised decoder queries, folded vs
+separate output layers, fused vs separate q/k/v, and the latent memo when latents change.
+"""
+
+import pytest
+import torch
+from perceiver_serve.modeling import (
+    PerceiverConfig,
+    PerceiverForMultimodalAutoencoding,
+    PerceiverForOpticalFlow,
+    PerceiverForSequenceClassification,
+    cross_attention,
+)
+
+from benchmarks.checkpoints import randomize
+
+SMALL = {
+    "num_latents": 8, "d_latents": 32, "d_model": 24, "num_blocks": 1, "num_self_attends_per_block": 2,
+    "num_self_attention_heads": 4, "num_cross_attention_heads": 1, "max_position_embeddings": 40, "image_size": 16,
+    "train_size": (12, 16), "num_frames": 2, "audio_samples_per_frame": 32, "samples_per_patch": 8,
+    "output_shape": (1, 2, 16, 16), "output_num_channels": 24, "id2label": {i: str(i) for i in range(5)},
+}
+
+
+def _model(cls, **overrides):
+    torch.manual_seed(0)
+    model = cls(PerceiverConfig(**{**SMALL, **overrides})).eval().requires_grad_(False)
+    for p in model.parameters():  # tables our constructors leave at zero (latents, paddings, positions)
+        p.normal_()
+    randomize(model)
+    return model
+
+
+@pytest.fixture()
+def plain(monkeypatch):
+    """Run with every cheaper evaluation order switched off."""
+    def switch_off():
+        monkeypatch.setattr(cross_attention, "absorbs_inputs", lambda *a: False)
+        monkeypatch.setattr(cross_attention, "prepared_latents", lambda *a: None)
+    return switch_off
+
+
+def test_encoder_with_absorbed_inputs_equals_projected_inputs_under_a_padding_mask(plain):
+    model = _model(PerceiverForSequenceClassification)
+    ids = torch.randint(6, 262, (2, 30), generator=torch.Generator().manual_seed(1))
+    mask = torch.ones(2, 30, dtype=torch.long)
+    mask[1, 11:] = 0
+    with torch.inference_mode():
+        assert cross_attention.absorbs_inputs(model.perceiver.encoder.cross_attention.attention, 8, 30)
+        fast = model(ids, mask)
+        plain()
+        slow = model(ids, mask)
+    assert (fast - slow).abs().max() <= 1e-5
+
+
+def test_multimodal_padded_queries_and_folded_heads_equal_the_plain_decoder(plain):
+    model = _model(PerceiverForMultimodalAutoencoding)
+    g = torch.Generator().manual_seed(2)
+    images, audio = torch.rand(2, 2, 3, 16, 16, generator=g), torch.rand(2, 64, generator=g) * 2 - 1
+    with torch.inference_mode():
+        latents = model.encode(images, audio)
+        points = torch.arange(0, 500, 3)
+        fast = model.decode(latents, points, torch.arange(8), label=True)
+        plain()
+        slow = model.decode(latents, points, torch.arange(8), label=True)
+    for name in ("image", "audio", "label"):
+        assert fast[name].shape == slow[name].shape
+        assert (fast[name] - slow[name]).abs().max() <= 1e-4 * max(1.0, slow[name].abs().max().item()), name
+
+
+def test_flow_decoder_equals_the_plain_decoder(plain):
+    model = _model(PerceiverForOpticalFlow)
+    x = torch.randn(1, 2, 27, 12, 16, generator=torch.Generator().manual_seed(3))
+    with torch.inference_mode():
+        fast = model(x)
+        plain()
+        slow = model(x)
+    assert (fast - slow).abs().max() <= 1e-5 * max(1.0, slow.abs().max().item())
+
+
+def test_latent_memo_notices_changed_latents():
+    model = _model(PerceiverForMultimodalAutoencoding)
+    g = torch.Generator().manual_seed(4)
+    images, audio = torch.rand(1, 2, 3, 16, 16, generator=g), torch.rand(1, 64, generator=g)
+    points = torch.arange(300)
+    with torch.inference_mode():
+        latents = model.encode(images, audio)
+        first = model.decode(latents, points)["image"]
+        latents.add_(torch.randn(latents.shape, generator=g))  # same tensor, new values
+        changed = model.decode(latents, points)["image"]
+        fresh = model.decode(latents.clone(), points)["image"]
+    assert not torch.allclose(first, changed)
+    assert torch.equal(changed, fresh)
+
+
+def test_fused_projections_equal_separate_ones_and_survive_conversion():
+    model = _model(PerceiverForSequenceClassification, num_cross_attention_heads=2)
+    ids = torch.randint(6, 262, (1, 25), generator=torch.Generator().manual_seed(5))
+    with torch.inference_mode():
+        separate = model(ids)
+        state = {k: v.clone() for k, v in model.state_dict().items()}
+        model.fuse_projections()
+        assert {k: v.shape for k, v in model.state_dict().items()} == {k: v.shape for k, v in state.items()}
+        fused = model(ids)
+        model.to(torch.float64).to(torch.float32)  # parameters are no longer views of the fused block
+        converted = model(ids)
+        model.load_state_dict(state)
+        reloaded = model(ids)
+    assert (fused - separate).abs().max() <= 1e-5
+    assert (converted - separate).abs().max() <= 1e-5
+    assert (reloaded - separate).abs().max() <= 1e-5
