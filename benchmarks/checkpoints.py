@@ -17,12 +17,15 @@ from .configs import HeadSpec
 #: Ignored by git (see .gitignore); checkpoints of the official sizes take a few GB.
 DEFAULT_CACHE = Path(__file__).parent / "results" / "tmp" / "checkpoints"
 
+#: Part of the cache key: change it when :func:`randomize` changes.
+WEIGHTS_SCHEME = "fan-in-1"
+
 
 def checkpoint_dir(spec: HeadSpec, cache: Path = DEFAULT_CACHE) -> Path:
     """The directory holding ``spec``'s checkpoint, creating it on first use."""
     import transformers
 
-    key = json.dumps({"arch": spec.architecture, **spec.config}, sort_keys=True)
+    key = json.dumps({"arch": spec.architecture, "weights": WEIGHTS_SCHEME, **spec.config}, sort_keys=True)
     directory = cache / f"{spec.name}-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
     if (directory / "config.json").is_file() and (directory / "model.safetensors").is_file():
         return directory

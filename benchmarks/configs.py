@@ -10,36 +10,37 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-_LANGUAGE = dict(
-    d_model=768, d_latents=1280, num_latents=256, num_blocks=1, num_self_attends_per_block=26,
-    num_self_attention_heads=8, num_cross_attention_heads=8, qk_channels=256, v_channels=1280,
-    vocab_size=262, max_position_embeddings=2048,
-)
-_VISION = dict(
-    num_latents=512, d_latents=1024, num_blocks=8, num_self_attends_per_block=6, num_self_attention_heads=8,
-    num_cross_attention_heads=1, qk_channels=None, v_channels=None, image_size=224, num_labels=1000,
-)
-_FLOW = dict(
-    num_latents=2048, d_latents=512, d_model=322, num_blocks=1, num_self_attends_per_block=24,
-    num_self_attention_heads=16, num_cross_attention_heads=1, train_size=[368, 496],
-)
-_MULTIMODAL = dict(
-    num_latents=784, d_latents=512, d_model=704, num_blocks=1, num_self_attends_per_block=8,
-    num_self_attention_heads=8, num_cross_attention_heads=1, num_frames=16, image_size=224,
-    audio_samples_per_frame=1920, samples_per_patch=16, output_shape=[1, 16, 224, 224],
-    output_num_channels=512, num_labels=700,
-)
+_LANGUAGE = {
+    "d_model": 768, "d_latents": 1280, "num_latents": 256, "num_blocks": 1, "num_self_attends_per_block": 26,
+    "num_self_attention_heads": 8, "num_cross_attention_heads": 8, "qk_channels": 256, "v_channels": 1280,
+    "vocab_size": 262, "max_position_embeddings": 2048,
+}
+_VISION = {
+    "num_latents": 512, "d_latents": 1024, "num_blocks": 8, "num_self_attends_per_block": 6,
+    "num_self_attention_heads": 8, "num_cross_attention_heads": 1, "qk_channels": None, "v_channels": None,
+    "image_size": 224, "num_labels": 1000,
+}
+_FLOW = {
+    "num_latents": 2048, "d_latents": 512, "d_model": 322, "num_blocks": 1, "num_self_attends_per_block": 24,
+    "num_self_attention_heads": 16, "num_cross_attention_heads": 1, "train_size": [368, 496],
+}
+_MULTIMODAL = {
+    "num_latents": 784, "d_latents": 512, "d_model": 704, "num_blocks": 1, "num_self_attends_per_block": 8,
+    "num_self_attention_heads": 8, "num_cross_attention_heads": 1, "num_frames": 16, "image_size": 224,
+    "audio_samples_per_frame": 1920, "samples_per_patch": 16, "output_shape": [1, 16, 224, 224],
+    "output_num_channels": 512, "num_labels": 700,
+}
 
 #: Tiny versions: same structure, every dimension small, so ``--quick`` runs in seconds.
-_QUICK_COMMON = dict(num_latents=16, d_latents=64, num_blocks=1, num_self_attends_per_block=2,
-                     num_self_attention_heads=4)
+_QUICK_COMMON = {"num_latents": 16, "d_latents": 64, "num_blocks": 1, "num_self_attends_per_block": 2,
+                 "num_self_attention_heads": 4}
 _QUICK = {
-    "language": dict(_LANGUAGE, **_QUICK_COMMON, d_model=48, num_cross_attention_heads=4, qk_channels=32,
-                     v_channels=64, max_position_embeddings=256),
-    "vision": dict(_VISION, **_QUICK_COMMON, image_size=32, num_labels=10),
-    "flow": dict(_FLOW, **_QUICK_COMMON, train_size=[24, 32]),
-    "multimodal": dict(_MULTIMODAL, **_QUICK_COMMON, num_frames=2, image_size=32, audio_samples_per_frame=64,
-                       output_shape=[1, 2, 32, 32], output_num_channels=32, num_labels=7),
+    "language": {**_LANGUAGE, **_QUICK_COMMON, "d_model": 48, "num_cross_attention_heads": 4, "qk_channels": 32,
+                 "v_channels": 64, "max_position_embeddings": 256},
+    "vision": {**_VISION, **_QUICK_COMMON, "image_size": 32, "num_labels": 10},
+    "flow": {**_FLOW, **_QUICK_COMMON, "train_size": [24, 32]},
+    "multimodal": {**_MULTIMODAL, **_QUICK_COMMON, "num_frames": 2, "image_size": 32, "audio_samples_per_frame": 64,
+                   "output_shape": [1, 2, 32, 32], "output_num_channels": 32, "num_labels": 7},
 }
 _OFFICIAL = {"language": _LANGUAGE, "vision": _VISION, "flow": _FLOW, "multimodal": _MULTIMODAL}
 

@@ -15,7 +15,6 @@ import itertools
 from collections.abc import Callable
 
 import torch
-
 from perceiver_serve.modeling import flow_patches
 
 

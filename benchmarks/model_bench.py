@@ -15,7 +15,6 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-
 from perceiver_serve.modeling import ByteTokenizer
 
 from .configs import head_spec

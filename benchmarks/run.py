@@ -67,7 +67,7 @@ def probe(case: Case, impl: str, quick: bool, threads: int) -> dict[str, Any]:
         command.append("--quick")
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "TRANSFORMERS_VERBOSITY": "error",
            "HF_HUB_OFFLINE": "1"}
-    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"probe {case.name}/{impl} failed:\n{done.stderr[-2000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -163,16 +163,16 @@ def write_markdown(path: Path, payload: dict[str, Any]) -> None:
     env, peaks = payload["environment"], payload["matmul_peak_gflops"]
     text = [
         "# Model benchmark: perceiver-serve vs transformers\n",
-        f"Run {payload['started']} ({'quick, tiny configs' if payload['quick'] else 'official checkpoint sizes'}),"
-        f" {payload['duration_s'] / 60:.1f} min. Machine: {env['cpu']}, {env['cpu_count']} cores "
-        f"({env['cpu_capability']}), {env['torch_threads']} torch threads; torch {env['torch']}, "
-        f"transformers {env['transformers']}.\n",
+        (f"Run {payload['started']} ({'quick, tiny configs' if payload['quick'] else 'official checkpoint sizes'}),"
+         f" {payload['duration_s'] / 60:.1f} min. Machine: {env['cpu']}, {env['cpu_count']} cores "
+         f"({env['cpu_capability']}), {env['torch_threads']} torch threads; torch {env['torch']}, "
+         f"transformers {env['transformers']}.\n"),
         "Measured matmul peak in this run: " + ", ".join(f"{k} {v:.1f} GFLOP/s" for k, v in peaks.items()) + ".\n",
-        "Times are medians ± half the range of the repetitions, the two implementations alternating in one "
-        "process; the ratio is reference median / our median. Peak memory is each implementation's peak "
-        "resident set size in a fresh process (same imports in both). GFLOP/s: the floating-point operations "
-        "each implementation executes (matrix products, convolutions, attention) over its median time, and "
-        "their share of the fp32 matmul peak (of the bf16/fp16 peak for those cases).\n",
+        ("Times are medians ± half the range of the repetitions, the two implementations alternating in one "
+         "process; the ratio is reference median / our median. Peak memory is each implementation's peak "
+         "resident set size in a fresh process (same imports in both). GFLOP/s: the floating-point operations "
+         "each implementation executes (matrix products, convolutions, attention) over its median time, and "
+         "their share of the fp32 matmul peak (of the bf16/fp16 peak for those cases).\n"),
         report.markdown_table(
             ["case", "transformers", "ours", "ratio", "peak MB ref / ours", "GFLOP/s ref / ours (% peak)",
              "max abs diff", "target", "met"], rows),
