@@ -42,8 +42,35 @@ def _onednn_linear_works() -> bool:
 ONEDNN_LINEAR = _onednn_linear_works()
 
 
+def _native_cpu_support(name: str) -> bool:
+    check = getattr(getattr(torch.ops, "mkldnn", None), name, None)
+    try:
+        return bool(check()) if check is not None else True
+    except RuntimeError:
+        return True
+
+
+#: Whether this CPU multiplies bf16 / fp16 matrices in hardware (AVX-512 BF16/FP16, AMX). Without
+#: it, oneDNN's reduced-precision kernels run about ten times slower than fp32 ones (AVX2 CPUs).
+NATIVE_CPU_PRODUCTS = {
+    torch.bfloat16: _native_cpu_support("_is_mkldnn_bf16_supported"),
+    torch.float16: _native_cpu_support("_is_mkldnn_fp16_supported"),
+}
+
+
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``F.linear``, through oneDNN for fp32 CPU inference products of at least ``ONEDNN_MIN_ROWS`` rows."""
+    """``F.linear``, through oneDNN for fp32 CPU inference products of at least ``ONEDNN_MIN_ROWS`` rows.
+
+    bf16/fp16 products on a CPU without hardware support for them are computed in fp32 and
+    rounded back: exact products of the low-precision values accumulated in fp32, which is what
+    a native kernel computes, at fp32 speed (the weights stay in low precision in memory).
+    """
+    if (
+        x.device.type == "cpu"
+        and not NATIVE_CPU_PRODUCTS.get(x.dtype, True)
+        and not (weight.requires_grad or x.requires_grad)
+    ):
+        return linear(x.float(), weight.float(), None if bias is None else bias.float()).to(x.dtype)
     if (
         ONEDNN_LINEAR
         and x.dtype == torch.float32
