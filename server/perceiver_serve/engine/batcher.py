@@ -128,12 +128,7 @@ class DynamicBatcher:
         now = time.monotonic()
         if deadline is None:
             deadline = now + self.limits.timeout_ms / 1000
-        if len(payloads) > self.limits.max_queue:  # would be refused however empty the queue: not a 429
-            self.observer.observe_rejected(self.name, "too_large")
-            raise PayloadTooLarge(
-                f"this request needs {len(payloads)} work items on model {self.name!r}, more than its queue ever "
-                f"holds ({self.limits.max_queue}); send a smaller input"
-            )
+        self.check_fits(len(payloads))
         items = [_Item(p, self.runner.batch_key(p), loop.create_future(), loop, now, deadline) for p in payloads]
         with self._cond:
             if self._stopping:
@@ -154,6 +149,19 @@ class DynamicBatcher:
         finally:
             for future in futures:
                 future.cancel()  # no-op for settled ones; drops the rest before they run
+
+    def check_fits(self, count: int) -> None:
+        """Refuse a request of ``count`` items that the queue could never hold, however empty.
+
+        Such a request is too large (413), not a reason to retry later (429). Tasks that build
+        many items for one request call this before building them, to spare the work.
+        """
+        if count > self.limits.max_queue:
+            self.observer.observe_rejected(self.name, "too_large")
+            raise PayloadTooLarge(
+                f"this request needs {count} work items on model {self.name!r}, more than its queue ever "
+                f"holds ({self.limits.max_queue}); send a smaller input"
+            )
 
     def stop(self, timeout: float | None = None) -> None:
         """Refuse new work, finish what is queued, and end the worker thread."""

@@ -66,6 +66,11 @@ class FlowTiler:
             return frames
         return np.pad(frames, ((0, 0), (0, extra_h), (0, extra_w), (0, 0)), mode="edge")
 
+    def tile_count(self, height: int, width: int) -> int:
+        """How many tiles cover a ``height × width`` frame (padded to the tile size if smaller)."""
+        th, tw = self.tile
+        return len(self.origins(max(height, th), max(width, tw)))
+
     def split(self, frame1: np.ndarray, frame2: np.ndarray) -> tuple[list[np.ndarray], list[tuple[int, int]]]:
         """Tiles of a (padded) frame pair, each ``(2, h, w, 3)``, and their top-left corners."""
         frames = self.pad(np.stack([frame1, frame2]))
@@ -121,6 +126,7 @@ async def estimate_flow(served: ServedModel, first: bytes, second: bytes, limits
     if min(height, width) < smallest:
         raise InvalidInput(f"frames are {width}×{height}; this model needs at least {smallest} pixels on each side",
                            code="frame_too_small")
+    served.batcher.check_fits(tiler.tile_count(height, width))  # before cutting tiles that could never be queued
     tiles, origins = await off_loop(tiler.split, frame1, frame2)
     flows = await served.batcher.submit_all(tiles, deadline=deadline)
     return await off_loop(tiler.blend, flows, origins, height, width)
