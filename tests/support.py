@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -72,3 +74,40 @@ class ServerProcess:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident memory of a process (the server's, for memory-growth checks)."""
+    import psutil
+
+    return psutil.Process(pid).memory_info().rss
+
+
+def metric_value(exposition: str, name: str, **labels: str) -> float:
+    """One sample of a Prometheus exposition (``/metrics`` text); 0 when the series does not exist yet."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(exposition):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return sample.value
+    return 0.0
+
+
+@contextlib.contextmanager
+def running(*args: str, **kwargs) -> Iterator[ServerProcess]:
+    """A ready ``ServerProcess`` that must exit 0 when stopped."""
+    with ServerProcess(*args, **kwargs) as proc:
+        proc.wait()
+        yield proc
+        assert proc.stop() == 0, proc.logs()
+
+
+@contextlib.contextmanager
+def grpc_channel(port: int, **options: int):
+    """An insecure channel to a loopback gRPC port, once it is ready."""
+    import grpc
+
+    with grpc.insecure_channel(f"127.0.0.1:{port}", options=list(options.items())) as channel:
+        grpc.channel_ready_future(channel).result(timeout=30)
+        yield channel

@@ -1,0 +1,51 @@
+"""One real `perceiver-serve` process (REST and gRPC) shared by the corpus, fuzzing and load tests."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from perceiver_serve.pb.perceiver.v1 import perceiver_pb2_grpc
+
+from ..support import grpc_channel, running
+from .repository import clone_model, repository
+
+# A model with a tiny queue, for watching 429s without disturbing the others.
+SMALL_QUEUE = "text-small-queue"
+
+
+@pytest.fixture(scope="session")
+def shared_repository(tmp_path_factory):
+    root = repository(tmp_path_factory.mktemp("reliability-repo"))
+    clone_model(root, "text-sentiment", SMALL_QUEUE, max_queue=4, max_batch_size=2, max_delay_ms=20)
+    return root
+
+
+# glibc gives each thread that allocates (preprocessing pool, device workers, gRPC) its own
+# arena, and their fragmentation makes RSS creep for thousands of requests before it levels
+# off; two arenas make it level off at once, so memory checks see leaks rather than the
+# allocator's policy. The same setting suits production images.
+ALLOCATOR = {"MALLOC_ARENA_MAX": "2"}
+
+
+@pytest.fixture(scope="session")
+def server(shared_repository):
+    with running(grpc=True, repository=shared_repository, env=ALLOCATOR) as proc:
+        yield proc
+
+
+@pytest.fixture(scope="session")
+def rest(server):
+    with httpx.Client(base_url=server.url, timeout=120) as client:
+        yield client
+
+
+@pytest.fixture(scope="session")
+def channel(server):
+    with grpc_channel(server.grpc_port, **{"grpc.max_send_message_length": 128 << 20}) as ch:
+        yield ch
+
+
+@pytest.fixture(scope="session")
+def stub(channel):
+    return perceiver_pb2_grpc.PerceiverStub(channel)

@@ -1,0 +1,120 @@
+"""SIGTERM under load: in-flight requests finish, new ones are refused, the process exits 0 in time.
+
+Clients keep sending over REST (kept-alive connections, as real clients do) and gRPC while
+the signal arrives; slow flow requests are in flight at that moment. Every request ends in
+exactly one of: a full, valid answer; a clean refusal (connection refused, 503, gRPC
+UNAVAILABLE, or a kept-alive connection closed before any byte of an answer). Nothing is
+reset mid-answer and nothing is a 5xx.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import threading
+import time
+from collections import Counter
+
+import aiohttp
+import grpc
+import numpy as np
+
+from perceiver_serve.pb.perceiver.v1 import perceiver_pb2 as pb
+from perceiver_serve.pb.perceiver.v1 import perceiver_pb2_grpc
+
+from ..api.conftest import png_bytes
+from ..support import ServerProcess
+from .repository import repository
+from .test_load import post
+
+GRACE_S = 20
+FLOW_FRAME = np.random.default_rng(9).integers(0, 256, (150, 200, 3), dtype=np.uint8)  # 25 tiles
+
+
+async def rest_clients(url: str, stop_after: float, outcomes: Counter, problems: list[str]) -> None:
+    async def text_client(n: int) -> None:
+        async with aiohttp.ClientSession(url, timeout=aiohttp.ClientTimeout(total=60)) as session:
+            i = 0
+            while True:
+                i += 1
+                try:
+                    r = await post(session, "/classify/text", body={"text": f"client {n} request {i}"})
+                except aiohttp.ClientConnectorError:
+                    outcomes["rest refused (connect)"] += 1
+                    return
+                except aiohttp.ServerDisconnectedError:
+                    outcomes["rest refused (kept-alive connection closed before an answer)"] += 1
+                    continue  # the next request opens a new connection, or is refused
+                except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                    problems.append(f"text: {type(exc).__name__}: {exc}")
+                    return
+                if r.status == 503:
+                    outcomes["rest refused (503)"] += 1
+                    continue
+                if r.status != 200 or len(r.json()["results"][0]["predictions"]) != 2:
+                    problems.append(f"text: {r.status} {r.body[:200]!r}")
+                    return
+                outcomes["rest answered"] += 1
+                if time.monotonic() > stop_after:
+                    return
+
+    async def flow_client() -> None:
+        async with aiohttp.ClientSession(url, timeout=aiohttp.ClientTimeout(total=60)) as session:
+            frame = png_bytes(FLOW_FRAME)
+            r = await post(session, "/flow", files={"frame1": frame, "frame2": frame})
+            if r.status == 200 and r.headers["x-flow-height"] == "150":
+                outcomes["rest slow flow answered"] += 1
+            else:
+                problems.append(f"flow: {r.status} {r.body[:200]!r}")
+
+    await asyncio.gather(*(text_client(n) for n in range(24)), flow_client(), flow_client())
+
+
+def grpc_client(address: str, stop_after: float, outcomes: Counter, problems: list[str]) -> None:
+    with grpc.insecure_channel(address) as channel:
+        stub = perceiver_pb2_grpc.PerceiverStub(channel)
+        while time.monotonic() < stop_after:
+            try:
+                reply = stub.ClassifyText(pb.ClassifyTextRequest(texts=["grpc during drain"]), timeout=30)
+            except grpc.RpcError as error:
+                if error.code() == grpc.StatusCode.UNAVAILABLE:
+                    outcomes["grpc refused (UNAVAILABLE)"] += 1
+                    return
+                problems.append(f"grpc: {error.code()} {error.details()}")
+                return
+            assert len(reply.results[0].predictions) == 2
+            outcomes["grpc answered"] += 1
+
+
+def test_sigterm_under_load_drains_cleanly(tmp_path):
+    root = repository(tmp_path / "repo", "text-sentiment", "optical-flow")
+    with ServerProcess("--grace-period", str(GRACE_S), grpc=True, repository=root) as proc:
+        proc.wait()
+        outcomes, problems = Counter(), []
+        stop_after = time.monotonic() + 60
+        grpc_threads = [threading.Thread(target=grpc_client, args=(f"127.0.0.1:{proc.grpc_port}", stop_after,
+                                                                   outcomes, problems)) for _ in range(4)]
+        for thread in grpc_threads:
+            thread.start()
+
+        async def load_then_terminate() -> float:
+            clients = asyncio.create_task(rest_clients(proc.url, stop_after, outcomes, problems))
+            await asyncio.sleep(1.0)
+            signalled = time.monotonic()
+            os.kill(proc.process.pid, signal.SIGTERM)
+            await clients
+            return signalled
+
+        signalled = asyncio.run(load_then_terminate())
+        for thread in grpc_threads:
+            thread.join(60)
+        code = proc.process.wait(GRACE_S + 10)
+        exited_after = time.monotonic() - signalled
+    print(f"\ndrain: outcomes {dict(outcomes)}; exit {code} {exited_after:.1f} s after SIGTERM")
+    assert problems == [], problems[:10]
+    assert code == 0 and exited_after < GRACE_S + 5
+    assert outcomes["rest slow flow answered"] == 2  # in flight at SIGTERM, finished
+    assert outcomes["rest answered"] > 0 and outcomes["grpc answered"] > 0
+    assert outcomes["rest refused (connect)"] == 24 and outcomes["grpc refused (UNAVAILABLE)"] == 4
+    assert "draining" in proc.logs() and "Traceback" not in proc.logs()

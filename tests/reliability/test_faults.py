@@ -1,0 +1,178 @@
+"""Faults inside a real server (uvicorn and grpc.aio in this process): a model that throws,
+runs out of memory, or whose client goes away mid-request.
+
+Faults are injected by wrapping a served model's ``runner.run``; nothing in the server knows.
+A model that fails to load is in test_security.py (its checkpoint carries a pickle payload).
+Mid-stream cancellation of ReconstructVideo is tests/grpc/test_video.py::test_cancelling_stops_decoding.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import time
+
+import grpc
+import httpx
+import numpy as np
+import pytest
+import torch
+
+from perceiver_serve.modeling import ByteTokenizer
+from perceiver_serve.pb.perceiver.v1 import perceiver_pb2 as pb
+from perceiver_serve.pb.perceiver.v1 import perceiver_pb2_grpc
+from perceiver_serve.settings import Settings
+
+from ..api.conftest import png_bytes
+from .inprocess import InProcessRestAndGrpc
+from .repository import repository
+
+TEXT, FLOW = "text-sentiment", "optical-flow"
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory):
+    root = repository(tmp_path_factory.mktemp("faults"), TEXT, FLOW,
+                      **{TEXT: {"max_delay_ms": 60, "max_batch_size": 8}, FLOW: {"max_batch_size": 4}})
+    server = InProcessRestAndGrpc(Settings(model_repository=root, grpc_port=0)).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture()
+def faulty(live, monkeypatch):
+    """Wrap ``runner.run`` of a served model with ``fault(payloads)`` (which may raise); record every call."""
+    calls: list[tuple[list, BaseException | None]] = []
+
+    def install(name: str, fault):
+        runner = live.served(name).runner
+        run = runner.run
+
+        def wrapped(payloads):
+            try:
+                fault(payloads)
+            except BaseException as exc:
+                calls.append((list(payloads), exc))
+                raise
+            calls.append((list(payloads), None))
+            return run(payloads)
+
+        monkeypatch.setattr(runner, "run", wrapped)
+        return calls
+
+    return install
+
+
+def text_of(ids: list[int]) -> str:
+    return bytes(i - ByteTokenizer.NUM_SPECIAL for i in ids if i >= ByteTokenizer.NUM_SPECIAL).decode()
+
+
+async def post_texts(url: str, texts: list[str]) -> list[httpx.Response]:
+    async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+        return await asyncio.gather(*(client.post("/classify/text", json={"text": t}) for t in texts))
+
+
+def test_a_forward_that_raises_fails_only_the_requests_of_its_batch(live, faulty, caplog):
+    def poisoned(payloads):
+        if any("POISON" in text_of(ids) for ids in payloads):
+            raise RuntimeError("injected fault in the forward pass")
+
+    calls = faulty(TEXT, poisoned)
+    texts = [f"fine text {i}" for i in range(20)] + [f"POISON {i}" for i in range(3)]
+    with caplog.at_level(logging.INFO):
+        responses = asyncio.run(post_texts(live.url, texts))
+    failed = {text_of(ids) for payloads, error in calls if error for ids in payloads}
+    assert {t for t in texts if "POISON" in t} <= failed
+    for text, r in zip(texts, responses):
+        if text in failed:
+            request_id = r.headers["x-request-id"]
+            assert (r.status_code, r.json()["error"]["code"]) == (500, "inference_failed"), r.text
+            assert request_id in r.json()["error"]["message"]
+            assert any(getattr(rec, "request_id", None) == request_id and rec.status == 500 for rec in caplog.records)
+        else:
+            assert r.status_code == 200, r.text
+    assert len(failed) < len(texts), "every batch failed: nothing shows the fault was contained"
+    assert any("forward pass failed" in rec.getMessage() and rec.exc_info for rec in caplog.records)
+
+    # gRPC, the same model, the same fault; then both protocols still serve.
+    with grpc.insecure_channel(live.address) as channel:
+        stub = perceiver_pb2_grpc.PerceiverStub(channel)
+        with pytest.raises(grpc.RpcError) as info:
+            stub.ClassifyText(pb.ClassifyTextRequest(texts=["POISON again"]))
+        trailers = dict(info.value.trailing_metadata())
+        assert info.value.code() == grpc.StatusCode.INTERNAL and trailers["x-request-id"] in info.value.details()
+        assert stub.ClassifyText(pb.ClassifyTextRequest(texts=["fine again"])).results
+    assert httpx.get(live.url + "/health/ready").status_code == 200
+    assert httpx.post(live.url + "/classify/text", json={"text": "fine again"}).status_code == 200
+
+
+def test_out_of_memory_splits_the_batch_and_retries(live, faulty, caplog):
+    def small_batches_only(payloads):
+        if len(payloads) > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB (injected)")
+
+    calls = faulty(TEXT, small_batches_only)
+    texts = [f"memory hungry text {i}" for i in range(8)]
+    with caplog.at_level(logging.WARNING):
+        responses = asyncio.run(post_texts(live.url, texts))
+    assert [r.status_code for r in responses] == [200] * len(texts), [r.text for r in responses]
+    sizes = [(len(payloads), error is not None) for payloads, error in calls]
+    assert any(failed for _, failed in sizes), f"no batch of more than 2 formed: {sizes}"
+    assert all(size <= 2 for size, failed in sizes if not failed)
+    assert sum(size for size, failed in sizes if not failed) == len(texts)
+    assert any("retrying in halves" in rec.getMessage() for rec in caplog.records)
+    # Each answer is its own text's, as if it had been computed alone.
+    with grpc.insecure_channel(live.address) as channel:
+        stub = perceiver_pb2_grpc.PerceiverStub(channel)
+        alone = stub.ClassifyText(pb.ClassifyTextRequest(texts=[texts[3]], return_logits=True))
+    again = httpx.post(live.url + "/classify/text", json={"text": texts[3], "return_logits": True}).json()
+    assert np.allclose(alone.results[0].logits, again["results"][0]["logits"], atol=1e-6)
+
+
+def rejected(live, reason: str) -> float:
+    return live.metric("perceiver_rejected_requests_total", {"model": FLOW, "reason": reason})
+
+
+def wait_for_idle(live, name: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while live.served(name).batcher.queue_depth and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+BIG = np.random.default_rng(3).integers(0, 256, (400, 400, 3), dtype=np.uint8)  # 126 tiles of 48×64
+
+
+def test_a_rest_client_that_disconnects_frees_its_queued_work(live, faulty):
+    calls = faulty(FLOW, lambda payloads: None)
+    before = rejected(live, "cancelled")
+    files = {"frame1": ("1.png", png_bytes(BIG)), "frame2": ("2.png", png_bytes(np.roll(BIG, 2, 0)))}
+    with pytest.raises(httpx.TimeoutException):
+        httpx.post(live.url + "/flow", files=files, timeout=1.5)
+    time.sleep(0.5)
+    wait_for_idle(live, FLOW)
+    computed = sum(len(payloads) for payloads, _ in calls)
+    dropped = rejected(live, "cancelled") - before
+    assert dropped > 0 and computed + dropped == 126, (computed, dropped)
+    assert computed < 126 / 2
+    statuses = {key: live.metric("perceiver_requests_total", {"model": FLOW, "endpoint": "/flow",
+                                                              "protocol": "rest", "status": key})
+                for key in ("499", "500")}
+    assert statuses == {"499": 1.0, "500": 0.0}
+
+
+def test_a_grpc_client_that_cancels_frees_its_queued_work(live, faulty):
+    calls = faulty(FLOW, lambda payloads: None)
+    before = rejected(live, "cancelled")
+    request = pb.EstimateFlowRequest(frame1=png_bytes(BIG), frame2=png_bytes(np.roll(BIG, 2, 1)))
+    with grpc.insecure_channel(live.address) as channel:
+        future = perceiver_pb2_grpc.PerceiverStub(channel).EstimateFlow.future(request)
+        time.sleep(1.5)
+        future.cancel()
+    time.sleep(0.5)
+    wait_for_idle(live, FLOW)
+    computed = sum(len(payloads) for payloads, _ in calls)
+    dropped = rejected(live, "cancelled") - before
+    assert dropped > 0 and computed + dropped == 126, (computed, dropped)
+    assert live.metric("perceiver_requests_total", {"model": FLOW, "endpoint": "EstimateFlow", "protocol": "grpc",
+                                                    "status": "CANCELLED"}) == 1.0
