@@ -10,7 +10,7 @@ changes nothing:
   ``Σ p (W_v x + b_v) = W_v (Σ p x) + b_v``. Optical flow no longer holds two 182,528 × 322 key
   and value arrays, and the projections of every input are skipped.
 * **Latents side** (the decoders: many queries read a few latents). Keys and values are mapped
-  into the queries' space once per encoding, ``K̃ = K W_q`` and ``Ṽ = V W_oᵀ``, so each query
+  into the queries' space once per encoding, ``K̃ = K W_q`` and ``Ṽ = V W_oᵀ + b_o``, so each query
   costs ``Nk · (query width + output width)`` instead of two projections plus the attention.
   The result is remembered for the latents it came from, so decoding one encoding in many
   chunks prepares it once.
@@ -95,7 +95,7 @@ class LatentState:
 
     keys: torch.Tensor  # (B, Nk, query width), scaled by 1/sqrt(qk width)
     key_bias: torch.Tensor  # (B, Nk), the query bias' share of every score
-    values: torch.Tensor  # (B, Nk, output width), without the output bias
+    values: torch.Tensor  # (B, Nk, output width), output bias included (attention rows sum to one)
 
 
 def _per_query_cost(layer: PerceiverLayer, num_latents: int, query_width: int) -> tuple[int, int, int]:
@@ -150,7 +150,7 @@ def latent_state(layer: PerceiverLayer, latents: torch.Tensor) -> LatentState:
     state = LatentState(
         keys=torch.matmul(keys, qkv.query.weight) * scale,
         key_bias=torch.matmul(keys, qkv.query.bias) * scale,
-        values=linear(values, out.weight),
+        values=linear(values, out.weight, out.bias),
     )
     layer.latent_memo = (latents.clone(), _versions(layer), state)
     return state
@@ -185,14 +185,12 @@ def _padded_scores(layer: PerceiverLayer, queries: PaddedQueries, state: LatentS
 def attend_latents(layer: PerceiverLayer, queries: Queries, state: LatentState) -> torch.Tensor:
     """The attention block's output ``(B, Nq, query width)``, from prepared latents."""
     attention = layer.attention
-    bias = attention.output.dense.bias
     if isinstance(queries, PaddedQueries):
         weights = torch.softmax(_padded_scores(layer, queries, state), dim=-1)
         out = batched_linear(weights, state.values.transpose(1, 2))
     else:
         normed = attention.self.layernorm1(queries)[:, None]
         out = attend(normed, state.keys[:, None], state.values[:, None], scale=1.0, key_bias=state.key_bias)[:, 0]
-    out = out + bias
     if attention.use_query_residual:
         out = out + (queries.materialize() if isinstance(queries, PaddedQueries) else queries)
     return out
