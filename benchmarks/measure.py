@@ -14,6 +14,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -134,7 +135,18 @@ def matmul_peak(dtype: torch.dtype, size: int, budget_s: float = 3.0) -> float:
 
 
 def peak_rss_mb() -> float:
-    """This process's peak resident set size so far (Linux reports KiB, macOS bytes)."""
+    """This process's peak resident set size so far.
+
+    On Linux from ``VmHWM``, the high-water mark of this program's own address space:
+    ``ru_maxrss`` survives ``exec`` and so would report the parent's size at ``fork`` for a
+    probe started from a process that holds models.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / (1024 * 1024 if sys.platform == "darwin" else 1024)
 

@@ -110,17 +110,24 @@ def run_case(case: Case, models: Models, quick: bool, reps: int | None, memory: 
             name: sorted(p[name] for p in marks[impl] if name in p)[len(marks[impl]) // 2] for name in names
         }
     if memory and (not quick or case.target.memory):
-        for impl in ("ref", "ours"):
-            say(f"  probing peak memory and FLOPs of {impl} in a fresh process")
-            result[impl].update(probe(case, impl, quick, threads))
-            gflops = result[impl]["flops"] / result[impl]["median_s"] / 1e9
-            result[impl]["gflops"] = gflops
-            result[impl]["pct_of_peak"] = 100 * gflops / peaks["float32"]
-        result["memory_ratio"] = result["ref"]["peak_rss_mb"] / result["ours"]["peak_rss_mb"]
+        probe_case(case, result, quick, threads, peaks, say)
     result["target"] = {k: v for k, v in vars(case.target).items() if v is not None}
     result["target_text"] = case.target.describe()
     result["met"] = _met(case, result)
     return result
+
+
+def probe_case(case: Case, result: dict[str, Any], quick: bool, threads: int, peaks: dict[str, float],
+               say: Progress) -> None:
+    """Add each implementation's peak memory and executed FLOPs (fresh processes) to a timed result."""
+    for impl in ("ref", "ours"):
+        say(f"  probing peak memory and FLOPs of {impl} in a fresh process")
+        result[impl].update(probe(case, impl, quick, threads))
+        gflops = result[impl]["flops"] / result[impl]["median_s"] / 1e9
+        result[impl]["gflops"] = gflops
+        result[impl]["pct_of_peak"] = 100 * gflops / peaks["float32"]
+    result["memory_ratio"] = result["ref"]["peak_rss_mb"] / result["ours"]["peak_rss_mb"]
+    result["met"] = _met(case, result)
 
 
 def _met(case: Case, result: dict[str, Any]) -> dict[str, bool | None]:
@@ -224,6 +231,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-memory", dest="memory", action="store_false",
                         help="skip the per-process memory and FLOP probes")
+    parser.add_argument("--probe-only", action="store_true",
+                        help="keep the timings in OUT/results.json, measure memory and FLOPs again")
     args = parser.parse_args(argv)
     names = [n.strip() for n in args.cases.split(",") if n.strip()]
     unknown = [n for n in names if n not in CASES_BY_NAME]
@@ -232,6 +241,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     say = Progress()
+    if args.probe_only:
+        return reprobe(args.out, names, args.threads, say)
     started = datetime.datetime.now().isoformat(timespec="seconds")
     say("measuring the matmul peak")
     size, budget = (256, 0.3) if args.quick else (2048, 3.0)
@@ -255,6 +266,21 @@ def main(argv: list[str] | None = None) -> int:
     write_markdown(args.out / "results.md", payload)
     write_charts(args.out, payload["results"])
     say(f"wrote {args.out / 'results.json'}, results.md and charts")
+    return 0
+
+
+def reprobe(out: Path, names: list[str], threads: int, say: Progress) -> int:
+    """Measure memory and FLOPs again for the timed results in ``out`` (e.g. after fixing a probe)."""
+    payload = json.loads((out / "results.json").read_text())
+    for result in payload["results"]:
+        if result["case"] in names:
+            say(f"{result['case']}: probing again")
+            probe_case(CASES_BY_NAME[result["case"]], result, payload["quick"], threads,
+                       payload["matmul_peak_gflops"], say)
+            report.write_json(out / "results.json", payload)
+    write_markdown(out / "results.md", payload)
+    write_charts(out, payload["results"])
+    say(f"updated {out / 'results.json'}, results.md and charts")
     return 0
 
 
