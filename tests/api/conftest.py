@@ -12,16 +12,14 @@ from PIL import Image
 
 from perceiver_serve.modeling import load_model
 
-from ..support import DEMO_MODELS, ServerProcess
+from ..support import DEMO_MODELS, running
 
 
 @pytest.fixture(scope="session")
 def server():
     """The real server (uvicorn, demo repository) on a free loopback port, for the whole session."""
-    with ServerProcess() as proc:
-        proc.wait()
+    with running() as proc:
         yield proc
-        assert proc.stop() == 0, proc.logs()
 
 
 @pytest.fixture(scope="session")

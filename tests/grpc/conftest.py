@@ -7,7 +7,7 @@ import pytest
 from perceiver_serve.pb.perceiver.v1 import perceiver_pb2_grpc
 from perceiver_serve.settings import Settings
 
-from ..support import ServerProcess
+from ..support import grpc_channel, running
 from .inprocess import InProcessServer, write_repository
 
 API_KEY = "grpc-test-key"
@@ -19,10 +19,8 @@ MAX_MESSAGE_MB = 1.0
 
 @pytest.fixture(scope="session")
 def process():
-    with ServerProcess(grpc=True) as proc:
-        proc.wait()
+    with running(grpc=True) as proc:
         yield proc
-        assert proc.stop() == 0, proc.logs()
 
 
 @pytest.fixture(scope="session")
@@ -33,8 +31,7 @@ def rest(process):
 
 @pytest.fixture(scope="session")
 def channel(process):
-    with grpc.insecure_channel(f"127.0.0.1:{process.grpc_port}") as ch:
-        grpc.channel_ready_future(ch).result(timeout=30)
+    with grpc_channel(process.grpc_port) as ch:
         yield ch
 
 
