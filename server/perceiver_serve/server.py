@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import time
 
 import uvicorn
 
@@ -57,12 +58,13 @@ async def serve(settings: Settings) -> int:
     ))
     grpc_server = GrpcServer(state, settings) if settings.grpc_port >= 0 else None
 
+    drain_started: list[float] = []
+
     def drain(signum: int) -> None:
+        drain_started.append(time.monotonic())
         log.info("received %s: draining (grace period %.0f s)", signal.Signals(signum).name, settings.grace_period_s)
-        state.draining = True
-        http.should_exit = True
-        if grpc_server is not None:
-            grpc_server.drain(settings.grace_period_s)
+        state.draining = True  # readiness 503, gRPC health NOT_SERVING, new RPCs UNAVAILABLE
+        http.should_exit = True  # the REST listener closes; in-flight requests finish
 
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -78,8 +80,9 @@ async def serve(settings: Settings) -> int:
         await http.serve()
     finally:
         state.draining = True
-        if grpc_server is not None:
-            await grpc_server.stop(settings.grace_period_s)
+        if grpc_server is not None:  # one grace period for both ports, counted from the signal
+            since = time.monotonic() - drain_started[0] if drain_started else 0.0
+            await grpc_server.stop(max(settings.grace_period_s - since, 0.0))
         await loading
         await asyncio.to_thread(state.registry.stop, settings.grace_period_s)
         log.info("stopped")

@@ -27,7 +27,7 @@ from grpc_reflection.v1alpha import reflection
 
 from ..engine import ModelRegistry, ServedModel
 from ..engine.registry import READY
-from ..errors import InvalidInput, ServeError, Unauthenticated
+from ..errors import InvalidInput, ServeError, ShuttingDown, Unauthenticated
 from ..pb.perceiver.v1 import perceiver_pb2 as pb
 from ..settings import Settings
 from .common import check_top_k
@@ -99,6 +99,7 @@ class _Rpc:
         self.handler = handler
         self.request_type = request_type
         self.streaming = streaming
+        self.state = state
         self.metrics = state.metrics
         self.expected_authorization = f"Bearer {api_key}".encode() if api_key else None
 
@@ -109,8 +110,10 @@ class _Rpc:
         failure: tuple[grpc.StatusCode, str, tuple[tuple[str, str], ...]] | None = None
         # Counted and logged before an error status goes out (abort sends it at once), so a
         # client that has its answer sees the RPC in the metrics.
-        with self.metrics.track_inflight("grpc"):
+        with self.metrics.track_inflight("grpc"), self.state.rpc_inflight():
             try:
+                if self.state.draining:
+                    raise ShuttingDown("the server is draining; send this request to another replica")
                 self._authenticate(context)
                 if self.streaming:
                     request = _parse_stream(self.request_type, request)
@@ -198,11 +201,12 @@ class HealthService(health_pb2_grpc.HealthServicer):
         """Send each change of status; once draining, say NOT_SERVING and end, so as not to hold the drain."""
         last = None
         while True:
+            draining = self.state.draining  # read before the status, so the last one sent says NOT_SERVING
             status = self.status(request.service)
             if status != last:
                 await context.write(health_pb2.HealthCheckResponse(status=status))
                 last = status
-            if self.state.draining:
+            if draining:
                 return
             await asyncio.sleep(WATCH_INTERVAL_S)
 
@@ -214,6 +218,7 @@ class GrpcServer:
         from .grpc_service import PerceiverService  # the RPCs build on this module's plumbing
 
         self.settings = settings
+        self.state = state
         limit = settings.grpc_max_message_bytes
         self.server = grpc.aio.server(options=[
             ("grpc.max_receive_message_length", limit),
@@ -242,11 +247,19 @@ class GrpcServer:
         log.info("gRPC on %s:%d%s", settings.host, self.port, " (TLS)" if settings.tls_cert else "")
         return self.port
 
-    def drain(self, grace: float) -> None:
-        """Refuse new RPCs now; in-flight ones get ``grace`` seconds, then are cancelled."""
-        if self._stopping is None:
-            self._stopping = asyncio.ensure_future(self.server.stop(grace))
-
     async def stop(self, grace: float) -> None:
-        self.drain(grace)
+        """Stop once the RPCs in flight have finished, or after ``grace`` seconds.
+
+        While the server drains (``state.draining``), new RPCs are already answered UNAVAILABLE
+        by the service itself and health says NOT_SERVING; the port stays open until the RPCs
+        in flight are done. Closing it earlier would make grpc cancel calls that had arrived
+        but not yet reached a handler, which their clients would see as CANCELLED rather than
+        as a refusal to retry elsewhere. RPCs still running when the grace period ends are
+        cancelled.
+        """
+        if self._stopping is None:
+            deadline = time.monotonic() + grace
+            while self.state.rpcs_in_flight and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            self._stopping = asyncio.ensure_future(self.server.stop(max(deadline - time.monotonic(), 0.5)))
         await self._stopping
