@@ -151,6 +151,15 @@ def peak_rss_mb() -> float:
     return peak / (1024 * 1024 if sys.platform == "darwin" else 1024)
 
 
+def reset_peak_rss() -> bool:
+    """Start this process's peak RSS afresh (Linux ≥ 4.0), so it measures what comes next only."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
 def current_rss_mb() -> float:
     import psutil
 

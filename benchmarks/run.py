@@ -176,7 +176,8 @@ def write_markdown(path: Path, payload: dict[str, Any]) -> None:
         "Measured matmul peak in this run: " + ", ".join(f"{k} {v:.1f} GFLOP/s" for k, v in peaks.items()) + ".\n",
         ("Times are medians ± half the range of the repetitions, the two implementations alternating in one "
          "process; the ratio is reference median / our median. Peak memory is each implementation's peak "
-         "resident set size in a fresh process (same imports in both). GFLOP/s: the floating-point operations "
+         "resident set size while running the case in a fresh process with its model loaded (same imports in "
+         "both; loading's own transient peak is in results.json). GFLOP/s: the floating-point operations "
          "each implementation executes (matrix products, convolutions, attention) over its median time, and "
          "their share of the fp32 matmul peak (also for bf16/fp16: on a CPU without native low-precision "
          "products ours computes them in fp32).\n"),

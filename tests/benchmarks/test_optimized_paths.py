@@ -3,7 +3,7 @@
 Parity with transformers (tests/modeling) covers the paths each head takes by default; these
 tests pin the alternatives against each other on the same weights: absorbed vs projected
 cross-attention (with padding masks), padded vs materialised decoder queries, folded vs
-separate output layers, fused vs separate q/k/v, and the latent memo when latents change.
+separate output layers, the latent memo when latents change, and the Fourier grid features.
 """
 
 import pytest
@@ -97,19 +97,13 @@ def test_latent_memo_notices_changed_latents():
     assert torch.equal(changed, fresh)
 
 
-def test_fused_projections_equal_separate_ones_and_survive_conversion():
-    model = _model(PerceiverForSequenceClassification, num_cross_attention_heads=2)
-    ids = torch.randint(6, 262, (1, 25), generator=torch.Generator().manual_seed(5))
-    with torch.inference_mode():
-        separate = model(ids)
-        state = {k: v.clone() for k, v in model.state_dict().items()}
-        model.fuse_projections()
-        assert {k: v.shape for k, v in model.state_dict().items()} == {k: v.shape for k, v in state.items()}
-        fused = model(ids)
-        model.to(torch.float64).to(torch.float32)  # parameters are no longer views of the fused block
-        converted = model(ids)
-        model.load_state_dict(state)
-        reloaded = model(ids)
-    assert (fused - separate).abs().max() <= 1e-5
-    assert (converted - separate).abs().max() <= 1e-5
-    assert (reloaded - separate).abs().max() <= 1e-5
+def test_fourier_grid_features_equal_features_of_every_point():
+    from perceiver_serve.modeling.position import FourierPositionEncoding
+
+    for bands, dims, resolution in [(8, (5, 7), (10, 12)), (4, (3, 4, 6), (3, 8, 8))]:
+        encoding = FourierPositionEncoding(bands, resolution)
+        axes = [torch.linspace(-1.0, 1.0, n) for n in dims]
+        points = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, len(dims))
+        grid = encoding(dims, 2, device=torch.device("cpu"), dtype=torch.float32)
+        assert grid.shape == (2, points.shape[0], encoding.output_size())
+        assert torch.equal(grid[1], encoding.features(points))

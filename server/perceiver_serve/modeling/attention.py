@@ -15,7 +15,7 @@ from torch import nn
 from . import cross_attention
 from .config import PerceiverConfig
 from .cross_attention import LatentState, Queries
-from .kernels import Linear, attend, linear
+from .kernels import Linear, attend
 
 _ACTIVATIONS = {
     "gelu": lambda x: F.gelu(x),
@@ -54,43 +54,6 @@ class QKVAttention(nn.Module):
         self.query = Linear(q_dim, qk_channels)
         self.key = Linear(kv_dim, qk_channels)
         self.value = Linear(kv_dim, v_channels)
-        self._fused: tuple[torch.Tensor, torch.Tensor] | None = None
-
-    def _projections_of_source(self) -> list[Linear]:
-        """The projections applied to one tensor: q, k, v in self-attention; k, v in cross-attention."""
-        return [self.key, self.value] if self.is_cross else [self.query, self.key, self.value]
-
-    def fuse_projections(self) -> None:
-        """Keep the projections that read one tensor in one weight block, their parameters views of it.
-
-        One matrix product then computes all of them (on 2 cores, q/k/v of the language model
-        in one 1280 × 1792 product run faster than in three). State-dict keys and memory stay
-        the same. Should the parameters stop being views (``model.to(...)``, assigning new
-        weights), :meth:`forward` notices and projects separately.
-        """
-        parts = self._projections_of_source()
-        weight = torch.cat([p.weight.detach() for p in parts])
-        bias = torch.cat([p.bias.detach() for p in parts])
-        start = 0
-        for p in parts:
-            end = start + p.out_features
-            p.weight = nn.Parameter(weight[start:end], requires_grad=False)
-            p.bias = nn.Parameter(bias[start:end], requires_grad=False)
-            start = end
-        self._fused = (weight, bias)
-
-    def _project_source(self, source: torch.Tensor) -> list[torch.Tensor]:
-        parts = self._projections_of_source()
-        if self._fused is not None:
-            weight, bias = self._fused
-            start = 0
-            for p in parts:
-                if p.weight.data_ptr() != weight[start].data_ptr() or p.bias.data_ptr() != bias[start].data_ptr():
-                    break
-                start += p.out_features
-            else:
-                return list(linear(source, weight, bias).split([p.out_features for p in parts], dim=-1))
-        return [p(source) for p in parts]
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         b, n, c = x.shape
@@ -100,11 +63,10 @@ class QKVAttention(nn.Module):
         self, hidden: torch.Tensor, inputs: torch.Tensor | None = None, key_mask: torch.Tensor | None = None
     ) -> torch.Tensor:
         hidden = self.layernorm1(hidden)
-        if self.is_cross:
-            q = self._heads(self.query(hidden))
-            k, v = map(self._heads, self._project_source(self.layernorm2(inputs)))
-        else:
-            q, k, v = map(self._heads, self._project_source(hidden))
+        source = self.layernorm2(inputs) if self.is_cross else hidden
+        q = self._heads(self.query(hidden))
+        k = self._heads(self.key(source))
+        v = self._heads(self.value(source))
         out = attend(q, k, v, key_mask)
         b, h, n, c = out.shape
         return out.transpose(1, 2).reshape(b, n, h * c)

@@ -15,7 +15,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from .attention import Latents, PerceiverEncoder, QKVAttention
+from .attention import Latents, PerceiverEncoder
 from .config import PerceiverConfig
 from .decoders import (
     ClassificationDecoder,
@@ -66,12 +66,6 @@ class PerceiverTaskModel(nn.Module):
     @property
     def dtype(self) -> torch.dtype:
         return self.perceiver.embeddings.latents.dtype
-
-    def fuse_projections(self) -> None:
-        """Projections that read the same tensor computed in one product (see ``QKVAttention``)."""
-        for module in self.modules():
-            if isinstance(module, QKVAttention):
-                module.fuse_projections()
 
     @property
     def device(self) -> torch.device:

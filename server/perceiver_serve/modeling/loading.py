@@ -150,5 +150,4 @@ def load_model(
     say(f"placing weights on {device} as {str(torch_dtype).removeprefix('torch.')}")
     model = model.to(device=device, dtype=torch_dtype).eval()
     model.requires_grad_(False)
-    model.fuse_projections()
     return model
