@@ -258,10 +258,7 @@ def test_mixed_load_every_answer_is_its_callers(server, inputs):
     assert not outcome.lost, outcome.lost[:10]
     assert not outcome.wrong, outcome.wrong[:10]
     assert sum(outcome.statuses.values()) == len(jobs)
-    if after > before * (1 + RSS_GROWTH):
-        # Within 10% (+2.6% over 4000 requests) up to 78aa471; since the modeling speed-ups (b784b75, f3226f9)
-        # RSS climbs ~20% per 5000 requests: reported to the modeling work, tracked here until fixed.
-        pytest.xfail(f"RSS grew from {before / 2**20:.0f} to {after / 2**20:.0f} MiB (limit +{RSS_GROWTH:.0%})")
+    assert after <= before * (1 + RSS_GROWTH), f"RSS grew from {before / 2**20:.0f} to {after / 2**20:.0f} MiB"
 
 
 def test_a_full_queue_refuses_with_429_and_retry_after(server, inputs):

@@ -191,6 +191,15 @@ class PerceiverEncoder(nn.Module):
             )
             for _ in range(config.num_self_attends_per_block)
         )
+        # Latent-side products have batch × num_latents rows, whatever the inputs: few shapes,
+        # so they may take oneDNN's kernels (see kernels.py). The cross-attention's keys and
+        # values read the inputs and stay on F.linear.
+        cross = self.cross_attention
+        latent_side = [*self.self_attends.modules(), cross.attention.self.query, *cross.attention.output.modules(),
+                       *cross.mlp.modules()]
+        for module in latent_side:
+            if isinstance(module, Linear):
+                module.onednn = True
 
     def forward(self, latents: torch.Tensor, inputs: torch.Tensor,
                 key_mask: torch.Tensor | None = None) -> torch.Tensor:

@@ -8,6 +8,14 @@ uses) on the mid-sized products this model is made of: about 1.2× on 256 × 128
 up to 1.9× when the output is narrow (256 × 1280 × 256), on 2 cores. oneDNN is reached
 through the op PyTorch's own compiler uses for CPU linear layers; it is checked against
 ``F.linear`` once, and not used if it is missing or disagrees.
+
+oneDNN builds (and keeps) kernels and buffers for every distinct product shape it meets, so
+a process fed texts of every length grows without end (measured: 490 → 990 MiB over 2,000
+random-length batches). It is therefore only used where the caller knows the shapes are few:
+:class:`Linear` layers marked ``onednn = True`` — the encoder's latent layers, whose rows are
+batch size × number of latents — while products over inputs or output queries, whose row
+counts follow the request, stay with ``F.linear`` (which is as fast there: on 45,632 × 322 ×
+512, 246 ms either way).
 """
 
 from __future__ import annotations
@@ -58,8 +66,10 @@ NATIVE_CPU_PRODUCTS = {
 }
 
 
-def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``F.linear``, through oneDNN for fp32 CPU inference products of at least ``ONEDNN_MIN_ROWS`` rows.
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *,
+           onednn: bool = False) -> torch.Tensor:
+    """``F.linear``; with ``onednn``, through oneDNN for fp32 CPU inference products of at least
+    ``ONEDNN_MIN_ROWS`` rows (only for products whose shapes come from a small set, see above).
 
     bf16/fp16 products on a CPU without hardware support for them are computed in fp32 and
     rounded back: exact products of the low-precision values accumulated in fp32, which is what
@@ -70,9 +80,10 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
         and not NATIVE_CPU_PRODUCTS.get(x.dtype, True)
         and not (weight.requires_grad or x.requires_grad)
     ):
-        return linear(x.float(), weight.float(), None if bias is None else bias.float()).to(x.dtype)
+        return linear(x.float(), weight.float(), None if bias is None else bias.float(), onednn=onednn).to(x.dtype)
     if (
-        ONEDNN_LINEAR
+        onednn
+        and ONEDNN_LINEAR
         and x.dtype == torch.float32
         and x.device.type == "cpu"
         and weight.dtype == torch.float32
@@ -101,10 +112,15 @@ def few_rows_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 class Linear(nn.Linear):
-    """``nn.Linear`` (same parameters, same state-dict keys) computed by :func:`linear`."""
+    """``nn.Linear`` (same parameters, same state-dict keys) computed by :func:`linear`.
+
+    ``onednn``: set by the owner when this layer only ever sees a few distinct row counts.
+    """
+
+    onednn = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return linear(x, self.weight, self.bias)
+        return linear(x, self.weight, self.bias, onednn=self.onednn)
 
 
 def attend(
