@@ -7,7 +7,7 @@ PIP := $(VENV)/bin/pip
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test bench bench-quick proto clean
+.PHONY: install run test bench bench-model bench-server bench-quick proto clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,11 +24,19 @@ run: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
-bench: $(STAMP)
+# Both benchmarks; results (JSON, markdown, PNG) go to benchmarks/results/.
+bench: bench-model bench-server
+
+bench-model: $(STAMP)
 	$(PY) -m benchmarks.run
+
+# Load test of the running server: batching on vs off vs plain transformers + FastAPI (~15 min on 2 cores).
+bench-server: $(STAMP)
+	$(PY) -m benchmarks.server_bench
 
 bench-quick: $(STAMP)
 	$(PY) -m benchmarks.run --quick
+	$(PY) -m benchmarks.server_bench --quick --out benchmarks/results/tmp/quick
 
 # Regenerate server/perceiver_serve/pb/ from proto/ (tests/grpc checks the committed code is current).
 proto: $(STAMP)

@@ -69,3 +69,15 @@ def head_spec(name: str, quick: bool = False) -> HeadSpec:
     architecture, family, extra = _HEADS[name]
     base = (_QUICK if quick else _OFFICIAL)[family]
     return HeadSpec(name, architecture, {**base, **extra, "attention_probs_dropout_prob": 0.0})
+
+
+#: The server benchmark's headline model: a mid-size byte-level text classifier (issue 8),
+#: 128 latents × 512 channels, 8 self-attention layers; and a tiny stand-in for ``--quick``.
+_SERVER_TEXT = {**_LANGUAGE, "num_latents": 128, "d_latents": 512, "num_self_attends_per_block": 8,
+                "qk_channels": None, "v_channels": None, "num_labels": 2}
+
+
+def server_text_spec(quick: bool = False) -> HeadSpec:
+    config = {**_SERVER_TEXT, **(_QUICK["language"] if quick else {}), "num_labels": 2,
+              "attention_probs_dropout_prob": 0.0}
+    return HeadSpec("server-text-classifier", "PerceiverForSequenceClassification", config)

@@ -44,6 +44,13 @@ def environment() -> dict[str, Any]:
     }
 
 
+def machine_line(env: dict[str, Any], threads: int | None = None) -> str:
+    """``Machine: CPU, N cores (ISA), T torch threads; torch X, transformers Y.`` for a report's header."""
+    return (f"Machine: {env['cpu']}, {env['cpu_count']} cores ({env['cpu_capability']}), "
+            f"{threads or env['torch_threads']} torch threads; torch {env['torch']}, "
+            f"transformers {env['transformers']}, Python {env['python']}.")
+
+
 def write_json(path: Path, payload: dict[str, Any]) -> None:
     path.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n", encoding="utf-8")
 
@@ -117,6 +124,38 @@ def grouped_bar_chart(path: Path, labels: Sequence[str], series: dict[str, Seque
     ax.set_xlabel(xlabel)
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def line_panels(path: Path, panels: dict[str, dict[str, tuple[Sequence[float], Sequence[float | None]]]], *,
+                title: str, xlabel: str, ylabel: str, styles: dict[str, dict[str, Any]] | None = None,
+                logx: bool = True, logy: bool = False) -> None:
+    """One panel per key of ``panels``, one line per series (``label -> (xs, ys)``), side by side."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.8), squeeze=False)
+    for ax, (panel, series) in zip(axes[0], panels.items()):
+        for label, (xs, ys) in series.items():
+            points = [(x, y) for x, y in zip(xs, ys) if y is not None]
+            ax.plot([x for x, _ in points], [y for _, y in points], marker="o", markersize=3, label=label,
+                    **(styles or {}).get(label, {}))
+        if logx:
+            ax.set_xscale("log", base=2)
+            ax.set_xticks(sorted({x for xs, _ in series.values() for x in xs}),
+                          [str(x) for x in sorted({x for xs, _ in series.values() for x in xs})])
+        if logy:
+            ax.set_yscale("log")
+        ax.set_title(panel, fontsize=10)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(title, fontsize=11)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -170,9 +170,7 @@ def write_markdown(path: Path, payload: dict[str, Any]) -> None:
     text = [
         "# Model benchmark: perceiver-serve vs transformers\n",
         (f"Run {payload['started']} ({'quick, tiny configs' if payload['quick'] else 'official checkpoint sizes'}),"
-         f" {payload['duration_s'] / 60:.1f} min. Machine: {env['cpu']}, {env['cpu_count']} cores "
-         f"({env['cpu_capability']}), {env['torch_threads']} torch threads; torch {env['torch']}, "
-         f"transformers {env['transformers']}.\n"),
+         f" {payload['duration_s'] / 60:.1f} min. {report.machine_line(env)}\n"),
         "Measured matmul peak in this run: " + ", ".join(f"{k} {v:.1f} GFLOP/s" for k, v in peaks.items()) + ".\n",
         ("Times are medians ± half the range of the repetitions, the two implementations alternating in one "
          "process; the ratio is reference median / our median. Peak memory is each implementation's peak "

@@ -2,9 +2,6 @@
 
 import json
 import math
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -13,16 +10,13 @@ from benchmarks.flow_tiling import tile_origins, tile_weights, tiled_flow
 from benchmarks.measure import FlopCounter
 from benchmarks.model_bench import CASES
 
-ROOT = Path(__file__).resolve().parents[2]
+from . import run_quick
 
 
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
-    done = subprocess.run([sys.executable, "-m", "benchmarks.run", "--quick", "--out", str(out)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    return out, done.stdout
+    return out, run_quick("benchmarks.run", out).stdout
 
 
 def test_quick_run_reports_every_case(quick_run):
