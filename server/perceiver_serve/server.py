@@ -19,6 +19,7 @@ import uvicorn
 from .api.grpc import GrpcServer
 from .api.rest import ServerState, create_app
 from .engine import ModelRegistry, ModelRepository
+from .media.image import allow_pixels
 from .metrics import Metrics
 from .settings import Settings
 from .tasks.common import configure_preprocess_pool
@@ -35,6 +36,7 @@ class _Uvicorn(uvicorn.Server):
 
 
 def build_state(settings: Settings) -> ServerState:
+    allow_pixels(settings.max_image_pixels)
     metrics = Metrics()
     repository = ModelRepository.scan(settings.model_repository)
     registry = ModelRegistry(repository, observer=metrics, progress=log.info)

@@ -192,3 +192,14 @@ def test_result_is_independent_of_the_input_bytes():
     picture = decode_image(encode(solid(RED), "PNG"), LIMITS)
     picture.putpixel((0, 0), BLUE)  # loaded and writable: no file is behind it
     assert picture.getpixel((0, 0)) == BLUE
+
+
+def test_pillow_guard_follows_a_larger_pixel_limit_and_never_drops(monkeypatch):
+    from perceiver_serve.media.image import allow_pixels
+
+    default = Image.MAX_IMAGE_PIXELS
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", default)
+    allow_pixels(default // 2)
+    assert Image.MAX_IMAGE_PIXELS == default
+    allow_pixels(default * 3)
+    assert Image.MAX_IMAGE_PIXELS == default * 3

@@ -63,6 +63,16 @@ _HIGH_DEPTH_MODES = frozenset({"I", "I;16", "I;16L", "I;16B", "I;16N", "F"})
 _WHITE = (255, 255, 255, 255)
 
 
+def allow_pixels(limit: int) -> None:
+    """Keep Pillow's process-wide bomb guard no lower than the configured pixel limit.
+
+    Otherwise a server configured for larger pictures than Pillow's default (about 89 million
+    pixels) would still refuse them inside Pillow. The guard never drops below its default.
+    """
+    if Image.MAX_IMAGE_PIXELS is not None and limit > Image.MAX_IMAGE_PIXELS:
+        Image.MAX_IMAGE_PIXELS = limit
+
+
 def decode_image(data: bytes, limits: MediaLimits, *, field: str = "image") -> Image.Image:
     """Decode one image upload into a loaded RGB picture (see the module docstring).
 
