@@ -30,6 +30,8 @@ _FLAGS: list[tuple[str, dict]] = [
     ("--tls-key", dict(type=Path, help="PEM private key")),
     ("--grace-period", dict(type=float, dest="grace_period_s", help="seconds to drain on SIGTERM (default 30)")),
     ("--preprocess-threads", dict(type=int, help="media decoding threads (default min(4, cores))")),
+    ("--malloc-mmap-threshold-mb", dict(type=float, help="glibc: allocations from this size up go back to the "
+                                                          "system when freed (default 4; 0 = glibc's default)")),
 ]
 
 

@@ -17,6 +17,7 @@ import time
 import uvicorn
 
 from .api.grpc import GrpcServer
+from .allocator import fix_mmap_threshold
 from .api.rest import ServerState, create_app
 from .engine import ModelRegistry, ModelRepository
 from .media.image import allow_pixels
@@ -44,6 +45,7 @@ def build_state(settings: Settings) -> ServerState:
 
 
 async def serve(settings: Settings) -> int:
+    fix_mmap_threshold(int(settings.malloc_mmap_threshold_mb * 1024 * 1024))
     configure_preprocess_pool(settings.preprocess_threads)
     state = build_state(settings)
     app = create_app(

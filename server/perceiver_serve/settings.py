@@ -39,6 +39,9 @@ class Settings(BaseSettings):
     tls_key: Path | None = Field(None, description="PEM private key for --tls-cert.")
     grace_period_s: float = Field(30.0, ge=0, description="On SIGTERM, time allowed for in-flight work.")
     preprocess_threads: int | None = Field(None, ge=1, description="Threads decoding and preprocessing media.")
+    malloc_mmap_threshold_mb: float = Field(
+        4.0, ge=0, le=32, description="glibc: allocations from this size up are returned to the system when "
+                                      "freed (bounds memory creep under varied batches; 0 leaves glibc's default).")
 
     @field_validator("api_key", mode="before")
     @classmethod

@@ -15,7 +15,7 @@ from torch import nn
 from . import cross_attention
 from .config import PerceiverConfig
 from .cross_attention import LatentState, Queries
-from .kernels import Linear, attend
+from .kernels import ONEDNN_MAX_BATCH, Linear, attend
 
 _ACTIVATIONS = {
     "gelu": lambda x: F.gelu(x),
@@ -192,14 +192,14 @@ class PerceiverEncoder(nn.Module):
             for _ in range(config.num_self_attends_per_block)
         )
         # Latent-side products have batch × num_latents rows, whatever the inputs: few shapes,
-        # so they may take oneDNN's kernels (see kernels.py). The cross-attention's keys and
-        # values read the inputs and stay on F.linear.
+        # so small batches may take oneDNN's kernels (see kernels.py). The cross-attention's
+        # keys and values read the inputs and stay on F.linear.
         cross = self.cross_attention
         latent_side = [*self.self_attends.modules(), cross.attention.self.query, *cross.attention.output.modules(),
                        *cross.mlp.modules()]
         for module in latent_side:
             if isinstance(module, Linear):
-                module.onednn = True
+                module.onednn_max_rows = ONEDNN_MAX_BATCH * config.num_latents
 
     def forward(self, latents: torch.Tensor, inputs: torch.Tensor,
                 key_mask: torch.Tensor | None = None) -> torch.Tensor:

@@ -11,11 +11,14 @@ through the op PyTorch's own compiler uses for CPU linear layers; it is checked 
 
 oneDNN builds (and keeps) kernels and buffers for every distinct product shape it meets, so
 a process fed texts of every length grows without end (measured: 490 → 990 MiB over 2,000
-random-length batches). It is therefore only used where the caller knows the shapes are few:
-:class:`Linear` layers marked ``onednn = True`` — the encoder's latent layers, whose rows are
-batch size × number of latents — while products over inputs or output queries, whose row
-counts follow the request, stay with ``F.linear`` (which is as fast there: on 45,632 × 322 ×
-512, 246 ms either way).
+random-length batches), and even one shape per batch size costs memory (the demo text model:
++80 MiB for batch sizes 1–32; the official one: ~25 MiB per batch size). It is therefore used
+only where shapes are few and its lead is largest: :class:`Linear` layers given an
+``onednn_max_rows`` — the encoder's latent layers, whose rows are batch size × number of
+latents — for batches of at most :data:`ONEDNN_MAX_BATCH`. Products over inputs or output
+queries, whose row counts follow the request, and bigger batches stay with ``F.linear``
+(measured on the mid-size text classifier: oneDNN 1.48× faster at batch 1, 1.27× at batch 8;
+on 45,632 × 322 × 512 input products, 246 ms either way).
 """
 
 from __future__ import annotations
@@ -32,6 +35,9 @@ FUSED_SCORES_THRESHOLD = 1 << 22
 
 #: Products with fewer rows than this stay with ``F.linear`` (oneDNN is slower on thin ones).
 ONEDNN_MIN_ROWS = 16
+
+#: Latent layers use oneDNN for batches up to this size (a bounded set of shapes, see above).
+ONEDNN_MAX_BATCH = 4
 
 
 def _onednn_linear_works() -> bool:
@@ -67,9 +73,9 @@ NATIVE_CPU_PRODUCTS = {
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *,
-           onednn: bool = False) -> torch.Tensor:
-    """``F.linear``; with ``onednn``, through oneDNN for fp32 CPU inference products of at least
-    ``ONEDNN_MIN_ROWS`` rows (only for products whose shapes come from a small set, see above).
+           onednn_max_rows: int = 0) -> torch.Tensor:
+    """``F.linear``; through oneDNN for fp32 CPU inference products of ``ONEDNN_MIN_ROWS`` to
+    ``onednn_max_rows`` rows (0: never; only for products whose shapes come from a small set).
 
     bf16/fp16 products on a CPU without hardware support for them are computed in fp32 and
     rounded back: exact products of the low-precision values accumulated in fp32, which is what
@@ -80,15 +86,15 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
         and not NATIVE_CPU_PRODUCTS.get(x.dtype, True)
         and not (weight.requires_grad or x.requires_grad)
     ):
-        return linear(x.float(), weight.float(), None if bias is None else bias.float(), onednn=onednn).to(x.dtype)
+        return linear(x.float(), weight.float(), None if bias is None else bias.float(),
+                      onednn_max_rows=onednn_max_rows).to(x.dtype)
     if (
-        onednn
-        and ONEDNN_LINEAR
+        ONEDNN_LINEAR
         and x.dtype == torch.float32
         and x.device.type == "cpu"
         and weight.dtype == torch.float32
         and not (weight.requires_grad or x.requires_grad)
-        and x.numel() >= ONEDNN_MIN_ROWS * x.shape[-1]
+        and ONEDNN_MIN_ROWS * x.shape[-1] <= x.numel() <= onednn_max_rows * x.shape[-1]
     ):
         return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
     return F.linear(x, weight, bias)
@@ -114,13 +120,14 @@ def few_rows_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 class Linear(nn.Linear):
     """``nn.Linear`` (same parameters, same state-dict keys) computed by :func:`linear`.
 
-    ``onednn``: set by the owner when this layer only ever sees a few distinct row counts.
+    ``onednn_max_rows``: set by the owner when this layer's row counts come from a small set
+    (see :func:`linear`).
     """
 
-    onednn = False
+    onednn_max_rows = 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return linear(x, self.weight, self.bias, onednn=self.onednn)
+        return linear(x, self.weight, self.bias, onednn_max_rows=self.onednn_max_rows)
 
 
 def attend(

@@ -1,0 +1,1 @@
+"""Tests of the process-level pieces: CLI, settings, allocator."""
