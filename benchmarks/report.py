@@ -44,6 +44,21 @@ def environment() -> dict[str, Any]:
     }
 
 
+def git_commit() -> str | None:
+    """The commit the measured code is at (with ``+`` when the working tree differs), if known."""
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
+                              check=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, check=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head + ("+" if dirty else "")
+
+
 def machine_line(env: dict[str, Any], threads: int | None = None) -> str:
     """``Machine: CPU, N cores (ISA), T torch threads; torch X, transformers Y.`` for a report's header."""
     return (f"Machine: {env['cpu']}, {env['cpu_count']} cores ({env['cpu_capability']}), "

@@ -172,6 +172,12 @@ def write_markdown(path: Path, payload: dict[str, Any]) -> None:
         (f"Run {payload['started']} ({'quick, tiny configs' if payload['quick'] else 'official checkpoint sizes'}),"
          f" {payload['duration_s'] / 60:.1f} min. {report.machine_line(env)}\n"),
         "Measured matmul peak in this run: " + ", ".join(f"{k} {v:.1f} GFLOP/s" for k, v in peaks.items()) + ".\n",
+        *([] if not payload.get("updated") else [
+            f"Updated {payload['updated']}: "
+            + ", ".join(f"`{r['case']}`" for r in payload["results"] if r.get("measured", "") >= payload["updated"])
+            + " measured again (at commit " + ", ".join(sorted({str(r.get("commit")) for r in payload["results"]
+                                                               if r.get("measured", "") >= payload["updated"]}))
+            + "); the other rows are from the run above.\n"]),
         ("Times are medians ± half the range of the repetitions, the two implementations alternating in one "
          "process; the ratio is reference median / our median. Peak memory is each implementation's peak "
          "resident set size while running the case in a fresh process with its model loaded (same imports in "
@@ -232,6 +238,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="skip the per-process memory and FLOP probes")
     parser.add_argument("--probe-only", action="store_true",
                         help="keep the timings in OUT/results.json, measure memory and FLOPs again")
+    parser.add_argument("--update", action="store_true",
+                        help="measure the named cases again and replace just their rows in OUT/results.json "
+                             "(after a change that touches some cases only); each row says when and at which "
+                             "commit it was measured")
     args = parser.parse_args(argv)
     names = [n.strip() for n in args.cases.split(",") if n.strip()]
     unknown = [n for n in names if n not in CASES_BY_NAME]
@@ -251,15 +261,30 @@ def main(argv: list[str] | None = None) -> int:
     say("  " + ", ".join(f"{k}: {v:.1f} GFLOP/s" for k, v in peaks.items()))
     payload: dict[str, Any] = {"started": started, "quick": args.quick, "environment": report.environment(),
                                "matmul_peak_gflops": peaks, "results": []}
+    kept: list[dict[str, Any]] = []
+    if args.update and (args.out / "results.json").exists():
+        previous = json.loads((args.out / "results.json").read_text())
+        if previous["quick"] != args.quick:
+            parser.error("--update: the results in OUT were measured with another --quick setting")
+        kept = [r for r in previous["results"] if r["case"] not in names]
+        payload["started"] = previous["started"]
+        payload["updated"] = started
+        payload["environment"], payload["matmul_peak_gflops"] = previous["environment"], previous["matmul_peak_gflops"]
+        payload["matmul_peak_gflops_update"] = peaks
+    commit = report.git_commit()
     models = Models(args.quick, say)
     cases = [CASES_BY_NAME[n] for n in names]
     for i, case in enumerate(cases, 1):
         say(f"[{i}/{len(cases)}] {case.name}: {case.title}")
         result = run_case(case, models, args.quick, args.reps, args.memory, args.threads, peaks, say)
+        result.update(measured=datetime.datetime.now().isoformat(timespec="seconds"), commit=commit)
         say(f"  ratio {result['speedup']:.2f}×, max |diff| {result['max_abs_diff']:.2e}"
             + (f", memory {result['memory_ratio']:.1f}×" if "memory_ratio" in result else "")
             + f", target met: {_verdict(result['met'])}")
         payload["results"].append(result)
+        order = {c.name: i for i, c in enumerate(CASES)}
+        payload["results"] = sorted(kept + [r for r in payload["results"] if r["case"] in names],
+                                    key=lambda r: order[r["case"]])
         payload["duration_s"] = time.perf_counter() - say.start
         report.write_json(args.out / "results.json", payload)  # after every case: a crash keeps the rest
     write_markdown(args.out / "results.md", payload)

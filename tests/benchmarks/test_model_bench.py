@@ -2,6 +2,7 @@
 
 import json
 import math
+import shutil
 
 import pytest
 import torch
@@ -60,6 +61,19 @@ def test_quick_run_writes_table_and_charts(quick_run):
     for chart in ("latency_ratio.png", "peak_memory.png", "throughput.png"):
         data = (out / chart).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5_000, chart
+
+
+def test_update_measures_named_cases_again_and_keeps_the_rest(quick_run, tmp_path):
+    out, _ = quick_run
+    shutil.copytree(out, tmp_path, dirs_exist_ok=True)
+    before = {r["case"]: r for r in json.loads((tmp_path / "results.json").read_text())["results"]}
+    run_quick("benchmarks.run", tmp_path, "--update", "--cases", "text-short", "--no-memory")
+    after = json.loads((tmp_path / "results.json").read_text())
+    rows = {r["case"]: r for r in after["results"]}
+    assert list(rows) == list(before)  # same cases, same order
+    assert rows["text-short"]["measured"] > before["text-short"]["measured"]
+    assert all(rows[name] == before[name] for name in rows if name != "text-short")
+    assert after["updated"] and "`text-short` measured again" in (tmp_path / "results.md").read_text()
 
 
 def test_tiles_cover_sintel_frames_as_deepmind_does():
