@@ -60,7 +60,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8100)
     args = p.parse_args(argv)
-    uvicorn.run(create_app(args.checkpoint), host=args.host, port=args.port, log_level="warning")
+    # The asyncio event loop, as perceiver-serve runs uvicorn, so both servers differ only in their
+    # application code.
+    uvicorn.run(create_app(args.checkpoint), host=args.host, port=args.port, log_level="warning", loop="asyncio")
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from . import report
-from .checkpoints import checkpoint_dir
+from .checkpoints import checkpoint_dir, load_reference
 from .configs import server_text_spec
 from .servers import (
     ROOT,
@@ -141,19 +141,23 @@ def model_batch_scaling(checkpoint: Path, threads: int, budget_s: float) -> dict
     from .loadgen import TEXTS
 
     torch.set_num_threads(threads)
-    model = load_model(checkpoint)
     tokenizer = ByteTokenizer()
-    items_per_s = {}
+
+    def rate(forward, size: int) -> float:
+        ids, mask = tokenizer.batch([tokenizer.encode(TEXTS[i % len(TEXTS)]) for i in range(size)])
+        forward(ids, mask)
+        runs, start = 0, time.perf_counter()
+        while time.perf_counter() - start < budget_s or runs < 2:
+            forward(ids, mask)
+            runs += 1
+        return size * runs / (time.perf_counter() - start)
+
+    ours, reference = load_model(checkpoint), load_reference(checkpoint)
     with torch.inference_mode():
-        for size in (1, 16):
-            ids, mask = tokenizer.batch([tokenizer.encode(TEXTS[i % len(TEXTS)]) for i in range(size)])
-            model(ids, mask)
-            runs, start = 0, time.perf_counter()
-            while time.perf_counter() - start < budget_s or runs < 2:
-                model(ids, mask)
-                runs += 1
-            items_per_s[str(size)] = size * runs / (time.perf_counter() - start)
-    return {"items_per_s": items_per_s, "batch16_vs_batch1": items_per_s["16"] / items_per_s["1"]}
+        items_per_s = {str(size): rate(ours, size) for size in (1, 16)}
+        ref_rate = rate(lambda ids, mask: reference(inputs=ids, attention_mask=mask), 1)
+    return {"items_per_s": items_per_s, "batch16_vs_batch1": items_per_s["16"] / items_per_s["1"],
+            "transformers_batch1_items_per_s": ref_rate}
 
 
 def _ms(value: float | None) -> str:
@@ -190,7 +194,8 @@ def write_markdown(path: Path, payload: dict[str, Any]) -> None:
         text.append(
             f"The model alone (same process, no server) runs {scaling['items_per_s']['1']:.1f} items/s at batch 1 "
             f"and {scaling['items_per_s']['16']:.1f} items/s at batch 16 ({scaling['batch16_vs_batch1']:.2f}×): "
-            "the most batching can gain on this CPU.\n")
+            "the most batching can gain on this CPU. transformers runs it at "
+            f"{scaling['transformers_batch1_items_per_s']:.1f} items/s at batch 1 (the baseline server's ceiling).\n")
     for note in payload.get("notes", []):
         text.append(note + "\n")
     for endpoint, sweep in payload["sweeps"].items():
