@@ -35,7 +35,7 @@ bench-server: $(STAMP)
 	$(PY) -m benchmarks.server_bench
 
 bench-quick: $(STAMP)
-	$(PY) -m benchmarks.run --quick
+	$(PY) -m benchmarks.run --quick --out benchmarks/results/tmp/quick
 	$(PY) -m benchmarks.server_bench --quick --out benchmarks/results/tmp/quick
 
 # Regenerate server/perceiver_serve/pb/ from proto/ (tests/grpc checks the committed code is current).
