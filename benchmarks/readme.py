@@ -25,13 +25,6 @@ def _table(headers: list[str], rows: list[list[str]]) -> str:
     return report.markdown_table(headers, rows).rstrip("\n")
 
 
-def _met(met: dict[str, bool | None]) -> str:
-    missed = [name for name, ok in met.items() if ok is False]
-    if not met:
-        return "–"
-    return "no (" + ", ".join(missed) + ")" if missed else "yes"
-
-
 def model_section(payload: dict[str, Any]) -> list[str]:
     rows = []
     for r in payload["results"]:
@@ -42,7 +35,7 @@ def model_section(payload: dict[str, Any]) -> list[str]:
             diff += f", arg-max {r['argmax_agreement']:.0%}"
         dtype = "" if r["ours_dtype"] == "float32" else f" ({r['ours_dtype']})"
         rows.append([f"`{r['case']}`{dtype}", report.seconds(r["ref"]["median_s"]), report.seconds(r["ours"]["median_s"]),
-                     f"**{r['speedup']:.2f}×**", memory, diff, r["target_text"] or "–", _met(r["met"])])
+                     f"**{r['speedup']:.2f}×**", memory, diff, r["target_text"] or "–", report.verdict(r["met"])])
     when = payload["started"] + (f", updated {payload['updated']}" if payload.get("updated") else "")
     return [
         f"**Model benchmark** ({when}; {report.machine_line(payload['environment'])} "

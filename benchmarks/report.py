@@ -44,6 +44,15 @@ def environment() -> dict[str, Any]:
     }
 
 
+def verdict(met: dict[str, bool | None]) -> str:
+    """A case's targets in a word: ``yes``, ``no (the missed ones)``, ``n/a`` or ``–`` (none set)."""
+    if not met:
+        return "–"
+    if any(v is False for v in met.values()):
+        return "no (" + ", ".join(k for k, v in met.items() if v is False) + ")"
+    return "yes" if all(met.values()) else "n/a"
+
+
 def git_commit() -> str | None:
     """The commit the measured code is at (with ``+`` when the working tree differs), if known."""
     import subprocess

@@ -141,14 +141,6 @@ def _met(case: Case, result: dict[str, Any]) -> dict[str, bool | None]:
     return {name: check() for name, (wanted, check) in checks.items() if wanted is not None}
 
 
-def _verdict(met: dict[str, bool | None]) -> str:
-    if not met:
-        return "–"
-    if any(v is False for v in met.values()):
-        return "no (" + ", ".join(k for k, v in met.items() if v is False) + ")"
-    return "yes" if all(met.values()) else "n/a"
-
-
 def write_markdown(path: Path, payload: dict[str, Any]) -> None:
     rows = []
     for r in payload["results"]:
@@ -164,7 +156,7 @@ def write_markdown(path: Path, payload: dict[str, Any]) -> None:
             f"`{r['case']}`" + ("" if r["ours_dtype"] == "float32" else f" ({r['ours_dtype']})"),
             f"{report.seconds(ref['median_s'])} ± {report.seconds(ref['spread_s'])} (n={len(ref['samples_s'])})",
             f"{report.seconds(ours['median_s'])} ± {report.seconds(ours['spread_s'])} (n={len(ours['samples_s'])})",
-            f"**{r['speedup']:.2f}×**", mem, flops, diff, r["target_text"] or "–", _verdict(r["met"]),
+            f"**{r['speedup']:.2f}×**", mem, flops, diff, r["target_text"] or "–", report.verdict(r["met"]),
         ])
     env, peaks = payload["environment"], payload["matmul_peak_gflops"]
     text = [
@@ -280,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
         result.update(measured=datetime.datetime.now().isoformat(timespec="seconds"), commit=commit)
         say(f"  ratio {result['speedup']:.2f}×, max |diff| {result['max_abs_diff']:.2e}"
             + (f", memory {result['memory_ratio']:.1f}×" if "memory_ratio" in result else "")
-            + f", target met: {_verdict(result['met'])}")
+            + f", target met: {report.verdict(result['met'])}")
         payload["results"].append(result)
         order = {c.name: i for i, c in enumerate(CASES)}
         payload["results"] = sorted(kept + [r for r in payload["results"] if r["case"] in names],

@@ -62,10 +62,12 @@ async def serve(settings: Settings) -> int:
     ))
     grpc_server = GrpcServer(state, settings) if settings.grpc_port >= 0 else None
 
-    drain_started: list[float] = []
+    drain_deadline: float | None = None  # one grace period for both ports, counted from the signal
 
     def drain(signum: int) -> None:
-        drain_started.append(time.monotonic())
+        nonlocal drain_deadline
+        if drain_deadline is None:  # a second signal does not extend the grace period
+            drain_deadline = time.monotonic() + settings.grace_period_s
         log.info("received %s: draining (grace period %.0f s)", signal.Signals(signum).name, settings.grace_period_s)
         state.draining = True  # readiness 503, gRPC health NOT_SERVING, new RPCs UNAVAILABLE
         http.should_exit = True  # the REST listener closes; in-flight requests finish
@@ -84,9 +86,9 @@ async def serve(settings: Settings) -> int:
         await http.serve()
     finally:
         state.draining = True
-        if grpc_server is not None:  # one grace period for both ports, counted from the signal
-            since = time.monotonic() - drain_started[0] if drain_started else 0.0
-            await grpc_server.stop(max(settings.grace_period_s - since, 0.0))
+        if grpc_server is not None:
+            deadline = drain_deadline or time.monotonic() + settings.grace_period_s
+            await grpc_server.stop(max(deadline - time.monotonic(), 0.0))
         await loading
         await asyncio.to_thread(state.registry.stop, settings.grace_period_s)
         log.info("stopped")

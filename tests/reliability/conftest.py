@@ -21,16 +21,9 @@ def shared_repository(tmp_path_factory):
     return root
 
 
-# glibc gives each thread that allocates (preprocessing pool, device workers, gRPC) its own
-# arena, and their fragmentation makes RSS creep for thousands of requests before it levels
-# off; two arenas make it level off at once, so memory checks see leaks rather than the
-# allocator's policy. The same setting suits production images.
-ALLOCATOR = {"MALLOC_ARENA_MAX": "2"}
-
-
 @pytest.fixture(scope="session")
 def server(shared_repository):
-    with running(grpc=True, repository=shared_repository, env=ALLOCATOR) as proc:
+    with running(grpc=True, repository=shared_repository) as proc:
         yield proc
 
 

@@ -134,20 +134,21 @@ class ImagePreprocessor(nn.Module):
         feats = self.featurize(x)
         batch, index_dims = feats.shape[0], feats.shape[1:-1]
         feats = feats.reshape(batch, math.prod(index_dims), feats.shape[-1])
-        if isinstance(self.position_embeddings, TrainablePositionEncoding) or hasattr(self, "positions_projection"):
-            if isinstance(self.position_embeddings, TrainablePositionEncoding):
-                pos = self.position_embeddings(batch)
-            else:
-                pos = self.position_embeddings(index_dims, batch, device=feats.device, dtype=feats.dtype)
-            if hasattr(self, "positions_projection"):
-                pos = self.positions_projection(pos)
-            return torch.cat([feats, pos], dim=-1), feats
-        # Fourier positions go straight into the token array (no separate position array).
-        tokens = feats.new_empty(batch, feats.shape[1], self.num_channels)
-        tokens[..., : feats.shape[-1]] = feats
-        self.position_embeddings(index_dims, batch, device=feats.device, dtype=feats.dtype,
-                                 out=tokens[..., feats.shape[-1]:])
-        return tokens, feats
+        projected = hasattr(self, "positions_projection")
+        if isinstance(self.position_embeddings, FourierPositionEncoding) and not projected:
+            # Fourier positions go straight into the token array (no separate position array).
+            tokens = feats.new_empty(batch, feats.shape[1], self.num_channels)
+            tokens[..., : feats.shape[-1]] = feats
+            self.position_embeddings(index_dims, batch, device=feats.device, dtype=feats.dtype,
+                                     out=tokens[..., feats.shape[-1]:])
+            return tokens, feats
+        if isinstance(self.position_embeddings, TrainablePositionEncoding):
+            pos = self.position_embeddings(batch)
+        else:
+            pos = self.position_embeddings(index_dims, batch, device=feats.device, dtype=feats.dtype)
+        if projected:
+            pos = self.positions_projection(pos)
+        return torch.cat([feats, pos], dim=-1), feats
 
 
 class AudioPreprocessor(nn.Module):
