@@ -40,6 +40,20 @@ GRACE_S = 20
 FLOW_FRAME = np.random.default_rng(9).integers(0, 256, (150, 200, 3), dtype=np.uint8)  # 25 tiles
 
 
+def reset(exc: BaseException | None) -> bool:
+    """Whether a client error is the connection being reset or closed under a request being sent.
+
+    aiohttp reports it as ECONNRESET/EPIPE, or, when it saw the server's close first, as
+    "Can not write request body" (no errno) caused by a ConnectionResetError.
+    """
+    while exc is not None:
+        if isinstance(exc, (ConnectionResetError, BrokenPipeError)) or \
+                getattr(exc, "errno", None) in (errno.ECONNRESET, errno.EPIPE):
+            return True
+        exc = exc.__cause__
+    return False
+
+
 async def rest_clients(url: str, stop_after: float, outcomes: Counter, problems: list[str]) -> None:
     async def text_client(n: int) -> None:
         async with aiohttp.ClientSession(url, timeout=aiohttp.ClientTimeout(total=60)) as session:
@@ -55,7 +69,7 @@ async def rest_clients(url: str, stop_after: float, outcomes: Counter, problems:
                     outcomes["rest refused (kept-alive connection closed before an answer)"] += 1
                     continue  # the next request opens a new connection, or is refused
                 except aiohttp.ClientOSError as exc:
-                    if exc.errno not in (errno.ECONNRESET, errno.EPIPE):
+                    if not reset(exc):
                         problems.append(f"text: {type(exc).__name__}: {exc}")
                         return
                     outcomes["rest refused (kept-alive connection reset before an answer)"] += 1
