@@ -13,11 +13,12 @@ reflection need no API key, like REST's ``/health/*`` and ``/openapi.json``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import hmac
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import grpc
@@ -90,16 +91,32 @@ async def _parse_stream(message_type: type[Message], raw: AsyncIterator[bytes]) 
         yield _parse(message_type, data)
 
 
+class _InFlight:
+    """How many RPCs are inside a handler right now: the drain waits until none are."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    @contextlib.contextmanager
+    def track(self) -> Iterator[None]:
+        self.count += 1
+        try:
+            yield
+        finally:
+            self.count -= 1
+
+
 class _Rpc:
     """A grpc behaviour around one handler: everything an RPC does besides its own work."""
 
     def __init__(self, name: str, handler: Handler, request_type: type[Message], streaming: bool,
-                 state: ServerState, api_key: str | None) -> None:
+                 state: ServerState, api_key: str | None, in_flight: _InFlight) -> None:
         self.name = name
         self.handler = handler
         self.request_type = request_type
         self.streaming = streaming
         self.state = state
+        self.in_flight = in_flight
         self.metrics = state.metrics
         self.expected_authorization = f"Bearer {api_key}".encode() if api_key else None
 
@@ -110,7 +127,7 @@ class _Rpc:
         failure: tuple[grpc.StatusCode, str, tuple[tuple[str, str], ...]] | None = None
         # Counted and logged before an error status goes out (abort sends it at once), so a
         # client that has its answer sees the RPC in the metrics.
-        with self.metrics.track_inflight("grpc"), self.state.rpc_inflight():
+        with self.metrics.track_inflight("grpc"), self.in_flight.track():
             try:
                 if self.state.draining:
                     raise ShuttingDown("the server is draining; send this request to another replica")
@@ -154,13 +171,14 @@ class _Rpc:
             raise Unauthenticated("missing or wrong API key (metadata authorization: Bearer …)")
 
 
-def service_handler(service: object, state: ServerState, api_key: str | None) -> grpc.GenericRpcHandler:
+def service_handler(service: object, state: ServerState, api_key: str | None,
+                    in_flight: _InFlight) -> grpc.GenericRpcHandler:
     """``perceiver.v1.Perceiver``: each RPC of the .proto bound to ``service``'s method of its name."""
     handlers = {}
     for method in SERVICE.methods:
         streaming = method.client_streaming
         rpc = _Rpc(method.name, getattr(service, method.name), getattr(pb, method.input_type.name), streaming,
-                   state, api_key)
+                   state, api_key, in_flight)
         serialize = getattr(pb, method.output_type.name).SerializeToString
         factory = grpc.stream_stream_rpc_method_handler if streaming else grpc.unary_unary_rpc_method_handler
         handlers[method.name] = factory(rpc.handle, request_deserializer=None, response_serializer=serialize)
@@ -218,7 +236,7 @@ class GrpcServer:
         from .grpc_service import PerceiverService  # the RPCs build on this module's plumbing
 
         self.settings = settings
-        self.state = state
+        self.in_flight = _InFlight()
         limit = settings.grpc_max_message_bytes
         self.server = grpc.aio.server(options=[
             ("grpc.max_receive_message_length", limit),
@@ -227,7 +245,7 @@ class GrpcServer:
         ])
         api_key = settings.api_key.get_secret_value() if settings.api_key else None
         service = PerceiverService(state, max_message_bytes=limit)
-        self.server.add_generic_rpc_handlers((service_handler(service, state, api_key),))
+        self.server.add_generic_rpc_handlers((service_handler(service, state, api_key, self.in_flight),))
         health_pb2_grpc.add_HealthServicer_to_server(HealthService(state), self.server)
         reflection.enable_server_reflection((SERVICE.full_name, HEALTH_SERVICE, reflection.SERVICE_NAME), self.server)
         self.port: int | None = None
@@ -259,7 +277,7 @@ class GrpcServer:
         """
         if self._stopping is None:
             deadline = time.monotonic() + grace
-            while self.state.rpcs_in_flight and time.monotonic() < deadline:
+            while self.in_flight.count and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)
             self._stopping = asyncio.ensure_future(self.server.stop(max(deadline - time.monotonic(), 0.5)))
         await self._stopping

@@ -8,10 +8,9 @@ is a :class:`ServeError` rendered as ``{"error": {"code", "message"}}``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import json
-from collections.abc import Awaitable, Iterator
+from collections.abc import Awaitable
 from typing import Annotated, Any, TypeVar
 
 from fastapi import FastAPI, Query, Request
@@ -44,15 +43,6 @@ class ServerState:
     metrics: Metrics
     limits: MediaLimits
     draining: bool = False
-    rpcs_in_flight: int = 0  # gRPC calls inside a handler; the drain waits for them
-
-    @contextlib.contextmanager
-    def rpc_inflight(self) -> Iterator[None]:
-        self.rpcs_in_flight += 1
-        try:
-            yield
-        finally:
-            self.rpcs_in_flight -= 1
 
 
 # -- request and response bodies ----------------------------------------------------------------
