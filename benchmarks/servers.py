@@ -7,8 +7,10 @@ log file and which is ready once a GET of its readiness path answers 200.
 
 from __future__ import annotations
 
+import http.client
 import os
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -70,12 +72,17 @@ def write_repository(root: Path, models: Mapping[str, Mapping[str, Any]],
 
 
 class Service:
-    """A server subprocess on loopback; ``stop()`` sends SIGTERM (then SIGKILL) and returns its exit code."""
+    """A server subprocess on loopback; ``stop()`` sends SIGTERM (then SIGKILL) and returns its exit code.
+
+    Also the test suite's server process (``tests/support.ServerProcess``), so benchmarks and
+    tests start, wait for and stop servers the same way.
+    """
 
     def __init__(self, name: str, command: list[str], port: int, log_dir: Path, *,
-                 ready_path: str = "/health/ready", env: Mapping[str, str] | None = None) -> None:
+                 ready_path: str = "/health/ready", env: Mapping[str, str] | None = None,
+                 scheme: str = "http") -> None:
         self.name = name
-        self.url = f"http://127.0.0.1:{port}"
+        self.url = f"{scheme}://127.0.0.1:{port}"
         self.ready_path = ready_path
         log_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = log_dir / f"{name}.log"
@@ -83,38 +90,59 @@ class Service:
             self.process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
                                             env={**os.environ, **(env or {})})
 
-    def wait_ready(self, timeout: float = 180.0) -> None:
+    def wait_ready(self, timeout: float = 180.0, *, path: str | None = None,
+                   context: ssl.SSLContext | None = None) -> None:
+        """Until a GET of ``path`` (default: the readiness path) answers 200; ``context`` for TLS."""
+        url = self.url + (path or self.ready_path)
         deadline = time.monotonic() + timeout
         while self.process.poll() is None:
             try:
-                with urllib.request.urlopen(self.url + self.ready_path, timeout=2) as answer:
+                with urllib.request.urlopen(url, timeout=2, context=context) as answer:
                     if answer.status == 200:
                         return
-            except (urllib.error.URLError, OSError):
+            except (urllib.error.URLError, http.client.HTTPException, OSError):
                 pass
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{self.name} not ready after {timeout:.0f} s:\n{self.log_tail()}")
-            time.sleep(0.25)
+            time.sleep(0.2)
         raise RuntimeError(f"{self.name} exited with {self.process.returncode}:\n{self.log_tail()}")
 
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
     def log_tail(self, chars: int = 3000) -> str:
-        return self.log_path.read_text(errors="replace")[-chars:]
+        return self.logs()[-chars:]
 
     def stop(self, grace: float = 30.0) -> int:
-        """SIGTERM, then SIGKILL after ``grace`` seconds; the exit code (negative: the signal that ended it)."""
-        self.process.terminate()
-        try:
-            return self.process.wait(grace)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            return self.process.wait()
+        """SIGTERM, then SIGKILL after ``grace`` seconds; the exit code (negative: the signal that ended it).
+
+        Stopping a stopped service again returns the same code.
+        """
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                return self.process.wait(grace)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+        return self.process.wait()
+
+    def __enter__(self) -> "Service":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def serve_command(repository: Path, http_port: int, grpc_port: int, *args: str) -> list[str]:
+    """``perceiver-serve serve`` of ``repository`` on the given ports (``grpc_port`` -1: no gRPC)."""
+    return [sys.executable, "-m", "perceiver_serve.cli", "serve", "--model-repository", str(repository),
+            "--http-port", str(http_port), "--grpc-port", str(grpc_port), *args]
 
 
 def perceiver_serve(name: str, repository: Path, log_dir: Path, threads: int = 2) -> tuple[Service, int]:
     """``perceiver-serve serve`` on free REST and gRPC ports: the service and its gRPC port."""
     http_port, grpc_port = free_port(), free_port()
-    command = [sys.executable, "-m", "perceiver_serve.cli", "serve", "--model-repository", str(repository),
-               "--http-port", str(http_port), "--grpc-port", str(grpc_port)]
+    command = serve_command(repository, http_port, grpc_port)
     return Service(name, command, http_port, log_dir, env=_thread_env(threads)), grpc_port
 
 
