@@ -22,7 +22,6 @@ import asyncio
 import collections
 import io
 import json
-import statistics
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -137,12 +136,14 @@ def make_request(endpoint: str, url: str, model: str | None, args: argparse.Name
     raise ValueError(f"unknown endpoint {endpoint!r}")
 
 
-def percentiles(values: list[float]) -> dict[str, float | None]:
-    if not values:
+def percentiles_ms(seconds: list[float]) -> dict[str, float | None]:
+    """p50/p95/p99/mean/max of latencies given in seconds, in milliseconds (None when there are none)."""
+    if not seconds:
         return {"p50": None, "p95": None, "p99": None, "mean": None, "max": None}
-    p50, p95, p99 = np.percentile(values, [50, 95, 99])
-    return {"p50": float(p50), "p95": float(p95), "p99": float(p99), "mean": statistics.fmean(values),
-            "max": max(values)}
+    ms = np.asarray(seconds) * 1000
+    p50, p95, p99 = np.percentile(ms, [50, 95, 99])
+    return {"p50": float(p50), "p95": float(p95), "p99": float(p99), "mean": float(ms.mean()),
+            "max": float(ms.max())}
 
 
 async def batch_counts(session: aiohttp.ClientSession, url: str, model: str) -> tuple[float, float]:
@@ -193,7 +194,7 @@ async def run_level(session: aiohttp.ClientSession, request: Check, url: str, mo
     result: dict[str, Any] = {
         "concurrency": concurrency, "requests": issued, "ok": len(latencies), "failed": sum(errors.values()),
         "errors": dict(errors), "duration_s": elapsed, "throughput_rps": len(latencies) / elapsed,
-        "latency_ms": {k: (v * 1000 if v is not None else None) for k, v in percentiles(latencies).items()},
+        "latency_ms": percentiles_ms(latencies),
         "forward_passes": None, "mean_batch_size": None,
     }
     if model:
@@ -288,7 +289,7 @@ async def overhead(args: argparse.Namespace) -> dict[str, Any]:
                 if i >= args.warmup:
                     times[name].append(time.perf_counter() - sent)
     result = {name: {"requests": len(t), "failed": failed[name],
-                     **{k: (v * 1000 if v is not None else None) for k, v in percentiles(t).items()}}
+                     **percentiles_ms(t)}
               for name, t in times.items()}
     for name, r in result.items():
         _say(f"overhead {name:14s} median {r['p50']:.2f} ms  p95 {r['p95']:.2f} ms  failed {r['failed']}")

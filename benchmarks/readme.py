@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from . import report
+from .server_bench import headline_rows
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -51,8 +52,6 @@ def model_section(payload: dict[str, Any]) -> list[str]:
 
 def server_section(payload: dict[str, Any]) -> list[str]:
     head = payload["headline"]
-    rows = [[str(level["concurrency"]), *(f"{level['throughput_rps'][k]:.1f}" for k in ("on", "off", "baseline")),
-             f"**{level['on_vs_off']:.2f}×**", f"**{level['on_vs_baseline']:.2f}×**"] for level in head["levels"]]
     latency = payload["overhead"]["latency_ms"]
     overhead = [[name, f"{latency[f'rest_{key}']['p50']:.2f} ms", f"{latency[f'grpc_{key}']['p50']:.2f} ms"]
                 for name, key in (("classify (answered)", "classify"), ("empty text (rejected)", "rejected"))]
@@ -65,7 +64,7 @@ def server_section(payload: dict[str, Any]) -> list[str]:
         "p50/p95/p99 and mean batch size: [server.md](benchmarks/results/server.md).",
         "",
         _table(["concurrency", "batching on", "batching off", "transformers + FastAPI", "on / off",
-                               "on / baseline"], rows),
+                               "on / baseline"], headline_rows(head)),
         "",
         f"Per-request overhead on the tiny demo model (`{payload['overhead']['model']}`), sequential, median:",
         "",

@@ -9,11 +9,24 @@ from __future__ import annotations
 import json
 import os
 import platform
+import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import torch
+
+
+class Progress:
+    """``say(message)``: a progress line on ``stream``, stamped with the seconds since the start."""
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self.start = time.perf_counter()
+        self.stream = stream
+
+    def __call__(self, message: str) -> None:
+        print(f"[{time.perf_counter() - self.start:7.1f} s] {message}", file=self.stream or sys.stdout, flush=True)
 
 
 def environment() -> dict[str, Any]:

@@ -25,17 +25,10 @@ from . import measure, report
 from .checkpoints import checkpoint_dir, load_reference
 from .configs import head_spec
 from .model_bench import CASES, CASES_BY_NAME, Case, Marks, case_config, compare
+from .report import Progress
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
-
-
-class Progress:
-    def __init__(self) -> None:
-        self.start = time.perf_counter()
-
-    def __call__(self, message: str) -> None:
-        print(f"[{time.perf_counter() - self.start:7.1f} s] {message}", flush=True)
 
 
 class Models:

@@ -73,14 +73,6 @@ BATCHING = {
 }
 
 
-class Progress:
-    def __init__(self) -> None:
-        self.start = time.perf_counter()
-
-    def __call__(self, message: str) -> None:
-        print(f"[{time.perf_counter() - self.start:6.1f} s] {message}", file=sys.stderr, flush=True)
-
-
 def repository_models(text_checkpoint: Path) -> dict[str, dict[str, Any]]:
     return {
         "text-mid": {"task": "text-classification", "source": str(text_checkpoint), "device": "cpu",
@@ -131,6 +123,12 @@ def headline(text: dict[str, Any]) -> dict[str, Any]:
     met = {key: all(r[key] is not None and r[key] >= TARGET_RATIO for r in rows)
            for key in ("on_vs_off", "on_vs_baseline")}
     return {"model": text["model"], "target_ratio": TARGET_RATIO, "levels": rows, "met": met}
+
+
+def headline_rows(head: dict[str, Any]) -> list[list[str]]:
+    """The headline table's rows (server.md and the README): concurrency, req/s of each server, ratios."""
+    return [[str(r["concurrency"]), *(f"{r['throughput_rps'][k]:.1f}" for k in ("on", "off", "baseline")),
+             f"**{r['on_vs_off']:.2f}×**", f"**{r['on_vs_baseline']:.2f}×**"] for r in head["levels"]]
 
 
 def model_batch_scaling(checkpoint: Path, threads: int, budget_s: float) -> dict[str, Any]:
@@ -184,8 +182,7 @@ def write_markdown(path: Path, payload: dict[str, Any]) -> None:
          "at a time under a lock, same checkpoint, same byte tokenisation), at concurrency 16–32.\n"),
         report.markdown_table(
             ["concurrency", "on req/s", "off req/s", "baseline req/s", "on / off", "on / baseline"],
-            [[str(r["concurrency"]), *(f"{r['throughput_rps'][k]:.1f}" for k in ("on", "off", "baseline")),
-              f"**{r['on_vs_off']:.2f}×**", f"**{r['on_vs_baseline']:.2f}×**"] for r in head["levels"]]),
+            headline_rows(head)),
         (f"\nTarget on / off ≥ {head['target_ratio']}×: **{_yes(head['met']['on_vs_off'])}**; on / baseline ≥ "
          f"{head['target_ratio']}×: **{_yes(head['met']['on_vs_baseline'])}**.\n"),
     ]
@@ -271,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2, help="torch threads of each server (default 2)")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    say = Progress()
+    say = report.Progress(sys.stderr)  # stdout stays free for the load generator's JSON
     started = datetime.datetime.now().isoformat(timespec="seconds")
 
     spec = server_text_spec(args.quick)
