@@ -52,6 +52,7 @@ def test_copy_sources_exist_and_survive_dockerignore(path):
     dockerignore = DockerIgnore.read()
     sources = Dockerfile.read(path).context_sources()
     assert {"pyproject.toml", "README.md", "server", "models"} <= set(sources)
+    assert any(source.startswith("requirements/") for source in sources), "the image installs from the lock"
     for source in sources:
         assert (REPO_ROOT / source).exists(), f"{path.name} copies {source}, which the repository lacks"
         files = _context_files(source)
@@ -94,16 +95,23 @@ def test_cpu_and_cuda_images_keep_the_same_contract():
     assert perceiver_env[0] == perceiver_env[1]
 
 
-TORCH_INDEXES = ("/whl/cpu", "/whl/cu128")
+LOCKS = {"Dockerfile": "requirements/serve-cpu.txt", "Dockerfile.cuda": "requirements/serve-cuda.txt"}
 
 
-@pytest.mark.parametrize("path,index", list(zip(DOCKERFILES, TORCH_INDEXES, strict=True)), ids=["cpu", "cuda"])
-def test_torch_pinned_like_the_makefile(path, index):
-    makefile = (REPO_ROOT / "Makefile").read_text()
-    pinned = next(line.split("torch==")[1].strip() for line in makefile.splitlines() if "TORCH_SPEC ?=" in line)
-    args = Dockerfile.read(path).arg_defaults()
-    assert args["TORCH_VERSION"] == pinned
-    assert args["TORCH_INDEX_URL"].endswith(index)
+@by_name
+def test_images_install_exactly_the_lock(path):
+    """Every pip install in the builder is hash-checked against the image's lock, and the package
+    itself adds nothing (--no-deps), so the image runs the versions the tests ran."""
+    runs = [i.arguments for i in Dockerfile.read(path).instructions if i.keyword == "RUN" and "pip install" in i.arguments]
+    lock = LOCKS[path.name]
+    assert any(f"-r {lock}" in run for run in runs), runs
+    for run in runs:
+        for command in run.split("&&"):
+            if "pip install" in command:
+                assert "--require-hashes" in command or ("--no-deps" in command and " ." in command), command
+    if path.name == "Dockerfile":  # the CPU wheel, from the CPU index, alone
+        assert any("-r requirements/torch-cpu.txt" in run and "--no-deps" in run for run in runs)
+        assert Dockerfile.read(path).arg_defaults()["TORCH_INDEX_URL"].endswith("/whl/cpu")
 
 
 @by_name
