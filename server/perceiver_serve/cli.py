@@ -17,6 +17,8 @@ _FLAGS: list[tuple[str, dict]] = [
     ("--model-repository", dict(type=Path, help="model repository directory (default: the bundled demo models)")),
     ("--host", dict(help="interface to listen on (default 127.0.0.1)")),
     ("--http-port", dict(type=int, help="REST port (default 8000)")),
+    ("--http-parser", dict(choices=["auto", "h11", "httptools"],
+                           help="HTTP/1.1 implementation (default auto: httptools where installed)")),
     ("--grpc-port", dict(type=int, help="gRPC port (default 50051; -1 disables)")),
     ("--api-key", dict(help="require 'Authorization: Bearer KEY' on model routes")),
     ("--max-body-mb", dict(type=float, help="largest REST body in MiB (default 64)")),

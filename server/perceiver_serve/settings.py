@@ -25,6 +25,8 @@ class Settings(BaseSettings):
                                    description="Directory with one <name>/model.toml per served model.")
     host: str = Field("127.0.0.1", description="Interface both servers listen on.")
     http_port: int = Field(8000, ge=0, le=65535, description="REST port (0 picks a free one).")
+    http_parser: Literal["auto", "h11", "httptools"] = Field(
+        "auto", description="HTTP/1.1 implementation uvicorn runs (auto: httptools where installed, else h11).")
     grpc_port: int = Field(50051, ge=-1, le=65535, description="gRPC port (0 picks a free one, -1 disables).")
     api_key: SecretStr | None = Field(None, description="If set, model routes need 'Authorization: Bearer KEY'.")
     max_body_mb: float = Field(64.0, gt=0, description="Largest REST request body, in MiB.")

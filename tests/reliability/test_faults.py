@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import threading
 import time
 
 import grpc
@@ -143,13 +144,24 @@ def wait_for_idle(live, name: str, timeout: float = 60) -> None:
 BIG = np.random.default_rng(3).integers(0, 256, (400, 400, 3), dtype=np.uint8)  # 126 tiles of 48×64
 
 
-def test_a_rest_client_that_disconnects_frees_its_queued_work(live, faulty):
-    calls = faulty(FLOW, lambda payloads: None)
+@pytest.fixture()
+def held_flow(live, faulty):
+    """The flow model's first batch is held until the test lets go, so that the client is
+    gone while its tiles are still queued however fast this machine computes them."""
+    gate = threading.Event()
+    calls = faulty(FLOW, lambda payloads: gate.wait(60))
+    yield gate, calls
+    gate.set()
+
+
+def test_a_rest_client_that_disconnects_frees_its_queued_work(live, held_flow):
+    gate, calls = held_flow
     before = rejected(live, "cancelled")
     files = {"frame1": ("1.png", png_bytes(BIG)), "frame2": ("2.png", png_bytes(np.roll(BIG, 2, 0)))}
     with pytest.raises(httpx.TimeoutException):
         httpx.post(live.url + "/flow", files=files, timeout=1.5)
     time.sleep(0.5)
+    gate.set()
     wait_for_idle(live, FLOW)
     computed = sum(len(payloads) for payloads, _ in calls)
     dropped = rejected(live, "cancelled") - before
@@ -161,8 +173,8 @@ def test_a_rest_client_that_disconnects_frees_its_queued_work(live, faulty):
     assert statuses == {"499": 1.0, "500": 0.0}
 
 
-def test_a_grpc_client_that_cancels_frees_its_queued_work(live, faulty):
-    calls = faulty(FLOW, lambda payloads: None)
+def test_a_grpc_client_that_cancels_frees_its_queued_work(live, held_flow):
+    gate, calls = held_flow
     before = rejected(live, "cancelled")
     request = pb.EstimateFlowRequest(frame1=png_bytes(BIG), frame2=png_bytes(np.roll(BIG, 2, 1)))
     with grpc.insecure_channel(live.address) as channel:
@@ -170,6 +182,7 @@ def test_a_grpc_client_that_cancels_frees_its_queued_work(live, faulty):
         time.sleep(1.5)
         future.cancel()
     time.sleep(0.5)
+    gate.set()
     wait_for_idle(live, FLOW)
     computed = sum(len(payloads) for payloads, _ in calls)
     dropped = rejected(live, "cancelled") - before

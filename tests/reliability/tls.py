@@ -39,13 +39,14 @@ def client_context(cert: Path) -> ssl.SSLContext:
     return ssl.create_default_context(cafile=str(cert))
 
 
-def raw_request(port: int, context: ssl.SSLContext, head: bytes, body: bytes = b"") -> tuple[int, bytes]:
-    """Send ``head`` (request line and headers, as written) and ``body`` over TLS; the status and the reply.
+def raw_request(port: int, context: ssl.SSLContext | None, head: bytes, body: bytes = b"") -> tuple[int, bytes]:
+    """Send ``head`` (request line and headers, as written) and ``body`` (over TLS with a ``context``);
+    the status and the reply.
 
-    Nothing normalises the request target on the way, unlike an HTTP client library.
+    Nothing normalises the request target or the header values on the way, unlike an HTTP client library.
     """
     with socket.create_connection(("127.0.0.1", port), timeout=30) as plain, \
-            context.wrap_socket(plain, server_hostname="127.0.0.1") as sock:
+            (context.wrap_socket(plain, server_hostname="127.0.0.1") if context else plain) as sock:
         sock.sendall(head + body)
         reply = b""
         while b"\r\n\r\n" not in reply or len(reply) < _expected_length(reply):

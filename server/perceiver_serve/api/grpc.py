@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import hmac
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -31,6 +30,7 @@ from ..engine.registry import READY
 from ..errors import InvalidInput, ServeError, ShuttingDown, Unauthenticated
 from ..pb.perceiver.v1 import perceiver_pb2 as pb
 from ..settings import Settings
+from .auth import bearer_credential, offers_credential
 from .common import check_top_k
 from .middleware import new_request_id
 from .rest import ServerState
@@ -118,7 +118,7 @@ class _Rpc:
         self.state = state
         self.in_flight = in_flight
         self.metrics = state.metrics
-        self.expected_authorization = f"Bearer {api_key}".encode() if api_key else None
+        self.expected_authorization = bearer_credential(api_key) if api_key else None
 
     async def handle(self, request: Any, context: grpc.aio.ServicerContext) -> Message | None:
         call = RpcCall(context, new_request_id(_metadata(context, "x-request-id")))
@@ -166,8 +166,9 @@ class _Rpc:
     def _authenticate(self, context: grpc.aio.ServicerContext) -> None:
         if self.expected_authorization is None:
             return
-        offered = (_metadata(context, "authorization") or "").encode("utf-8", "replace")
-        if not hmac.compare_digest(offered, self.expected_authorization):
+        offered = _metadata(context, "authorization")
+        if not offers_credential(offered.encode("utf-8", "replace") if offered is not None else None,
+                                 self.expected_authorization):
             raise Unauthenticated("missing or wrong API key (metadata authorization: Bearer …)")
 
 

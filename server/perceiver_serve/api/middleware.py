@@ -6,7 +6,6 @@ and a rejected request is answered before its body is read.
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
 import re
@@ -16,6 +15,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from ..errors import PayloadTooLarge
+from .auth import bearer_credential, offers_credential
 from ..metrics import Metrics
 
 log = logging.getLogger("perceiver_serve.access")
@@ -101,13 +101,13 @@ class ApiKeyAuth:
 
     def __init__(self, app: ASGIApp, api_key: str, open_paths: frozenset[str]) -> None:
         self.app = app
-        self.expected = f"Bearer {api_key}".encode()
+        self.expected = bearer_credential(api_key)
         self.open_paths = open_paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"] not in self.open_paths:
-            offered = (_header(scope, b"authorization") or "").encode("latin-1")
-            if not hmac.compare_digest(offered, self.expected):
+            offered = _header(scope, b"authorization")
+            if not offers_credential(offered.encode("latin-1") if offered is not None else None, self.expected):
                 await send_error(send, 401, "unauthenticated", "missing or wrong API key (Authorization: Bearer …)",
                                  [(b"www-authenticate", b"Bearer")])
                 return
