@@ -38,12 +38,17 @@ def code_of(call, *args, **kwargs) -> grpc.RpcError:
 # -- API key ------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("metadata", [(), (("authorization", "Bearer wrong"),), (("authorization", API_KEY),),
-                                      (("authorization", f"Bearer {API_KEY} "),), (("authorization", "Bearer"),)],
-                         ids=["missing", "wrong", "no scheme", "trailing space", "empty"])
+                                      (("authorization", f"Bearer {API_KEY} x"),), (("authorization", "Bearer"),)],
+                         ids=["missing", "wrong", "no scheme", "trailing word", "empty"])
 def test_wrong_or_missing_api_key_is_unauthenticated(local, metadata):
     error = code_of(local.ClassifyText, TEXT, metadata=metadata)
     assert error.code() == grpc.StatusCode.UNAUTHENTICATED
     assert dict(error.trailing_metadata())["x-error-code"] == "unauthenticated"
+
+
+def test_whitespace_around_the_key_is_not_part_of_it(local):
+    """As on REST (RFC 9110 5.5): a value with a trailing space carries the same credential."""
+    assert local.ClassifyText(TEXT, metadata=(("authorization", f"Bearer {API_KEY} "),)).model == "text-sentiment"
 
 
 def test_api_key_guards_the_stream_and_every_rpc(local):
