@@ -186,3 +186,13 @@ def test_make_run_installs_only_the_serving_lock_and_make_test_the_full_one():
     assert "-r requirements/dev-cuda.txt" in cuda and "torch-cpu.txt" not in cuda
     wrong = make_dry_run("run", "TORCH=rocm")
     assert wrong.returncode != 0 and "TORCH must be cpu or cuda" in wrong.stderr
+
+
+def test_the_installed_package_declares_ranges_not_the_lock():
+    """`pip install perceiver-serve` resolves against ranges: the lock is this repository's, not the package's."""
+    from importlib.metadata import requires
+
+    declared_requirements = [Requirement(r) for r in requires("perceiver-serve") or ()]
+    assert any(r.name == "torch" for r in declared_requirements)
+    pinned = [str(r) for r in declared_requirements if any(s.operator == "==" for s in r.specifier)]
+    assert pinned == []
