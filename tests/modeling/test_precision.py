@@ -3,7 +3,9 @@
 import pytest
 import torch
 
-from perceiver_serve.modeling import load_model
+from perceiver_serve.modeling import load_model, precision
+from perceiver_serve.modeling.kernels import Linear
+from perceiver_serve.modeling.precision import int8_of
 
 from .hf_models import HEAD_CONFIGS
 from .inputs import run_pair
@@ -26,3 +28,82 @@ def test_reduced_precision_agrees_with_float32(arch, dtype, reference_models, ch
             assert torch.equal(_decisions(name, got), _decisions(name, ref)), name
         else:  # regression outputs (flow, pixels, audio): close relative to their scale
             assert (got - ref).norm() <= 0.05 * ref.norm(), name
+
+
+@pytest.mark.parametrize("arch", list(HEAD_CONFIGS))
+def test_int8_agrees_with_float32(arch, reference_models, checkpoint_dirs):
+    model = load_model(checkpoint_dirs[arch, "safetensors"], dtype="int8")
+    assert model.precision == "int8" and model.dtype == torch.float32  # activations stay float
+    for name, (ref, got) in run_pair(arch, reference_models[arch], model).items():
+        assert torch.isfinite(got).all(), name
+        if name in ("logits", "label"):
+            assert (got.argmax(-1) == ref.argmax(-1)).float().mean() >= 0.9, name
+        else:
+            assert (got - ref).norm() <= 0.1 * ref.norm(), name
+
+
+def test_int8_covers_the_absorbed_cross_attention(checkpoint_dirs):
+    """The single-head encoder attends with its key weight folded into the queries: that product is int8 too."""
+    model = load_model(checkpoint_dirs["PerceiverForImageClassificationFourier", "safetensors"], dtype="int8")
+    linears = [m for m in model.modules() if isinstance(m, Linear)]
+    assert linears and all(int8_of(m.weight) is not None for m in linears)
+    key = model.perceiver.encoder.cross_attention.attention.self.key
+    assert int8_of(key.weight).transposed is not None  # packed when the absorbed path ran (the probe)
+    x = torch.randn(1, 3, 16, 16)
+    with torch.no_grad():
+        int8_out = model(x)
+        int8_of(key.weight).transposed = _pack_rounded_up(key.weight)
+        assert not torch.equal(model(x), int8_out)  # the absorbed product reads the packed weight
+
+
+def _pack_rounded_up(weight):
+    from perceiver_serve.modeling.precision import _pack
+
+    return _pack((weight * 1.5).t(), None)
+
+
+@pytest.mark.parametrize("arch", ["PerceiverForSequenceClassification", "PerceiverForOpticalFlow"])
+@pytest.mark.parametrize("dtype", ["int8", "bfloat16"])
+def test_load_compares_with_float32(arch, dtype, checkpoint_dirs):
+    model = load_model(checkpoint_dirs[arch, "safetensors"], dtype=dtype)
+    check = model.precision_check
+    assert check.precision == dtype and 0 < check.max_abs_diff < 0.5
+    if arch == "PerceiverForOpticalFlow":
+        assert check.argmax_agreement is None  # a regression: no arg-max to compare
+    else:
+        assert check.rows == 4 and check.argmax_agreement >= 0.75
+    assert load_model(checkpoint_dirs[arch, "safetensors"]).precision_check is None
+
+
+@pytest.mark.parametrize(("flags", "device", "expected"), [
+    ({"bf16": True}, "cpu", "bfloat16"),
+    ({"amx": True}, "cpu", "bfloat16"),
+    ({}, "cpu", "float32"),
+])
+def test_auto_follows_the_cpu(monkeypatch, flags, device, expected):
+    features = dict.fromkeys(("avx2", "avx512", "bf16", "vnni", "amx"), False) | flags
+    monkeypatch.setattr(precision, "cpu_features", lambda: features)
+    assert precision.effective_precision("auto", device) == expected
+
+
+def test_auto_on_this_cpu(checkpoint_dirs):
+    model = load_model(checkpoint_dirs["PerceiverForSequenceClassification", "safetensors"], dtype="auto")
+    native = precision.cpu_features()["bf16"] or precision.cpu_features()["amx"]
+    assert model.precision == ("bfloat16" if native else "float32")
+    assert (model.precision_check is None) == (not native)
+
+
+def test_int8_without_vnni_uses_seven_bit_activations(monkeypatch, checkpoint_dirs):
+    monkeypatch.setattr(precision, "cpu_features", lambda: {"avx2": True, "avx512": False, "bf16": False,
+                                                            "vnni": False, "amx": False})
+    model = load_model(checkpoint_dirs["PerceiverForSequenceClassification", "safetensors"], dtype="int8")
+    assert all(int8_of(m.weight).reduce_range for m in model.modules() if isinstance(m, Linear))
+    assert model.precision_check.argmax_agreement >= 0.75
+
+
+def test_bad_precisions(checkpoint_dirs):
+    directory = checkpoint_dirs["PerceiverForSequenceClassification", "safetensors"]
+    with pytest.raises(ValueError, match="unsupported dtype"):
+        load_model(directory, dtype="int4")
+    with pytest.raises(ValueError, match="CPU only"):
+        precision.effective_precision("int8", "cuda")

@@ -125,3 +125,9 @@ def test_healthcheck_passes_only_when_ready(path, health_stub):
     health_stub.status = 503
     assert run().returncode != 0
     assert health_stub.paths == ["/health/ready", "/health/ready"]
+
+
+def test_cpu_image_can_compile():
+    """compile = true needs a C++ compiler and OpenMP in the image that runs the server."""
+    runs = " ".join(i.arguments for i in Dockerfile.read(DOCKERFILES[0]).runtime() if i.keyword == "RUN")
+    assert "apt-get install" in runs and {"g++", "libgomp1"} <= set(runs.split())

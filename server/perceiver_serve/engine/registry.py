@@ -21,6 +21,7 @@ from ..errors import ModelNotFound, NotReady
 from ..modeling import PerceiverTaskModel, load_model
 from .batcher import BatchObserver, DynamicBatcher
 from .repository import ModelRepository, ModelSpec, describe_validation_error
+from .warmup import warm_up
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,12 @@ class ServedModel:
         if self.model is not None:
             config = self.model.config
             info.update(architecture=self.model.architecture, labels=config.num_labels,
-                        load_seconds=round(self.load_seconds or 0.0, 3))
+                        load_seconds=round(self.load_seconds or 0.0, 3), dtype=self.model.precision,
+                        requested_dtype=self.spec.dtype)
+            if self.model.compiled:
+                info["compile"] = True
+            if self.model.precision_check is not None:
+                info["precision_check"] = self.model.precision_check.as_dict()
         return info
 
 
@@ -107,16 +113,16 @@ class ModelRegistry:
             except ValidationError as exc:
                 raise ValueError(f"{spec.toml_path}: {describe_validation_error(exc, prefix='options.')}") from None
             served.device = resolve_device(spec.device)
-            model = load_model(spec.checkpoint_dir(), device=served.device, dtype=spec.dtype,
-                               progress=lambda message: self.progress(f"{served.name}: {message}"))
+            say = lambda message: self.progress(f"{served.name}: {message}")  # noqa: E731
+            model = load_model(spec.checkpoint_dir(), device=served.device, dtype=spec.dtype, progress=say,
+                               compile=spec.compile)
             if model.architecture not in definition.architectures:
                 raise ValueError(
                     f"{spec.toml_path}: checkpoint is a {model.architecture}, which cannot serve task "
                     f"{spec.task!r} (needs one of {', '.join(definition.architectures)})"
                 )
             runner = definition.runner(model, options)
-            with torch.inference_mode():
-                runner.run(runner.warmup_payloads())
+            warm_up(runner, spec.batching.max_batch_size, model.compiled, say)
             batcher = DynamicBatcher(served.name, runner, spec.batching, self.observer)
             batcher.start()
         except Exception as exc:  # noqa: BLE001 - any failure marks this model failed, never the server

@@ -1,7 +1,7 @@
 """The model repository: one folder per served model, described by ``model.toml``.
 
 ```
-models/<name>/model.toml        task, source, device, dtype, [batching], [options]
+models/<name>/model.toml        task, source, device, dtype, compile, [batching], [options]
 models/<name>/checkpoint/       config.json + weights, Hugging Face layout (or source = "hf://org/name")
 ```
 
@@ -54,7 +54,8 @@ class ModelSpec(BaseModel):
     task: Task
     source: str = Field(min_length=1)
     device: str = "auto"
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    dtype: Literal["float32", "bfloat16", "float16", "int8", "auto"] = "float32"
+    compile: bool = False
     default: bool = False
     batching: BatchingConfig = BatchingConfig()
     options: dict[str, Any] = Field(default_factory=dict)

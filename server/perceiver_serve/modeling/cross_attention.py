@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .kernels import attend, batched_linear, few_rows_matmul, linear
+from .kernels import attend, batched_linear, few_rows_matmul, linear, weight_matmul
 
 if TYPE_CHECKING:
     from .attention import Attention, PerceiverLayer
@@ -81,7 +81,7 @@ def attend_inputs(attention: Attention, hidden: torch.Tensor, inputs: torch.Tens
     """``attention.output(attention.self(hidden, inputs))`` with the key and value projections absorbed."""
     qkv = attention.self
     query = qkv.query(qkv.layernorm1(hidden))
-    query = torch.matmul(query, qkv.key.weight)  # into the inputs' space; q·b_k is constant per row
+    query = weight_matmul(query, qkv.key.weight)  # into the inputs' space; q·b_k is constant per row
     source = qkv.layernorm2(inputs)[:, None]
     mixed = attend(query[:, None], source, source, key_mask, scale=qkv.query.out_features ** -0.5)
     return attention.output(qkv.value(mixed[:, 0]))
@@ -148,7 +148,7 @@ def latent_state(layer: PerceiverLayer, latents: torch.Tensor) -> LatentState:
     keys, values = qkv.key(source), qkv.value(source)
     scale = qkv.query.out_features ** -0.5
     state = LatentState(
-        keys=torch.matmul(keys, qkv.query.weight) * scale,
+        keys=weight_matmul(keys, qkv.query.weight) * scale,
         key_bias=torch.matmul(keys, qkv.query.bias) * scale,
         values=linear(values, out.weight, out.bias),
     )

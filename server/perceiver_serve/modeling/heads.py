@@ -58,6 +58,12 @@ class PerceiverTaskModel(nn.Module):
 
     architecture: ClassVar[str]
     perceiver: PerceiverBody
+    #: The precision it computes in (``load_model`` sets it: float32, bfloat16, float16 or int8) and,
+    #: for a reduced one, how it compared with its float32 self (a ``precision.PrecisionCheck``).
+    precision: str = "float32"
+    precision_check = None
+    #: Whether its encoder runs through ``torch.compile`` (see ``compiled``).
+    compiled: bool = False
 
     def __init__(self, config: PerceiverConfig) -> None:
         super().__init__()
@@ -71,6 +77,22 @@ class PerceiverTaskModel(nn.Module):
     def device(self) -> torch.device:
         return self.perceiver.embeddings.latents.device
 
+    def probe(self) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """The output for a fixed, seeded input of the served size, as (logits or None, all values).
+
+        A reduced-precision model is checked against its float32 self on it (see ``precision``).
+        """
+        out = self.probe_output(torch.Generator().manual_seed(0))
+        if isinstance(out, dict):
+            return out.get("label"), torch.cat([v.float().flatten() for v in out.values()])
+        return (None if self.regression else out), out.float().flatten()
+
+    #: Whether the output is a regression (no arg-max to compare), not logits.
+    regression: ClassVar[bool] = False
+
+    def probe_output(self, generator: torch.Generator) -> torch.Tensor | dict[str, torch.Tensor]:
+        raise NotImplementedError
+
 
 def _classification_decoder(config: PerceiverConfig) -> ClassificationDecoder:
     return ClassificationDecoder(config, num_channels=config.d_latents)
@@ -82,6 +104,15 @@ class _TextModel(PerceiverTaskModel):
         tokens, _ = self.perceiver.input_preprocessor(input_ids)
         key_mask = None if attention_mask is None else attention_mask.bool()
         return self.perceiver.encode_tokens(tokens, key_mask)
+
+    def probe_output(self, generator: torch.Generator) -> torch.Tensor:
+        """Four texts of random bytes, up to 256 long, three of them padded."""
+        length = min(256, self.config.max_position_embeddings)
+        ids = torch.randint(6, self.config.vocab_size, (4, length), generator=generator)
+        mask = torch.ones(4, length, dtype=torch.long)
+        for row in range(1, 4):
+            mask[row, length * (4 - row) // 4:] = 0
+        return self(ids.to(self.device), mask.to(self.device))
 
 
 class PerceiverForMaskedLM(_TextModel):
@@ -157,9 +188,21 @@ class _ImageClassifier(PerceiverTaskModel):
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         return self.decode(self.encode(pixel_values))
 
+    def served_size(self) -> int:
+        """The side of the square images this head serves (the learned one: its config's)."""
+        return 224
+
+    def probe_output(self, generator: torch.Generator) -> torch.Tensor:
+        size = self.served_size()
+        pixels = torch.randn(2, 3, size, size, generator=generator)
+        return self(pixels.to(self.device, self.dtype))
+
 
 class PerceiverForImageClassificationLearned(_ImageClassifier):
     architecture = "PerceiverForImageClassificationLearned"
+
+    def served_size(self) -> int:
+        return self.config.image_size
 
     @staticmethod
     def _preprocessor(config: PerceiverConfig) -> ImagePreprocessor:
@@ -228,6 +271,14 @@ class PerceiverForOpticalFlow(PerceiverTaskModel):
 
     def forward(self, patches: torch.Tensor) -> torch.Tensor:
         return self.decode_all(self.encode(patches))
+
+    regression = True
+
+    def probe_output(self, generator: torch.Generator) -> torch.Tensor:
+        """One frame pair at the training size; the flow of its first 4,096 pixels."""
+        h, w = self.config.train_size
+        patches = torch.randn(1, 2, 27, h, w, generator=generator).to(self.device, self.dtype)
+        return self.decode(self.encode(patches), torch.arange(min(4096, h * w), device=self.device))
 
 
 class PerceiverForMultimodalAutoencoding(PerceiverTaskModel):
@@ -310,6 +361,15 @@ class PerceiverForMultimodalAutoencoding(PerceiverTaskModel):
                 image_points: torch.Tensor | None = None, audio_points: torch.Tensor | None = None
                 ) -> dict[str, torch.Tensor]:
         return self.decode(self.encode(images, audio, label), image_points, audio_points, label=True)
+
+    def probe_output(self, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """One clip; its labels and its first 4,096 pixels and 64 audio patches."""
+        c = self.config
+        images = torch.rand(1, c.num_frames, 3, c.image_size, c.image_size, generator=generator)
+        audio = torch.rand(1, c.num_frames * c.audio_samples_per_frame, generator=generator) * 2 - 1
+        latents = self.encode(images.to(self.device, self.dtype), audio.to(self.device, self.dtype))
+        return self.decode(latents, torch.arange(min(4096, self.num_image_points), device=self.device),
+                           torch.arange(min(64, self.num_audio_points), device=self.device), label=True)
 
 
 class _Projection(nn.Module):

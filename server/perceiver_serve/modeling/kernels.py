@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .precision import int8_linear, int8_matmul, int8_of
+
 #: Above this many attention scores per call, :func:`attend` keeps to fused kernels that
 #: never hold the whole score matrix (about 16 MB of float32 scores).
 FUSED_SCORES_THRESHOLD = 1 << 22
@@ -80,7 +82,12 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     bf16/fp16 products on a CPU without hardware support for them are computed in fp32 and
     rounded back: exact products of the low-precision values accumulated in fp32, which is what
     a native kernel computes, at fp32 speed (the weights stay in low precision in memory).
+
+    A weight with an int8 twin (``dtype = "int8"``, see :mod:`.precision`) is multiplied in int8.
     """
+    q = int8_of(weight)
+    if q is not None and not x.requires_grad:
+        return int8_linear(x, q, bias)
     if (
         x.device.type == "cpu"
         and not NATIVE_CPU_PRODUCTS.get(x.dtype, True)
@@ -90,6 +97,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
                       onednn_max_rows=onednn_max_rows).to(x.dtype)
     if (
         ONEDNN_LINEAR
+        and not torch.compiler.is_compiling()  # inductor has its own linear kernels, and no lowering for this call
         and x.dtype == torch.float32
         and x.device.type == "cpu"
         and weight.dtype == torch.float32
@@ -98,6 +106,15 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     ):
         return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
     return F.linear(x, weight, bias)
+
+
+def weight_matmul(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``x @ weight`` for a layer's ``weight`` used the other way round (absorbed attention), in int8
+    where the weight has an int8 twin."""
+    q = int8_of(weight)
+    if q is not None and not x.requires_grad:
+        return int8_matmul(x, weight, q)
+    return torch.matmul(x, weight)
 
 
 def batched_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:

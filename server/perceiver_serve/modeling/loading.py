@@ -18,10 +18,11 @@ import torch
 from .config import PerceiverConfig
 from .errors import CheckpointError
 from .heads import ARCHITECTURES, PerceiverTaskModel
+from .precision import FLOAT_DTYPES, PRECISIONS, check_against_float32, effective_precision, quantize_int8
 
 log = logging.getLogger(__name__)
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = FLOAT_DTYPES
 
 SAFETENSORS = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
@@ -134,11 +135,23 @@ def load_model(
     device: str | torch.device = "cpu",
     dtype: str | torch.dtype = "float32",
     progress: Callable[[str], None] | None = None,
+    compile: bool = False,
 ) -> PerceiverTaskModel:
-    """Build the task head named by ``config.json`` and load its weights onto ``device``/``dtype``."""
+    """Build the task head named by ``config.json`` and load its weights onto ``device``.
+
+    ``dtype``: a float dtype, ``"int8"`` (dynamic quantization, CPU) or ``"auto"`` (see
+    :mod:`.precision`). A reduced-precision model is compared with its float32 self on a fixed
+    probe input; ``model.precision`` names the effective precision and ``model.precision_check``
+    holds the comparison (None in float32). ``compile``: the encoder runs through
+    ``torch.compile`` (see :mod:`.compiled`); the first calls of each shape compile it.
+    """
     directory = Path(directory)
     say = progress or log.info
-    torch_dtype = resolve_dtype(dtype)
+    if isinstance(dtype, torch.dtype):
+        dtype = str(resolve_dtype(dtype)).removeprefix("torch.")
+    if dtype not in PRECISIONS:
+        raise ValueError(f"unsupported dtype {dtype!r}; choose one of {list(PRECISIONS)}")
+    precision = effective_precision(dtype, device)
     config = load_config(directory)
     cls = architecture_of(config, str(directory / "config.json"))
     say(f"reading {cls.architecture} weights from {directory}")
@@ -147,7 +160,23 @@ def load_model(
         model = cls(config)
     check_state_dict(model, state, str(directory))
     model.load_state_dict(state, strict=True, assign=True)
-    say(f"placing weights on {device} as {str(torch_dtype).removeprefix('torch.')}")
-    model = model.to(device=device, dtype=torch_dtype).eval()
+    say(f"placing weights on {device}" + (f" ({precision} chosen for dtype 'auto')" if dtype == "auto" else ""))
+    model = model.to(device=device, dtype=torch.float32).eval()
     model.requires_grad_(False)
+    model.precision, model.precision_check = precision, None
+    if precision != "float32":
+        say(f"converting to {precision} and comparing with float32 on the probe input")
+        model, model.precision_check = check_against_float32(model, lambda m: _reduce(m, precision), precision)
+        say(model.precision_check.describe())
+    if compile:
+        from .compiled import compile_encoder
+
+        compile_encoder(model)
     return model
+
+
+def _reduce(model: PerceiverTaskModel, precision: str) -> PerceiverTaskModel:
+    if precision == "int8":
+        quantize_int8(model)
+        return model
+    return model.to(DTYPES[precision])

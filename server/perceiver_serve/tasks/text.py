@@ -12,10 +12,12 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from ..engine.registry import ServedModel
 from ..errors import InvalidInput, PayloadTooLarge
 from ..modeling import ByteTokenizer, PerceiverTaskModel
+from ..modeling.compiled import bucket_length, length_buckets
 from .common import Classification, TaskOptions, classification, top_k
 
 
@@ -38,6 +40,10 @@ class _TextRunner:
     def _ids(self, sequences: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor | None]:
         ids, mask = self.tokenizer.batch(sequences)
         device = self.model.device
+        if self.model.compiled:  # a length bucket, and always a mask: only shapes the warm-up ran
+            extra = bucket_length(ids.shape[1], self.tokenizer.max_length) - ids.shape[1]
+            ids, mask = F.pad(ids, (0, extra), value=ByteTokenizer.PAD), F.pad(mask, (0, extra))
+            return ids.to(device), mask.to(device)
         if bool(mask.all()):
             return ids.to(device), None  # no padding in this batch: skip the mask entirely
         return ids.to(device), mask.to(device)
@@ -53,6 +59,10 @@ class TextClassificationRunner(_TextRunner):
 
     def warmup_payloads(self) -> list[list[int]]:
         return [self.tokenizer.encode("warm-up"), self.tokenizer.encode("a somewhat longer warm-up text")]
+
+    def warmup_shapes(self) -> list[list[int]]:
+        """One text per length bucket (compiled models)."""
+        return [[ByteTokenizer.CLS] * length for length in length_buckets(self.tokenizer.max_length)]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,6 +86,10 @@ class FillMaskRunner(_TextRunner):
     def warmup_payloads(self) -> list[MaskedText]:
         ids = self.tokenizer.encode("warm-up")
         return [MaskedText([*ids[:2], ByteTokenizer.MASK, *ids[3:]], [2])]
+
+    def warmup_shapes(self) -> list[MaskedText]:
+        """One text per length bucket (compiled models)."""
+        return [MaskedText([ByteTokenizer.CLS] * length, [0]) for length in length_buckets(self.tokenizer.max_length)]
 
 
 # -- request-level operations (shared by REST and gRPC) ---------------------------------------

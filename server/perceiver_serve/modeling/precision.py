@@ -1,0 +1,194 @@
+"""Precision as a model option: float32, bfloat16, float16, int8 and auto.
+
+* ``int8`` is dynamic quantization of the matrix products: weights are stored as int8 per
+  output channel, each activation is quantized on the fly (one scale per call) and the
+  product is accumulated in int32 and returned in float32. It runs through fbgemm, which needs
+  AVX2 and uses VNNI where the CPU has it. Every :class:`~.kernels.Linear` weight gets its
+  packed int8 twin; :func:`~.kernels.linear` and :func:`~.kernels.weight_matmul` use it, so
+  the absorbed cross-attention paths, which multiply by weights directly rather than through
+  a module, are quantized as well. The float32 weights stay (folds of two weights and the
+  fp32 self-check use them).
+* ``auto`` picks, when the model is loaded, what the device multiplies natively: bfloat16 on
+  CUDA sm80 or newer and on CPUs with AVX-512-BF16 or AMX, float16 on older GPUs, float32
+  otherwise.
+
+Every reduced-precision model is compared with its float32 self on a fixed probe input at
+load (:func:`check_against_float32`); the arg-max agreement and largest difference are
+logged and kept on the model as :class:`PrecisionCheck`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+FLOAT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+PRECISIONS = (*FLOAT_DTYPES, "int8", "auto")
+
+#: The quantized engine whose kernels int8 uses (x86: AVX2, VNNI when present).
+INT8_ENGINE = "fbgemm"
+
+
+@functools.cache
+def cpu_features() -> dict[str, bool]:
+    """The CPU features that decide which kernels are fast here, from ``/proc/cpuinfo``.
+
+    Where that file is missing (not Linux), torch's own dispatch level stands in for the
+    vector width, and bf16/VNNI/AMX count as absent.
+    """
+    flags: set[str] = set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
+            if line.startswith(("flags", "Features")):
+                flags = set(line.partition(":")[2].split())
+                break
+    except OSError:
+        pass
+    if not flags:
+        capability = torch.backends.cpu.get_cpu_capability()
+        flags = {"avx2"} | ({"avx512f"} if capability.startswith("AVX512") else set())
+    return {
+        "avx2": "avx2" in flags,
+        "avx512": "avx512f" in flags,
+        "bf16": bool({"avx512_bf16", "amx_bf16"} & flags),
+        "vnni": bool({"avx512_vnni", "avx_vnni"} & flags),
+        "amx": "amx_tile" in flags,
+    }
+
+
+def describe_cpu() -> str:
+    """``"AVX2 AVX-512 BF16 VNNI"``: the features of :func:`cpu_features` this CPU has."""
+    names = {"avx2": "AVX2", "avx512": "AVX-512", "bf16": "BF16", "vnni": "VNNI", "amx": "AMX"}
+    present = [names[key] for key, on in cpu_features().items() if on]
+    return " ".join(present) or "none of AVX2, AVX-512, BF16, VNNI, AMX"
+
+
+def effective_precision(requested: str, device: str | torch.device) -> str:
+    """The precision a model asking for ``requested`` runs in on ``device`` (resolves ``auto``)."""
+    if requested not in PRECISIONS:
+        raise ValueError(f"unsupported dtype {requested!r}; choose one of {list(PRECISIONS)}")
+    device = torch.device(device)
+    if requested == "int8" and device.type != "cpu":
+        raise ValueError("dtype 'int8' runs on CPU only; use 'auto', 'bfloat16' or 'float16' on a GPU")
+    if requested == "int8" and INT8_ENGINE not in torch.backends.quantized.supported_engines:
+        raise ValueError(f"dtype 'int8' needs the {INT8_ENGINE} kernels (an x86 CPU with AVX2); "
+                         f"this build has {torch.backends.quantized.supported_engines}")
+    if requested != "auto":
+        return requested
+    if device.type == "cuda":
+        return "bfloat16" if torch.cuda.get_device_capability(device) >= (8, 0) else "float16"
+    if device.type == "cpu":
+        features = cpu_features()
+        return "bfloat16" if features["bf16"] or features["amx"] else "float32"
+    return "float32"
+
+
+# --- int8 ----------------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class Int8Weight:
+    """A float weight's packed int8 twin (fbgemm), and of its transpose once that is needed."""
+
+    packed: torch.ScriptObject
+    bias: torch.Tensor | None
+    reduce_range: bool
+    transposed: torch.ScriptObject | None = None
+
+
+def _pack(weight: torch.Tensor, bias: torch.Tensor | None) -> torch.ScriptObject:
+    """int8 per-output-channel weight, packed for fbgemm's dynamic linear."""
+    scales = (weight.detach().abs().amax(dim=1).float() / 127).clamp_min(1e-12)
+    zero_points = torch.zeros(weight.shape[0], dtype=torch.long)
+    previous = torch.backends.quantized.engine
+    torch.backends.quantized.engine = INT8_ENGINE
+    try:
+        with warnings.catch_warnings():  # quantized tensors are deprecated; fbgemm's packing still takes them
+            warnings.simplefilter("ignore")
+            quantized = torch.quantize_per_channel(weight.detach().float(), scales, zero_points, 0, torch.qint8)
+        return torch.ops.quantized.linear_prepack(quantized, None if bias is None else bias.detach().float())
+    finally:
+        torch.backends.quantized.engine = previous
+
+
+def quantize_int8(model: torch.nn.Module) -> int:
+    """Give every :class:`~.kernels.Linear` weight of ``model`` its int8 twin; returns how many.
+
+    Without VNNI, fbgemm multiplies unsigned 8-bit activations by signed weights in 16-bit
+    pairs that can saturate; quantizing activations to 7 bits there (``reduce_range``) avoids it.
+    """
+    from .kernels import Linear
+
+    reduce_range = not cpu_features()["vnni"]
+    count = 0
+    for module in model.modules():
+        if isinstance(module, Linear):
+            module.weight.int8 = Int8Weight(_pack(module.weight, module.bias), module.bias, reduce_range)
+            count += 1
+    return count
+
+
+def int8_of(weight: torch.Tensor) -> Int8Weight | None:
+    return getattr(weight, "int8", None)
+
+
+def int8_linear(x: torch.Tensor, q: Int8Weight, bias: torch.Tensor | None) -> torch.Tensor:
+    """``x Wᵀ + bias`` with the int8 weight; ``bias`` may differ from the one packed (folded biases)."""
+    out = torch.ops.quantized.linear_dynamic(x.float(), q.packed, q.reduce_range)
+    if bias is not q.bias:
+        out = out + ((0 if bias is None else bias) - (0 if q.bias is None else q.bias))
+    return out.to(x.dtype)
+
+
+def int8_matmul(x: torch.Tensor, weight: torch.Tensor, q: Int8Weight) -> torch.Tensor:
+    """``x W`` (the weight used the other way round, as absorbed attention does) in int8."""
+    if q.transposed is None:
+        q.transposed = _pack(weight.t(), None)
+    return torch.ops.quantized.linear_dynamic(x.float(), q.transposed, q.reduce_range).to(x.dtype)
+
+
+# --- the float32 self-check ----------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class PrecisionCheck:
+    """How a reduced-precision model's probe output compares with its float32 self."""
+
+    precision: str
+    argmax_agreement: float | None  # share of probe rows with the same arg-max; None: no logits
+    rows: int
+    max_abs_diff: float
+
+    def as_dict(self) -> dict[str, object]:
+        """The fields that are set (no arg-max agreement for regression outputs)."""
+        return {key: value for key, value in dataclasses.asdict(self).items() if value is not None}
+
+    def describe(self) -> str:
+        agreement = "" if self.argmax_agreement is None else (
+            f"arg-max agreement {self.argmax_agreement:.1%} of {self.rows} rows, ")
+        return f"{self.precision} vs float32 on the probe input: {agreement}largest difference {self.max_abs_diff:.3g}"
+
+
+def compare(reference: tuple[torch.Tensor | None, torch.Tensor],
+            candidate: tuple[torch.Tensor | None, torch.Tensor], precision: str) -> PrecisionCheck:
+    """Compare two probe outputs ``(logits or None, every value)`` (see ``PerceiverTaskModel.probe``)."""
+    ref_logits, ref_values = reference
+    got_logits, got_values = candidate
+    diff = (got_values.float() - ref_values.float()).abs().max().item() if ref_values.numel() else 0.0
+    if ref_logits is None or got_logits is None:
+        return PrecisionCheck(precision, None, 0, diff)
+    same = ref_logits.float().argmax(-1) == got_logits.float().argmax(-1)
+    return PrecisionCheck(precision, same.float().mean().item(), same.numel(), diff)
+
+
+def check_against_float32(model: torch.nn.Module, reduce: Callable[[torch.nn.Module], torch.nn.Module],
+                          precision: str) -> tuple[torch.nn.Module, PrecisionCheck]:
+    """Run the probe on the float32 ``model``, apply ``reduce`` and run it again."""
+    with torch.inference_mode():
+        reference = model.probe()
+        reduced = reduce(model)
+        check = compare(reference, reduced.probe(), precision)
+    return reduced, check
