@@ -1,4 +1,8 @@
-"""``perceiver-serve [serve] [flags]``: every flag is also a ``PERCEIVER_*`` environment variable."""
+"""``perceiver-serve [serve] [flags]``: every flag is also a ``PERCEIVER_*`` environment variable.
+
+``--help`` and ``--version`` answer without importing torch or the model code (a fraction of
+a second); the server itself is imported only once the settings are valid.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +11,7 @@ import asyncio
 import sys
 from pathlib import Path
 
-from pydantic import ValidationError
-
-from .engine import RepositoryError
-from .logs import configure_logging
-from .settings import Settings
+from . import __version__
 
 _FLAGS: list[tuple[str, dict]] = [
     ("--model-repository", dict(type=Path, help="model repository directory (default: the bundled demo models)")),
@@ -27,7 +27,8 @@ _FLAGS: list[tuple[str, dict]] = [
     ("--max-image-mb", dict(type=float, help="largest encoded image in MiB (default 20)")),
     ("--max-audio-seconds", dict(type=float, help="longest audio clip (default 120)")),
     ("--log-format", dict(choices=["text", "json"], help="log line format (default text)")),
-    ("--log-level", dict(choices=["debug", "info", "warning", "error"])),
+    ("--log-level", dict(choices=["debug", "info", "warning", "error"],
+                         help="least severe log messages shown (default info)")),
     ("--tls-cert", dict(type=Path, help="PEM certificate; with --tls-key serves both ports over TLS")),
     ("--tls-key", dict(type=Path, help="PEM private key")),
     ("--grace-period", dict(type=float, dest="grace_period_s", help="seconds to drain on SIGTERM (default 30)")),
@@ -36,33 +37,69 @@ _FLAGS: list[tuple[str, dict]] = [
                                                           "system when freed (default 4; 0 = glibc's default)")),
 ]
 
+# Kept equal to server.EXIT_PORT_BUSY / EXIT_MODEL_FAILED (a test checks), written here so that
+# --help needs no server import.
+EPILOG = """\
+Every flag is also an environment variable, named in [brackets] after it
+(--http-port 9000 is PERCEIVER_HTTP_PORT=9000; --no-docs is PERCEIVER_DOCS=false,
+--strict is PERCEIVER_STRICT=true). A flag wins over its variable.
+
+exit codes:
+  0    stopped after a drain (SIGTERM or Ctrl-C)
+  2    invalid flags, settings or model repository
+  3    the REST or gRPC port cannot be bound (in use, or not permitted)
+  4    --strict, and a model failed to load
+  128+N  a second signal N during the drain quit at once (130 for Ctrl-C, 143 for SIGTERM)
+"""
+
+
+def _env_name(dest: str) -> str:
+    return "PERCEIVER_" + dest.upper()
+
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="perceiver-serve", description="Serve Perceiver IO models over REST and gRPC.")
+    p = argparse.ArgumentParser(prog="perceiver-serve", description="Serve Perceiver IO models over REST and gRPC.",
+                                epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("command", nargs="?", default="serve", choices=["serve"], help="what to do (default: serve)")
+    p.add_argument("--version", action="version", version=f"perceiver-serve {__version__}")
     for flag, options in _FLAGS:
+        dest = options.get("dest", flag[2:].replace("-", "_"))
+        options = {**options, "help": f"{options['help']} [{_env_name(dest)}]"}
         p.add_argument(flag, default=argparse.SUPPRESS, **options)
     p.add_argument("--no-docs", dest="docs", action="store_false", default=argparse.SUPPRESS,
-                   help="do not serve /docs and /openapi.json")
+                   help=f"do not serve /docs, /redoc and /openapi.json [{_env_name('docs')}=false]")
+    p.add_argument("--strict", action="store_true", default=argparse.SUPPRESS,
+                   help="exit with code 4 when a model fails to load, instead of serving the others and "
+                        f"answering 503 on /health/ready [{_env_name('strict')}]")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = vars(parser().parse_args(argv))
     args.pop("command")
+    from pydantic import ValidationError
+
+    from .logs import configure_logging
+    from .settings import Settings
+
     try:
         settings = Settings(**args)
     except ValidationError as exc:
         print(f"perceiver-serve: invalid settings: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_format, settings.log_level)
-    from .server import serve  # imports torch: after argument errors have had their say
+    from .engine import RepositoryError  # these import torch: after argument errors have had their say
+    from .errors import PortUnavailable
+    from .server import EXIT_PORT_BUSY, serve
 
     try:
         return asyncio.run(serve(settings))
     except RepositoryError as exc:
         print(f"perceiver-serve: {exc}", file=sys.stderr)
         return 2
+    except PortUnavailable as exc:
+        print(f"perceiver-serve: {exc}", file=sys.stderr)
+        return EXIT_PORT_BUSY
 
 
 if __name__ == "__main__":

@@ -124,3 +124,10 @@ class InferenceFailed(ServeError):
     code = "inference_failed"
     http_status = 500
     grpc_status = "INTERNAL"
+
+
+class PortUnavailable(OSError):
+    """A port the server was told to listen on cannot be bound (in use, or not permitted).
+
+    Not a request error: it ends the start-up with one line and its own exit code.
+    """

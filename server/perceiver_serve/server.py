@@ -1,9 +1,12 @@
-"""The server process: REST (uvicorn) and gRPC on their ports, models loading behind them, graceful drain.
+"""The server process: both ports bound, then models loading behind them, then a graceful drain.
 
-Models load in a background thread while the HTTP port is already up, so liveness answers at
-once and readiness turns 200 when every model is warm. SIGTERM/SIGINT start a drain:
-readiness turns 503, the listener closes, in-flight requests finish (up to the grace
-period), queued model work completes, and the process exits 0.
+Both ports are bound before any model loads, so a busy port fails the start at once (exit
+code :data:`EXIT_PORT_BUSY`) instead of after minutes of loading. Models then load in a
+background thread while the ports are up: liveness answers at once and readiness turns 200
+when every model is warm; one summary line says how many became ready and why the others
+failed. SIGTERM/SIGINT start a drain: readiness turns 503, the listener closes, in-flight
+requests finish (up to the grace period), queued model work completes, and the process exits
+0. A second signal during the drain quits at once with ``128 + signal``.
 """
 
 from __future__ import annotations
@@ -11,7 +14,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
+import socket
+import sys
 import time
 
 import uvicorn
@@ -20,12 +26,19 @@ from .api.grpc import GrpcServer
 from .allocator import fix_mmap_threshold
 from .api.rest import ServerState, create_app
 from .engine import ModelRegistry, ModelRepository
+from .engine.registry import FAILED, READY
+from .errors import PortUnavailable
 from .media.image import allow_pixels
 from .metrics import Metrics
 from .settings import Settings
 from .tasks.common import configure_preprocess_pool
 
 log = logging.getLogger("perceiver_serve")
+
+# Exit codes besides 0 (drained and stopped) and 2 (invalid flags or model repository); the
+# command's --help lists them too.
+EXIT_PORT_BUSY = 3
+EXIT_MODEL_FAILED = 4
 
 
 class _Uvicorn(uvicorn.Server):
@@ -44,7 +57,29 @@ def build_state(settings: Settings) -> ServerState:
     return ServerState(registry, metrics, settings.media_limits())
 
 
+def bind_rest_socket(host: str, port: int) -> socket.socket:
+    """The REST listening socket, bound now so that a busy port is known before anything loads."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        return socket.create_server((host, port), family=family, backlog=2048)
+    except OSError as exc:
+        raise PortUnavailable(f"cannot listen for REST on {host}:{port}: {exc.strerror or exc}") from None
+
+
+def startup_summary(registry: ModelRegistry, endpoints: str) -> tuple[int, str]:
+    """The log level and text of the one line that ends start-up."""
+    models = registry.models.values()
+    ready = sum(m.state == READY for m in models)
+    line = f"{ready}/{len(models)} models ready, serving {endpoints}"
+    failed = [m for m in models if m.state == FAILED]
+    if not failed:
+        return logging.INFO, line
+    reasons = "; ".join(f"{m.name}: {m.reason}" for m in failed)
+    return logging.ERROR, f"{line}; failed: {reasons}"
+
+
 async def serve(settings: Settings) -> int:
+    """Run until drained; the process exit code (:data:`EXIT_MODEL_FAILED` with ``--strict`` and a failed model)."""
     fix_mmap_threshold(int(settings.malloc_mmap_threshold_mb * 1024 * 1024))
     configure_preprocess_pool(settings.preprocess_threads)
     state = build_state(settings)
@@ -60,15 +95,34 @@ async def serve(settings: Settings) -> int:
         ssl_certfile=str(settings.tls_cert) if settings.tls_cert else None,
         ssl_keyfile=str(settings.tls_key) if settings.tls_key else None,
     ))
+    rest_socket = bind_rest_socket(settings.host, settings.http_port)
     grpc_server = GrpcServer(state, settings) if settings.grpc_port >= 0 else None
+    try:
+        if grpc_server is not None:
+            await grpc_server.start()
+    except PortUnavailable:
+        rest_socket.close()
+        raise
+    scheme = "https" if settings.tls_cert else "http"
+    endpoints = f"REST on {scheme}://{settings.host}:{rest_socket.getsockname()[1]}"
+    log.info("%s (model repository %s)", endpoints, settings.model_repository)
+    if grpc_server is not None:
+        endpoints += f", gRPC on {settings.host}:{grpc_server.port}"
 
     drain_deadline: float | None = None  # one grace period for both ports, counted from the signal
+    exit_code = 0
 
     def drain(signum: int) -> None:
         nonlocal drain_deadline
-        if drain_deadline is None:  # a second signal does not extend the grace period
-            drain_deadline = time.monotonic() + settings.grace_period_s
-        log.info("received %s: draining (grace period %.0f s)", signal.Signals(signum).name, settings.grace_period_s)
+        name = signal.Signals(signum).name
+        if drain_deadline is not None:  # the second signal: the operator does not want to wait
+            log.warning("received %s again while draining: quitting now", name)
+            logging.shutdown()
+            sys.stderr.flush()
+            os._exit(128 + signum)
+        drain_deadline = time.monotonic() + settings.grace_period_s
+        log.info("received %s: draining (grace period %.0f s; %s again quits at once)", name,
+                 settings.grace_period_s, name)
         state.draining = True  # readiness 503, gRPC health NOT_SERVING, new RPCs UNAVAILABLE
         http.should_exit = True  # the REST listener closes; in-flight requests finish
 
@@ -76,14 +130,20 @@ async def serve(settings: Settings) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, drain, signum)
 
-    loading = asyncio.create_task(asyncio.to_thread(state.registry.load_all))
-    scheme = "https" if settings.tls_cert else "http"
-    log.info("REST on %s://%s:%d (model repository %s)", scheme, settings.host, settings.http_port,
-             settings.model_repository)
+    async def load() -> None:
+        nonlocal exit_code
+        await asyncio.to_thread(state.registry.load_all)
+        level, line = startup_summary(state.registry, endpoints)
+        log.log(level, line)
+        if settings.strict and level != logging.INFO:
+            log.error("--strict: stopping because a model failed to load")
+            exit_code = EXIT_MODEL_FAILED
+            state.draining = True
+            http.should_exit = True
+
+    loading = asyncio.create_task(load())
     try:
-        if grpc_server is not None:
-            await grpc_server.start()
-        await http.serve()
+        await http.serve(sockets=[rest_socket])
     finally:
         state.draining = True
         if grpc_server is not None:
@@ -92,4 +152,4 @@ async def serve(settings: Settings) -> int:
         await loading
         await asyncio.to_thread(state.registry.stop, settings.grace_period_s)
         log.info("stopped")
-    return 0
+    return exit_code

@@ -34,9 +34,12 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(40_000_000, gt=0, description="Largest decoded image, in pixels.")
     max_image_mb: float = Field(20.0, gt=0, description="Largest encoded image, in MiB.")
     max_audio_seconds: float = Field(120.0, gt=0, description="Longest audio clip accepted.")
-    docs: bool = Field(True, description="Serve /docs and /openapi.json.")
+    docs: bool = Field(True, description="Serve /docs, /redoc and /openapi.json.")
+    strict: bool = Field(False, description="Exit (code 4) when a model fails to load, rather than serving "
+                                            "the others and answering 503 on readiness.")
     log_format: Literal["text", "json"] = "text"
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="Least severe log messages shown.")
     tls_cert: Path | None = Field(None, description="PEM certificate: serve both ports over TLS.")
     tls_key: Path | None = Field(None, description="PEM private key for --tls-cert.")
     grace_period_s: float = Field(30.0, ge=0, description="On SIGTERM, time allowed for in-flight work.")

@@ -27,7 +27,7 @@ from grpc_reflection.v1alpha import reflection
 
 from ..engine import ModelRegistry, ServedModel
 from ..engine.registry import READY
-from ..errors import InvalidInput, ServeError, ShuttingDown, Unauthenticated
+from ..errors import InvalidInput, PortUnavailable, ServeError, ShuttingDown, Unauthenticated
 from ..pb.perceiver.v1 import perceiver_pb2 as pb
 from ..settings import Settings
 from .auth import bearer_credential, offers_credential
@@ -257,11 +257,15 @@ class GrpcServer:
         settings = self.settings
         host = f"[{settings.host}]" if ":" in settings.host else settings.host
         address = f"{host}:{settings.grpc_port}"
-        if settings.tls_cert and settings.tls_key:
-            credentials = grpc.ssl_server_credentials([(settings.tls_key.read_bytes(), settings.tls_cert.read_bytes())])
-            self.port = self.server.add_secure_port(address, credentials)
-        else:
-            self.port = self.server.add_insecure_port(address)
+        try:
+            if settings.tls_cert and settings.tls_key:
+                credentials = grpc.ssl_server_credentials([(settings.tls_key.read_bytes(),
+                                                            settings.tls_cert.read_bytes())])
+                self.port = self.server.add_secure_port(address, credentials)
+            else:
+                self.port = self.server.add_insecure_port(address)
+        except RuntimeError as exc:  # grpc says only "Failed to bind to address"
+            raise PortUnavailable(f"cannot listen for gRPC on {address}: {exc} (in use, or not permitted)") from None
         await self.server.start()
         log.info("gRPC on %s:%d%s", settings.host, self.port, " (TLS)" if settings.tls_cert else "")
         return self.port

@@ -90,6 +90,7 @@ class ModelRegistry:
         for spec in sorted(repository.specs, key=lambda s: (not s.default, s.name)):
             self.defaults.setdefault(spec.task, spec.name)
         for problem in repository.problems:
+            log.error("model %r cannot be served: %s", problem.name, problem.message)
             self._report(self.models[problem.name])
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -129,7 +130,7 @@ class ModelRegistry:
             plain = isinstance(exc, (ValueError, OSError))  # our own messages name file and field
             served.state, served.reason = FAILED, str(exc) if plain else f"{type(exc).__name__}: {exc}"
             served.load_seconds = time.monotonic() - started
-            log.error("model %s failed to load: %s", served.name, served.reason)
+            log.error("model %r failed to load: %s", served.name, served.reason)
             self._report(served)
             return
         served.model, served.runner, served.batcher = model, runner, batcher
