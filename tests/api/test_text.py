@@ -120,6 +120,7 @@ def test_fill_mask_markers(client, direct):
     assert r.status_code == 200
     masked = r.json()["masked"]
     assert [m["position"] for m in masked] == [7, 11]
+    assert [m["original"] for m in masked] == [None, None]  # a marker stood for no byte of the text
     probs = direct_fill(direct("fill-mask"), b"Hello w rld ", [7, 11])
     assert_top_k(masked[0]["predictions"], probs[8][6:], index_key="byte", k=1)
     assert_top_k(masked[1]["predictions"], probs[12][6:], index_key="byte", k=1)

@@ -101,7 +101,8 @@ class BytePrediction(BaseModel):
 
 class MaskedBytePrediction(BaseModel):
     position: int
-    original: int
+    original: int | None = Field(description="The text's byte at this position; null for a [MASK] marker, "
+                                             "which stood for no byte of the text.")
     predictions: list[BytePrediction]
 
 

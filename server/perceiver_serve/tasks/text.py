@@ -126,7 +126,7 @@ _MARKER = re.compile(re.escape(MASK_MARKER))
 @dataclasses.dataclass(frozen=True)
 class MaskedByte:
     position: int  # byte offset in the (possibly truncated) input
-    original: int
+    original: int | None  # None for a [MASK] marker: no byte of the text was there
     candidates: list[tuple[int, float]]  # (byte value, probability), best first
 
 
@@ -171,7 +171,8 @@ def _masked_positions(data: bytes, spans: Sequence[Sequence[int]]) -> list[int]:
 
 async def fill_mask(served: ServedModel, text: str, spans: Sequence[Sequence[int]] | None, *, top: int,
                     truncate: bool = False, deadline: float | None = None) -> FillMaskResult:
-    if MASK_MARKER in text:
+    markers = MASK_MARKER in text
+    if markers:
         if spans:
             raise InvalidInput("use either [MASK] markers or mask_spans, not both")
         data, spans = apply_mask_markers(text)
@@ -190,6 +191,6 @@ async def fill_mask(served: ServedModel, text: str, spans: Sequence[Sequence[int
     for row, position in zip(probs, positions):
         best = [(i - ByteTokenizer.NUM_SPECIAL, score) for i, score in top_k(row, top, byte_ids)]
         filled[position] = best[0][0]
-        masked.append(MaskedByte(position, data[position], best))
+        masked.append(MaskedByte(position, None if markers else data[position], best))
     return FillMaskResult(bytes(filled), masked)
 
