@@ -313,3 +313,43 @@ def _slowly(requests):
     yield from head
     threading.Event().wait(1.0)
     yield last
+
+
+def test_work_dropped_for_a_refused_stream_is_not_counted_as_cancelled(local, make_stub, inproc, monkeypatch):
+    """Stream B's window waits behind stream A's held batch; B's next piece is bad, so B ends
+    INVALID_ARGUMENT and its queued window is dropped: that is ``request_failed``, not a client's cancel."""
+    served = inproc.served(MODEL)
+    entered, gate = threading.Event(), threading.Event()
+    run = served.runner.run
+
+    def held(payloads):
+        entered.set()
+        gate.wait(60)
+        return run(payloads)
+
+    monkeypatch.setattr(served.runner, "run", held)
+
+    def rejected(reason: str) -> float:
+        return inproc.metric("perceiver_rejected_requests_total", {"model": MODEL, "reason": reason})
+
+    before = {reason: rejected(reason) for reason in ("cancelled", "request_failed")}
+    first = make_stub({}).ReconstructVideo(plain_stream(4, 1), metadata=AUTH, timeout=60)
+    assert next(first).WhichOneof("kind") == "started"
+    assert entered.wait(60)
+
+    def bad_after_queued():
+        yield config(chunks_per_window=1)
+        yield media(frames_of(4))
+        deadline = time.monotonic() + 60
+        while served.batcher.queue_depth == 0 and time.monotonic() < deadline:  # B's window is queued
+            time.sleep(0.02)
+        yield media([pb.Frame(encoded=b"junk")])
+
+    with pytest.raises(grpc.RpcError) as info:
+        list(local.ReconstructVideo(bad_after_queued(), metadata=AUTH, timeout=60))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    gate.set()
+    assert [m.WhichOneof("kind") for m in first] == ["chunk", "labels"]
+    settled(lambda: served.batcher.queue_depth)
+    assert rejected("request_failed") - before["request_failed"] == 1
+    assert rejected("cancelled") == before["cancelled"]

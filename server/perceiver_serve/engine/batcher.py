@@ -29,6 +29,13 @@ from .repository import BatchingConfig
 
 log = logging.getLogger(__name__)
 
+# Why queued work was dropped before it ran (the ``reason`` of rejected-work metrics): its
+# caller went away, or its request failed elsewhere (another item of it failed, or a stream
+# was refused for a later bad piece). A task that ends its own request cancels the awaiting
+# task with ``REQUEST_FAILED`` as the message.
+CANCELLED = "cancelled"
+REQUEST_FAILED = "request_failed"
+
 
 class BatchRunner(Protocol):
     """What a task tells the batcher: which payloads may share a batch, and how to run one."""
@@ -66,6 +73,7 @@ class _Item:
     loop: asyncio.AbstractEventLoop
     enqueued: float
     deadline: float
+    dropped_because: str = CANCELLED
 
     def settle(self, outcome: Any) -> None:
         """Deliver a result or exception to the waiting caller, from any thread."""
@@ -143,12 +151,20 @@ class DynamicBatcher:
             self._cond.notify()
             depth = len(self._queue)
         self.observer.observe_queue_depth(self.name, depth)
-        futures = [item.future for item in items]
+        reason = CANCELLED
         try:
-            return list(await asyncio.gather(*futures))
+            return list(await asyncio.gather(*(item.future for item in items)))
+        except asyncio.CancelledError as exc:
+            if exc.args == (REQUEST_FAILED,):
+                reason = REQUEST_FAILED
+            raise
+        except Exception:
+            reason = REQUEST_FAILED  # one item failed: the others are dropped for it, not by the caller
+            raise
         finally:
-            for future in futures:
-                future.cancel()  # no-op for settled ones; drops the rest before they run
+            for item in items:
+                item.dropped_because = reason  # read by the worker only for the cancelled ones
+                item.future.cancel()  # no-op for settled ones; drops the rest before they run
 
     def check_fits(self, count: int) -> None:
         """Refuse a request of ``count`` items that the queue could never hold, however empty.
@@ -204,7 +220,7 @@ class DynamicBatcher:
         now, live = time.monotonic(), []
         for item in batch:
             if item.future.cancelled():
-                self.observer.observe_rejected(self.name, "cancelled")
+                self.observer.observe_rejected(self.name, item.dropped_because)
             elif now > item.deadline:
                 self.observer.observe_rejected(self.name, "deadline")
                 item.settle(DeadlineExceeded(

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from pydantic import Field
 
+from ..engine.batcher import REQUEST_FAILED
 from ..errors import InvalidInput, PayloadTooLarge
 from ..modeling import PerceiverForMultimodalAutoencoding, video_frames
 from .common import Prediction, TaskOptions, classification, off_loop
@@ -266,7 +267,7 @@ async def reconstruct(served: "ServedModel", settings: StreamSettings,
                 await windows.put(window)
             await windows.put(end)
         except Exception as exc:  # a bad piece ends the stream at once, after what was delivered
-            producer.cancel()
+            producer.cancel(msg=REQUEST_FAILED)
             await results.put(exc)
 
     async def produce() -> None:
