@@ -27,14 +27,14 @@ from ..tasks.common import off_loop
 from ..tasks.flow import estimate_flow
 from ..tasks.image import classify_image
 from ..tasks.text import classify_texts, fill_mask
+from .docs import DOC_PATHS, install_docs
 from .common import MAX_TEXTS, MAX_TOP_K, check_top_k, classification_json, fill_mask_json, models_json
 from .errors import install_error_handlers
 from .middleware import ApiKeyAuth, BodyLimit, RequestContext
 
 T = TypeVar("T")
 
-OPEN_PATHS = frozenset({"/health/live", "/health/ready", "/metrics", "/docs", "/docs/oauth2-redirect",
-                        "/openapi.json"})
+OPEN_PATHS = frozenset({"/health/live", "/health/ready", "/metrics", *DOC_PATHS})
 
 
 @dataclasses.dataclass
@@ -227,13 +227,15 @@ def create_app(state: ServerState, *, api_key: str | None = None, max_body_bytes
         version="0.1.0",
         description="Perceiver IO inference: text, images, optical flow. Errors are "
                     "`{\"error\": {\"code\", \"message\"}}` with a 4xx status; a 5xx is a bug.",
-        docs_url="/docs" if docs else None,
+        docs_url=None,  # these three are served by install_docs
         redoc_url=None,
-        openapi_url="/openapi.json" if docs else None,
+        openapi_url=None,
         redirect_slashes=False,
     )
     app.state.serve = state
     install_error_handlers(app)
+    if docs:
+        install_docs(app)
 
     text_body = {"requestBody": {"required": True, "content": {
         "application/json": {"schema": {"$ref": "#/components/schemas/ClassifyTextRequest"}},
