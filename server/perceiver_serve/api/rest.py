@@ -11,7 +11,7 @@ import asyncio
 import dataclasses
 import json
 from collections.abc import Awaitable
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from fastapi import FastAPI, Query, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
@@ -52,6 +52,13 @@ class _Strict(BaseModel):
 
 
 TopK = Annotated[int, Field(ge=1, le=MAX_TOP_K, description="How many best labels to return.")]
+
+FlowFormatName = Literal[tuple(FLOW_FORMATS)]  # type: ignore[valid-type]
+
+# Query parameters of the multipart and JSON routes: documented here, each overridden by the
+# form field or JSON key of the same name when the request carries one.
+ModelQuery = Annotated[str | None, Query(description="Model name; default: the repository's model for the task.")]
+TopKQuery = Annotated[int | None, Query(ge=1, le=MAX_TOP_K, description="How many best answers to return (default 5).")]
 
 
 class ClassifyTextRequest(_Strict):
@@ -137,6 +144,12 @@ def _parse(model: type[BaseModel], raw: bytes) -> Any:
         raise InvalidRequest(detail) from None
 
 
+def _body_over_query(body: BaseModel, **query: Any) -> dict[str, Any]:
+    """Each named field from the JSON body where it sets it, else from the query, else the body's default."""
+    return {name: getattr(body, name) if name in body.model_fields_set or value is None else value
+            for name, value in query.items()}
+
+
 def _media_type(request: Request) -> str:
     return request.headers.get("content-type", "").split(";")[0].strip().lower()
 
@@ -182,10 +195,10 @@ async def _upload(form: FormData, field: str) -> bytes:
 
 
 def _form_params(form: FormData, query: dict[str, Any], **fields: type) -> dict[str, Any]:
-    """Optional scalar parameters from form fields, falling back to query parameters."""
-    out = {}
+    """Optional scalar parameters from form fields, falling back to the (validated) query parameters."""
+    out = {name: value for name, value in query.items() if value is not None}
     for name, kind in fields.items():
-        value = form.get(name, query.get(name))
+        value = form.get(name)
         if value is None:
             continue
         if not isinstance(value, str):
@@ -271,13 +284,16 @@ def create_app(state: ServerState, *, api_key: str | None = None, max_body_bytes
 
     @app.post("/fill-mask", response_model=FillMaskResponse, responses=ERRORS, openapi_extra=mask_body,
               summary="Predict masked bytes of a text")
-    async def fill_mask_route(request: Request) -> JSONResponse:
+    async def fill_mask_route(request: Request, model: ModelQuery = None, top_k: TopKQuery = None,
+                              truncate: Annotated[bool | None, Query(description="Cut long texts (default false).")]
+                              = None) -> JSONResponse:
         if _media_type(request) != "application/json":
             raise UnsupportedMediaType(f"send application/json, not {_media_type(request) or 'no content type'}")
         body = _parse(FillMaskRequest, await request.body())
-        served = _resolve(request, "fill-mask", body.model)
-        result = await until_disconnect(request, fill_mask(served, body.text, body.mask_spans, top=body.top_k,
-                                                           truncate=body.truncate))
+        params = _body_over_query(body, model=model, top_k=top_k, truncate=truncate)
+        served = _resolve(request, "fill-mask", params["model"])
+        result = await until_disconnect(request, fill_mask(served, body.text, body.mask_spans, top=params["top_k"],
+                                                           truncate=params["truncate"]))
         return JSONResponse(fill_mask_json(served.name, result))
 
     image_body = {"requestBody": {"required": True, "content": {
@@ -289,8 +305,11 @@ def create_app(state: ServerState, *, api_key: str | None = None, max_body_bytes
 
     @app.post("/classify/image", response_model=ClassificationResponse, responses=ERRORS,
               openapi_extra=image_body, summary="Classify an image (multipart field 'image', or a raw image body)")
-    async def classify_image_route(request: Request) -> JSONResponse:
-        query = dict(request.query_params)
+    async def classify_image_route(request: Request, model: ModelQuery = None, top_k: TopKQuery = None,
+                                   return_logits: Annotated[bool | None, Query(
+                                       description="Also return every label's logit (default false).")] = None
+                                   ) -> JSONResponse:
+        query = {"model": model, "top_k": top_k, "return_logits": return_logits}
         if _media_type(request).startswith("image/"):
             data, form = await request.body(), FormData()
         else:
@@ -313,10 +332,12 @@ def create_app(state: ServerState, *, api_key: str | None = None, max_body_bytes
 
     @app.post("/flow", responses=flow_responses, openapi_extra=flow_body, response_class=Response,
               summary="Dense optical flow between two frames of any (equal) size")
-    async def flow_route(request: Request) -> Response:
+    async def flow_route(request: Request, model: ModelQuery = None,
+                         format: Annotated[FlowFormatName | None, Query(  # noqa: A002 - the public name
+                             description="Output format (default npy).")] = None) -> Response:
         form = await _form(request)
         first, second = await _upload(form, "frame1"), await _upload(form, "frame2")
-        params = _form_params(form, dict(request.query_params), model=str, format=str)
+        params = _form_params(form, {"model": model, "format": format}, model=str, format=str)
         fmt = params.get("format", "npy")
         if fmt not in FLOW_FORMATS:
             raise InvalidRequest(f"format must be one of {', '.join(FLOW_FORMATS)}, got {fmt[:20]!r}")
@@ -344,7 +365,9 @@ def create_app(state: ServerState, *, api_key: str | None = None, max_body_bytes
     async def live() -> JSONResponse:
         return JSONResponse({"status": "alive"})
 
-    @app.get("/health/ready", summary="200 when every model is ready; 503 with per-model states otherwise")
+    @app.get("/health/ready", summary="200 when every model is ready; 503 with per-model states otherwise",
+             responses={503: {"description": "Not ready: a model is loading or failed, or the server is draining. "
+                                             "The body has the same shape as the 200 answer."}})
     async def ready(request: Request) -> JSONResponse:
         serve: ServerState = request.app.state.serve
         models = {name: {"state": m.state, **({"reason": m.reason} if m.reason else {})}
