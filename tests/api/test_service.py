@@ -18,8 +18,31 @@ def test_models_list_every_demo_model(client):
     assert {m["task"] for m in body["models"]} == TASKS
     for m in body["models"]:
         assert m["state"] == "ready" and m["device"] == "cpu" and m["dtype"] == "float32"
-        assert m["batching"]["max_batch_size"] >= 1 and m["labels"] >= 1
+        assert m["batching"]["max_batch_size"] >= 1
     assert set(body["defaults"]) == TASKS
+
+
+LABELLED = {"text-classification", "image-classification", "video-autoencoding"}
+GEOMETRY = {"text-classification": {"max_text_bytes"}, "fill-mask": {"max_text_bytes"},
+            "image-classification": {"image_size", "crop_size"},
+            "optical-flow": {"tile_size", "tile_overlap", "min_frame_side"},
+            "video-autoencoding": {"frame_size", "frames_per_window", "sample_rate", "audio_samples_per_frame", "fps"}}
+
+
+def test_models_show_labels_only_for_classifiers_and_each_tasks_geometry(client):
+    for m in client.get("/models").json()["models"]:
+        assert set(m["geometry"]) == GEOMETRY[m["task"]], m
+        if m["task"] in LABELLED:
+            names = client.get(m["labels_url"]).json()
+            assert names["model"] == m["name"] and len(names["labels"]) == m["labels"] >= 2
+            assert all(isinstance(n, str) and n for n in names["labels"])
+        else:
+            assert "labels" not in m and "labels_url" not in m, m
+            assert error_of(client.get(f"/models/{m['name']}/labels")) == (404, "no_labels")
+    video = client.get("/models/video-autoencoder").json()["geometry"]
+    assert video == {"frame_size": [32, 32], "frames_per_window": 4, "sample_rate": 1600,
+                     "audio_samples_per_frame": 64, "fps": 25}
+    assert client.get("/models/optical-flow").json()["geometry"]["tile_size"] == [48, 64]
 
 
 def test_one_model_and_unknown_model(client):

@@ -361,6 +361,11 @@ def create_app(state: ServerState, *, api_key: str | None = None, max_body_bytes
     async def get_model(request: Request, name: str) -> JSONResponse:
         return JSONResponse(request.app.state.serve.registry.get(name).describe())
 
+    @app.get("/models/{name}/labels", responses={404: {"model": ErrorResponse}, 503: {"model": ErrorResponse}},
+             summary="The label names of a classifier, in index order")
+    async def get_labels(request: Request, name: str) -> JSONResponse:
+        return JSONResponse({"model": name, "labels": request.app.state.serve.registry.get(name).label_names()})
+
     @app.get("/health/live", summary="The process is up")
     async def live() -> JSONResponse:
         return JSONResponse({"status": "alive"})

@@ -35,7 +35,7 @@ class ServedModel:
     state: str = LOADING
     reason: str | None = None
     model: PerceiverTaskModel | None = None
-    runner: Any = None
+    runner: Any = None  # the task's runner: a BatchRunner with ``labelled`` and ``geometry()`` for describe()
     batcher: DynamicBatcher | None = None
     device: str | None = None
     load_seconds: float | None = None
@@ -52,15 +52,24 @@ class ServedModel:
             info.update(device=self.device or self.spec.device, dtype=self.spec.dtype,
                         batching=self.spec.batching.model_dump(), options=self.spec.options)
         if self.model is not None:
-            config = self.model.config
-            info.update(architecture=self.model.architecture, labels=config.num_labels,
-                        load_seconds=round(self.load_seconds or 0.0, 3), dtype=self.model.precision,
-                        requested_dtype=self.spec.dtype)
+            info.update(architecture=self.model.architecture, load_seconds=round(self.load_seconds or 0.0, 3),
+                        dtype=self.model.precision, requested_dtype=self.spec.dtype, geometry=self.runner.geometry())
+            if self.runner.labelled:
+                info.update(labels=self.model.config.num_labels, labels_url=f"/models/{self.name}/labels")
             if self.model.compiled:
                 info["compile"] = True
             if self.model.precision_check is not None:
                 info["precision_check"] = self.model.precision_check.as_dict()
         return info
+
+    def label_names(self) -> list[str]:
+        """The names of the labels this model answers with, in index order."""
+        if self.model is None:
+            raise NotReady(f"model {self.name!r} is not loaded" + (f": {self.reason}" if self.reason else ""))
+        if not self.runner.labelled:
+            raise ModelNotFound(f"model {self.name!r} ({self.task}) answers without labels", code="no_labels")
+        labels = self.model.config.id2label
+        return [labels[i] for i in range(len(labels))]
 
 
 def resolve_device(requested: str) -> str:

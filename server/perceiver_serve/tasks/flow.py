@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -95,6 +96,8 @@ class FlowTiler:
 class OpticalFlowRunner:
     """Payload: one tile pair ``(2, h, w, 3)`` uint8. Result: its flow ``(h, w, 2)`` in pixels."""
 
+    labelled = False
+
     def __init__(self, model: PerceiverForOpticalFlow, options: FlowOptions) -> None:
         self.model = model
         self.options = options
@@ -102,6 +105,10 @@ class OpticalFlowRunner:
 
     def batch_key(self, payload: np.ndarray) -> tuple[int, ...]:
         return payload.shape
+
+    def geometry(self) -> dict[str, Any]:
+        return {"tile_size": list(self.tiler.tile), "tile_overlap": self.options.tile_overlap,
+                "min_frame_side": self.options.min_frame_side}
 
     def run(self, payloads: Sequence[np.ndarray]) -> list[np.ndarray]:
         frames = torch.from_numpy(np.stack(payloads)).to(self.model.device)

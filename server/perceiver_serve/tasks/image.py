@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -22,11 +23,17 @@ class ImageOptions(TaskOptions):
 class ImageClassificationRunner:
     """Payload: a preprocessed ``(3, S, S)`` float32 tensor. Result: its logits."""
 
+    labelled = True
+
     def __init__(self, model: PerceiverTaskModel, options: ImageOptions) -> None:
         self.model = model
         # The learned-position model is tied to its training size; the others take 224².
         size = model.config.image_size if isinstance(model, PerceiverForImageClassificationLearned) else 224
         self.processor = ImageProcessor(size=size, crop_size=options.crop_size)
+
+    def geometry(self) -> dict[str, Any]:
+        size = self.processor.size
+        return {"image_size": [size, size], "crop_size": self.processor.crop_size}
 
     def batch_key(self, payload: torch.Tensor) -> tuple[int, ...]:
         return tuple(payload.shape)

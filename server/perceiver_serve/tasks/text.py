@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -37,6 +38,9 @@ class _TextRunner:
     def batch_key(self, payload: object) -> str:
         return "text"
 
+    def geometry(self) -> dict[str, Any]:
+        return {"max_text_bytes": self.tokenizer.max_text_bytes}
+
     def _ids(self, sequences: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor | None]:
         ids, mask = self.tokenizer.batch(sequences)
         device = self.model.device
@@ -51,6 +55,8 @@ class _TextRunner:
 
 class TextClassificationRunner(_TextRunner):
     """Payload: token ids of one text. Result: its logits as float32."""
+
+    labelled = True
 
     def run(self, payloads: Sequence[list[int]]) -> list[np.ndarray]:
         ids, mask = self._ids(payloads)
@@ -73,6 +79,8 @@ class MaskedText:
 
 class FillMaskRunner(_TextRunner):
     """Payload: :class:`MaskedText`. Result: probabilities ``(P, vocab)`` at the masked positions."""
+
+    labelled = False  # it predicts bytes; the checkpoint's label table means nothing
 
     def run(self, payloads: Sequence[MaskedText]) -> list[np.ndarray]:
         ids, mask = self._ids([p.ids for p in payloads])

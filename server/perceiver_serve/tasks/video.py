@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections.abc import AsyncIterator, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -57,10 +57,18 @@ class DecodeChunk:
 class VideoRunner:
     """Two kinds of work share one batcher: window encodes, and chunk decodes of equal size."""
 
+    labelled = True  # each window's labels
+
     def __init__(self, model: PerceiverForMultimodalAutoencoding, options: VideoOptions) -> None:
         self.model = model
         self.options = options
         self.decoded_chunks = 0  # tests watch decoding stop when a stream is cancelled
+
+    def geometry(self) -> dict[str, Any]:
+        config = self.model.config
+        return {"frame_size": [config.image_size, config.image_size], "frames_per_window": config.num_frames,
+                "sample_rate": self.options.sample_rate, "audio_samples_per_frame": config.audio_samples_per_frame,
+                "fps": self.options.fps}
 
     def batch_key(self, payload: EncodeWindow | DecodeChunk) -> tuple:
         if isinstance(payload, EncodeWindow):
