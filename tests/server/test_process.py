@@ -12,7 +12,7 @@ from perceiver_serve.settings import Settings
 
 
 def test_every_setting_has_a_flag_and_every_flag_a_setting():
-    flags = {action.dest for action in parser()._actions if action.dest not in ("help", "command")}
+    flags = {action.dest for action in parser()._actions if action.dest not in ("help", "version", "command")}
     assert flags == set(Settings.model_fields)
 
 
