@@ -41,6 +41,9 @@ access_log = logging.getLogger("perceiver_serve.access")
 SERVICE = pb.DESCRIPTOR.services_by_name["Perceiver"]
 HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 WATCH_INTERVAL_S = 0.25
+# A client's cancel reaches a stream's handler as the end of its input first and as the
+# cancellation a moment later (about a millisecond; this allows for a loaded machine).
+CANCEL_AFTER_END_OF_INPUT_S = 0.25
 DEFAULT_TOP_K = 5
 
 
@@ -51,6 +54,7 @@ class RpcCall:
     context: grpc.aio.ServicerContext
     request_id: str
     model: str = ""
+    input_ended: bool = False  # a streaming RPC has read the end of its input
 
     def resolve(self, registry: ModelRegistry, task: str, name: str) -> ServedModel:
         served = registry.resolve(task, name or None)
@@ -86,9 +90,11 @@ def _parse(message_type: type[Message], data: bytes) -> Message:
                            code="malformed_message") from None
 
 
-async def _parse_stream(message_type: type[Message], raw: AsyncIterator[bytes]) -> AsyncIterator[Message]:
+async def _parse_stream(message_type: type[Message], raw: AsyncIterator[bytes], call: RpcCall
+                        ) -> AsyncIterator[Message]:
     async for data in raw:
         yield _parse(message_type, data)
+    call.input_ended = True
 
 
 class _InFlight:
@@ -133,10 +139,10 @@ class _Rpc:
                     raise ShuttingDown("the server is draining; send this request to another replica")
                 self._authenticate(context)
                 if self.streaming:
-                    request = _parse_stream(self.request_type, request)
+                    request = _parse_stream(self.request_type, request, call)
                 else:
                     request = _parse(self.request_type, request)
-                response = await self.handler(request, call)
+                response = await self._run(request, call)
                 status = "OK"
                 return response
             except ServeError as exc:
@@ -162,6 +168,19 @@ class _Rpc:
                                        "duration_ms": round(elapsed * 1000, 2), "protocol": "grpc"})
         code, message, trailers = failure
         await context.abort(code, message, trailing_metadata=(("x-request-id", call.request_id), *trailers))
+
+    async def _run(self, request: Any, call: RpcCall) -> Message | None:
+        """The handler; a stream it refuses at the end of its input gets a moment to turn out cancelled.
+
+        A stream cancelled after its config would otherwise be refused for what its input
+        lacked ("no frames") and counted and logged as a client error rather than a cancel.
+        """
+        try:
+            return await self.handler(request, call)
+        except ServeError:
+            if call.input_ended:
+                await asyncio.sleep(CANCEL_AFTER_END_OF_INPUT_S)  # a cancel arrives here as CancelledError
+            raise
 
     def _authenticate(self, context: grpc.aio.ServicerContext) -> None:
         if self.expected_authorization is None:
