@@ -26,6 +26,8 @@ _FLAGS: list[tuple[str, dict]] = [
     ("--max-image-pixels", dict(type=int, help="largest decoded image in pixels (default 40M)")),
     ("--max-image-mb", dict(type=float, help="largest encoded image in MiB (default 20)")),
     ("--max-audio-seconds", dict(type=float, help="longest audio clip (default 120)")),
+    ("--max-decode-mb", dict(type=float, help="decoded media held at once by all requests, in MiB (default 4096); "
+                                              "work waits for its share, work larger than all of it is refused")),
     ("--log-format", dict(choices=["text", "json"], help="log line format (default text)")),
     ("--log-level", dict(choices=["debug", "info", "warning", "error"],
                          help="least severe log messages shown (default info)")),

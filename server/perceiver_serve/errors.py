@@ -48,6 +48,18 @@ class PayloadTooLarge(ServeError):
     grpc_status = "INVALID_ARGUMENT"
 
 
+class DecodeBudgetExceeded(ServeError):
+    """Decoding the input needs more memory than the server's whole decode budget (413 / RESOURCE_EXHAUSTED).
+
+    Unlike a per-input limit this one depends on the server's configuration, not the input
+    alone; gRPC clients see the status they also get for other exhausted server resources.
+    """
+
+    code = "decode_budget"
+    http_status = 413
+    grpc_status = "RESOURCE_EXHAUSTED"
+
+
 class UnsupportedMediaType(ServeError):
     """A body or upload in a format we do not read (415 / INVALID_ARGUMENT)."""
 

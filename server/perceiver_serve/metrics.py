@@ -66,6 +66,10 @@ class Metrics:
         self.model_load_seconds = Gauge(
             "perceiver_model_load_seconds", "Seconds spent loading and warming up the model.", ["model"], registry=r,
         )
+        self.decode_bytes_inflight = Gauge(
+            "perceiver_decode_bytes_inflight", "Bytes of decoded media (pixels, samples) held now, of the "
+            "--max-decode-mb budget.", registry=r,
+        )
         self.device_memory = Gauge(
             "perceiver_device_memory_bytes", "Accelerator memory allocated by this process.", ["device"], registry=r,
         )
@@ -88,6 +92,9 @@ class Metrics:
         self.model_ready.labels(model).set(1 if ready else 0)
         if load_seconds is not None:
             self.model_load_seconds.labels(model).set(load_seconds)
+
+    def observe_decode_bytes(self, inflight: int) -> None:
+        self.decode_bytes_inflight.set(inflight)
 
     # -- front-end hooks ----------------------------------------------------------------------
     @contextmanager

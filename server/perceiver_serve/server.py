@@ -28,6 +28,7 @@ from .api.rest import ServerState, create_app
 from .engine import ModelRegistry, ModelRepository
 from .engine.registry import FAILED, READY
 from .errors import PortUnavailable
+from .media.budget import DecodeBudget
 from .media.image import allow_pixels
 from .metrics import Metrics
 from .settings import Settings
@@ -54,7 +55,9 @@ def build_state(settings: Settings) -> ServerState:
     metrics = Metrics()
     repository = ModelRepository.scan(settings.model_repository)
     registry = ModelRegistry(repository, observer=metrics, progress=log.info)
-    return ServerState(registry, metrics, settings.media_limits())
+    budget = DecodeBudget(settings.max_decode_bytes, on_change=metrics.observe_decode_bytes,
+                          on_reject=metrics.observe_rejected)
+    return ServerState(registry, metrics, settings.media_limits(), budget)
 
 
 def bind_rest_socket(host: str, port: int) -> socket.socket:

@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from .media.limits import MediaLimits
+from .media.limits import DEFAULT_DECODE_MB, MediaLimits
 
 MiB = 1024 * 1024
 
@@ -34,6 +34,9 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(40_000_000, gt=0, description="Largest decoded image, in pixels.")
     max_image_mb: float = Field(20.0, gt=0, description="Largest encoded image, in MiB.")
     max_audio_seconds: float = Field(120.0, gt=0, description="Longest audio clip accepted.")
+    max_decode_mb: float = Field(
+        DEFAULT_DECODE_MB, gt=0, description="Decoded media (pixels, samples) held at once by all requests, in MiB: "
+                                             "work waits for its share; work larger than all of it is refused.")
     docs: bool = Field(True, description="Serve /docs, /redoc and /openapi.json.")
     strict: bool = Field(False, description="Exit (code 4) when a model fails to load, rather than serving "
                                             "the others and answering 503 on readiness.")
@@ -66,6 +69,10 @@ class Settings(BaseSettings):
     @property
     def grpc_max_message_bytes(self) -> int:
         return int(self.grpc_max_message_mb * MiB)
+
+    @property
+    def max_decode_bytes(self) -> int:
+        return int(self.max_decode_mb * MiB)
 
     def media_limits(self) -> MediaLimits:
         return MediaLimits(

@@ -57,13 +57,14 @@ class PerceiverService:
     async def ClassifyImage(self, request: pb.ClassifyImageRequest, call: RpcCall) -> pb.ClassificationResponse:
         top = top_k_of(request)
         served = call.resolve(self.registry, "image-classification", request.model)
-        result = await classify_image(served, request.image, self.state.limits, top=top,
+        result = await classify_image(served, request.image, self.state.limits, self.state.budget, top=top,
                                       return_logits=request.return_logits, deadline=call.deadline())
         return _classifications(served.name, [result])
 
     async def EstimateFlow(self, request: pb.EstimateFlowRequest, call: RpcCall) -> pb.EstimateFlowResponse:
         served = call.resolve(self.registry, "optical-flow", request.model)
-        flow = await estimate_flow(served, request.frame1, request.frame2, self.state.limits, deadline=call.deadline())
+        flow = await estimate_flow(served, request.frame1, request.frame2, self.state.limits, self.state.budget,
+                                   deadline=call.deadline())
         height, width, _ = flow.shape
         if flow.nbytes > self.max_message_bytes:  # else grpc fails the send with a message about itself
             raise PayloadTooLarge(

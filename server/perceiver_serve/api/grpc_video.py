@@ -11,24 +11,27 @@ the decoding.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 
 import numpy as np
 
+from ..engine import ServedModel
 from ..errors import InvalidInput, InvalidRequest
-from ..media import decode_audio, decode_image, pcm_from_f32le, rgb_frame_from_raw
+from ..media import OpenedAudio, OpenedImage, open_audio, open_image, pcm_from_f32le, rgb_frame_from_raw
+from ..media.budget import DecodeBudget
 from ..media.limits import MediaLimits
 from ..modeling import PerceiverForMultimodalAutoencoding
 from ..pb.perceiver.v1 import perceiver_pb2 as pb
-from ..tasks.common import off_loop
-from ..tasks.video import Chunk, StreamSettings, VideoOptions, WindowLabels, reconstruct
+from ..tasks.common import decode_in_budget, off_loop
+from ..tasks.video import (Chunk, Frame, StreamSettings, VideoOptions, WindowLabels, check_stream_length,
+                           model_frame, reconstruct)
 from .grpc import RpcCall, top_k_of
 from .rest import ServerState
 
 TASK = "video-autoencoding"
 MAX_CHUNKS_PER_WINDOW = 4096  # as VideoOptions.chunks_per_window
 
-Piece = tuple[list[np.ndarray], np.ndarray | None]
+Piece = tuple[list[Frame], np.ndarray | None]
 
 
 async def reconstruct_video(state: ServerState, requests: AsyncIterator[pb.ReconstructVideoRequest],
@@ -45,7 +48,7 @@ async def reconstruct_video(state: ServerState, requests: AsyncIterator[pb.Recon
     await call.context.write(pb.ReconstructVideoResponse(started=pb.StreamStarted(
         model=served.name, grid=grid, audio_samples_per_window=config.num_frames * config.audio_samples_per_frame,
         sample_rate=options.sample_rate, chunks_per_window=settings.chunks_per_window)))
-    pieces = media_pieces(requests, state.limits, options.sample_rate)
+    pieces = media_pieces(requests, MediaDecoder(served, state.limits, state.budget, call.deadline()))
     async with contextlib.aclosing(reconstruct(served, settings, pieces)) as events:
         async for event in events:
             await call.context.write(event_message(event, grid))
@@ -63,9 +66,63 @@ def stream_settings(config: pb.StreamConfig, options: VideoOptions) -> StreamSet
     )
 
 
-async def media_pieces(requests: AsyncIterator[pb.ReconstructVideoRequest], limits: MediaLimits,
-                       sample_rate: int) -> AsyncIterator[Piece]:
-    """The task's ``(frames, audio)`` pieces, decoded off the event loop, one per media message."""
+class MediaDecoder:
+    """Decodes one stream's media for its model, each frame reduced to the model's size as it is decoded."""
+
+    def __init__(self, served: ServedModel, limits: MediaLimits, budget: DecodeBudget,
+                 deadline: float | None) -> None:
+        self.served = served
+        self.limits = limits
+        self.budget = budget
+        self.deadline = deadline
+        self.options: VideoOptions = served.runner.options
+        self.size: int = served.model.config.image_size
+
+    async def frame(self, frame: pb.Frame, index: int) -> Frame:
+        """One frame at the model's size; only it is ever decoded at full size, and under the budget."""
+        field = f"frame {index}"
+        kind = frame.WhichOneof("data")
+        if kind == "raw":  # its pixels are the message's own bytes: nothing to inflate
+            raw = frame.raw
+            return await off_loop(lambda: model_frame(
+                rgb_frame_from_raw(raw.rgb, raw.height, raw.width, self.limits, field=field), self.size))
+        if kind != "encoded":
+            raise InvalidInput(f"{field} carries no picture: set encoded or raw")
+
+        def at_model_size(opened: OpenedImage) -> Frame:
+            rgb = np.asarray(opened.decode())
+            width, height = opened.size  # as sent, upright
+            return model_frame(rgb, self.size, sent=(height, width))
+
+        return await decode_in_budget(
+            self.served, self.budget, lambda: open_image(frame.encoded, self.limits, field=field, min_side=self.size),
+            at_model_size, subject=field, deadline=self.deadline)
+
+    async def audio(self, audio: pb.Audio) -> np.ndarray:
+        """Mono float32 samples at the model's rate, from a file or from raw PCM that states its rate."""
+        rate = self.options.sample_rate
+        kind = audio.WhichOneof("data")
+        if kind == "encoded":
+            return await decode_in_budget(
+                self.served, self.budget, lambda: open_audio(audio.encoded, self.limits, sample_rate=rate),
+                OpenedAudio.decode, subject="audio", deadline=self.deadline)
+        if kind != "raw":
+            raise InvalidInput("audio carries no samples: set raw or encoded")
+        raw = audio.raw
+        if raw.sample_rate != rate:
+            stated = f"is sampled at {raw.sample_rate} Hz" if raw.sample_rate else "does not state its sample_rate"
+            raise InvalidInput(f"raw audio {stated}, but this model needs {rate} Hz; resample it first")
+        return await off_loop(lambda: pcm_from_f32le(raw.pcm_f32le, self.limits, sample_rate=rate,
+                                                     channels=raw.channels or 1))
+
+
+async def media_pieces(requests: AsyncIterator[pb.ReconstructVideoRequest],
+                       decoder: MediaDecoder) -> AsyncIterator[Piece]:
+    """The task's ``(frames, audio)`` pieces, one per media message, decoded one item at a time.
+
+    A message's frame count is checked against the stream's limit before any of them is
+    decoded; messages name each frame by its index in the stream.
+    """
     frames_seen = 0
     async for message in requests:
         kind = message.WhichOneof("kind")
@@ -73,41 +130,11 @@ async def media_pieces(requests: AsyncIterator[pb.ReconstructVideoRequest], limi
             raise InvalidRequest("only the stream's first message carries config; later ones carry media"
                                  if kind == "config" else "a stream message carries neither config nor media")
         piece = message.media
-        frames = await off_loop(decode_frames, piece.frames, frames_seen, limits) if piece.frames else []
+        check_stream_length(decoder.options, frames_seen + len(piece.frames))
+        frames = [await decoder.frame(frame, index) for index, frame in enumerate(piece.frames, start=frames_seen)]
         frames_seen += len(frames)
-        audio = None
-        if piece.HasField("audio"):
-            audio = await off_loop(decode_piece_audio, piece.audio, limits, sample_rate)
+        audio = await decoder.audio(piece.audio) if piece.HasField("audio") else None
         yield frames, audio
-
-
-def decode_frames(frames: Sequence[pb.Frame], first_index: int, limits: MediaLimits) -> list[np.ndarray]:
-    """``(H, W, 3)`` uint8 arrays; messages name each frame by its index in the stream."""
-    out = []
-    for index, frame in enumerate(frames, start=first_index):
-        field = f"frame {index}"
-        kind = frame.WhichOneof("data")
-        if kind == "encoded":
-            out.append(np.asarray(decode_image(frame.encoded, limits, field=field)))
-        elif kind == "raw":
-            out.append(rgb_frame_from_raw(frame.raw.rgb, frame.raw.height, frame.raw.width, limits, field=field))
-        else:
-            raise InvalidInput(f"{field} carries no picture: set encoded or raw")
-    return out
-
-
-def decode_piece_audio(audio: pb.Audio, limits: MediaLimits, sample_rate: int) -> np.ndarray:
-    """Mono float32 samples at ``sample_rate``, from a file or from raw PCM that states its rate."""
-    kind = audio.WhichOneof("data")
-    if kind == "encoded":
-        return decode_audio(audio.encoded, limits, sample_rate=sample_rate)
-    if kind != "raw":
-        raise InvalidInput("audio carries no samples: set raw or encoded")
-    raw = audio.raw
-    if raw.sample_rate != sample_rate:
-        stated = f"is sampled at {raw.sample_rate} Hz" if raw.sample_rate else "does not state its sample_rate"
-        raise InvalidInput(f"raw audio {stated}, but this model needs {sample_rate} Hz; resample it first")
-    return pcm_from_f32le(raw.pcm_f32le, limits, sample_rate=sample_rate, channels=raw.channels or 1)
 
 
 def _f32le(values: np.ndarray | None) -> bytes:

@@ -20,8 +20,9 @@ from starlette.datastructures import FormData, UploadFile
 
 from ..engine import ModelRegistry
 from ..errors import ClientDisconnected, InvalidInput, InvalidRequest, ServeError, UnsupportedMediaType
+from ..media.budget import DecodeBudget
 from ..media.flow_formats import FLOW_FORMATS, to_json
-from ..media.limits import MediaLimits
+from ..media.limits import DEFAULT_DECODE_BYTES, MediaLimits
 from ..metrics import EXPOSITION_CONTENT_TYPE, Metrics
 from ..tasks.common import off_loop
 from ..tasks.flow import estimate_flow
@@ -42,6 +43,7 @@ class ServerState:
     registry: ModelRegistry
     metrics: Metrics
     limits: MediaLimits
+    budget: DecodeBudget = dataclasses.field(default_factory=lambda: DecodeBudget(DEFAULT_DECODE_BYTES))
     draining: bool = False
 
 
@@ -317,9 +319,9 @@ def create_app(state: ServerState, *, api_key: str | None = None, max_body_bytes
             data = await _upload(form, "image")
         params = _form_params(form, query, model=str, top_k=int, return_logits=bool)
         served = _resolve(request, "image-classification", params.get("model"))
-        limits = request.app.state.serve.limits
+        serve = request.app.state.serve
         result = await until_disconnect(request, classify_image(
-            served, data, limits, top=check_top_k(params.get("top_k", 5)),
+            served, data, serve.limits, serve.budget, top=check_top_k(params.get("top_k", 5)),
             return_logits=params.get("return_logits", False)))
         return JSONResponse({"model": served.name, "results": [classification_json(result)]})
 
@@ -342,7 +344,8 @@ def create_app(state: ServerState, *, api_key: str | None = None, max_body_bytes
         if fmt not in FLOW_FORMATS:
             raise InvalidRequest(f"format must be one of {', '.join(FLOW_FORMATS)}, got {fmt[:20]!r}")
         served = _resolve(request, "optical-flow", params.get("model"))
-        flow = await until_disconnect(request, estimate_flow(served, first, second, request.app.state.serve.limits))
+        serve = request.app.state.serve
+        flow = await until_disconnect(request, estimate_flow(served, first, second, serve.limits, serve.budget))
         headers = {"x-model": served.name, "x-flow-height": str(flow.shape[0]), "x-flow-width": str(flow.shape[1])}
         encoder = FLOW_FORMATS[fmt]
         if fmt == "json":  # the JSON answer also names the model, as every JSON answer does

@@ -19,6 +19,7 @@ Choices every path shares:
 
 from __future__ import annotations
 
+import dataclasses
 import io
 
 import numpy as np
@@ -34,24 +35,54 @@ _SUPPORTED = ", ".join(sorted(AUDIO_FORMATS))
 _UNRECOGNISED_FORMAT = 1
 
 
+@dataclasses.dataclass(eq=False)
+class OpenedAudio:
+    """An audio file whose header is read and checked against the limits, no sample decoded yet.
+
+    :attr:`decoded_bytes` is what :meth:`decode` will hold, known before it runs, so the
+    caller can take it from the decode budget first.
+    """
+
+    sound: soundfile.SoundFile
+
+    @property
+    def decoded_bytes(self) -> int:
+        # The interleaved float32 read, and the mono mix beside it.
+        return self.sound.frames * (self.sound.channels + 1) * 4
+
+    def decode(self) -> np.ndarray:
+        """``(samples,)`` float32 mono in [-1, 1] (see the module docstring)."""
+        with translated_errors("audio"), self.sound as sound:
+            samples = sound.read(dtype="float32", always_2d=True)
+        return _to_mono(samples)
+
+
+def open_audio(data: bytes, limits: MediaLimits, *, sample_rate: int, require_mono: bool = False) -> OpenedAudio:
+    """Open an audio file and check its rate, channels and length from the header."""
+    check_byte_count(data, limit=limits.max_audio_bytes, subject="audio")
+    with translated_errors("audio"):
+        sound = _open_sound(data)
+        try:
+            if sound.format not in AUDIO_FORMATS:
+                raise UnsupportedMediaType(f"audio is {sound.format}, which is not a supported format ({_SUPPORTED})")
+            if sound.samplerate != sample_rate:
+                raise InvalidInput(f"audio is sampled at {sound.samplerate} Hz, but this model needs {sample_rate} Hz; "
+                                   "resample it first")
+            check_channels(sound.channels, limits, require_mono=require_mono)
+            check_duration(sound.frames, sample_rate, limits)
+        except BaseException:
+            sound.close()
+            raise
+        return OpenedAudio(sound)
+
+
 def decode_audio(data: bytes, limits: MediaLimits, *, sample_rate: int, require_mono: bool = False) -> np.ndarray:
     """Decode an audio file into ``(samples,)`` float32 at ``sample_rate`` (see the module docstring).
 
     The header's rate, channel count and length are checked before any sample is read, so
     the read never allocates more than the limits allow.
     """
-    check_byte_count(data, limit=limits.max_audio_bytes, subject="audio")
-    with translated_errors("audio"), _open_sound(data) as sound:
-        if sound.format not in AUDIO_FORMATS:
-            raise UnsupportedMediaType(f"audio is {sound.format}, which is not a supported format ({_SUPPORTED})")
-        if sound.samplerate != sample_rate:
-            raise InvalidInput(
-                f"audio is sampled at {sound.samplerate} Hz, but this model needs {sample_rate} Hz; resample it first"
-            )
-        check_channels(sound.channels, limits, require_mono=require_mono)
-        check_duration(sound.frames, sample_rate, limits)
-        samples = sound.read(dtype="float32", always_2d=True)
-    return _to_mono(samples)
+    return open_audio(data, limits, sample_rate=sample_rate, require_mono=require_mono).decode()
 
 
 def pcm_from_f32le(data: bytes, limits: MediaLimits, *, sample_rate: int, channels: int = 1) -> np.ndarray:

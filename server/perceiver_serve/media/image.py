@@ -27,16 +27,17 @@ Every picture comes out as a fully loaded mode-``RGB`` image:
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import re
 
 import numpy as np
 from PIL import (
     BmpImagePlugin,
+    ExifTags,
     GifImagePlugin,
     Image,
     ImageFile,
-    ImageOps,
     JpegImagePlugin,
     PngImagePlugin,
     TiffImagePlugin,
@@ -61,6 +62,21 @@ IMAGE_FORMATS: tuple[str, ...] = tuple(_FORMATS)
 _PILLOW_BOMB_GUARD = (Image.DecompressionBombError, Image.DecompressionBombWarning)
 _HIGH_DEPTH_MODES = frozenset({"I", "I;16", "I;16L", "I;16B", "I;16N", "F"})
 _WHITE = (255, 255, 255, 255)
+# Bytes a pixel takes in Pillow's memory, by mode; every other mode takes 4.
+_STORAGE_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16L": 2, "I;16B": 2, "I;16N": 2}
+_TRANSPOSITIONS = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+# Reduce a picture to no less than this many times the side its processing resizes it to:
+# resampling from there is indistinguishable from resampling the full picture (Pillow's
+# ``reducing_gap`` of 3 makes the same trade).
+REDUCING_GAP = 3
 
 
 def allow_pixels(limit: int) -> None:
@@ -73,8 +89,61 @@ def allow_pixels(limit: int) -> None:
         Image.MAX_IMAGE_PIXELS = limit
 
 
-def decode_image(data: bytes, limits: MediaLimits, *, field: str = "image") -> Image.Image:
-    """Decode one image upload into a loaded RGB picture (see the module docstring).
+@dataclasses.dataclass(eq=False)
+class OpenedImage:
+    """An upload whose header is read and checked against the limits, but no pixel decoded yet.
+
+    Opening is cheap; :meth:`decode` is where the memory goes, and :attr:`decoded_bytes` says
+    how much beforehand, so the caller can take that from the decode budget first. With
+    ``min_side`` (the side the caller's processing resizes the picture to), a JPEG is decoded at
+    a reduced scale (``draft``) and any picture still larger is box-reduced right after
+    decoding, its short side kept at least :data:`REDUCING_GAP` times ``min_side``: one
+    full-size buffer exists only for the moment of decoding.
+    """
+
+    picture: ImageFile.ImageFile | None
+    kind: str
+    field: str
+    min_side: int | None = None
+    size: tuple[int, int] = (0, 0)  # (width, height) as sent, upright once decoded
+
+    def __post_init__(self) -> None:
+        self.size = self.picture.size
+
+    @property
+    def decoded_bytes(self) -> int:
+        """The most memory :meth:`decode` holds at once, from the header's size and pixel mode."""
+        picture = self.picture
+        per_pixel = _STORAGE_BYTES.get(picture.mode, 4)
+        if picture.mode != "RGB":
+            per_pixel += 4  # the RGB copy
+        if picture.mode in _HIGH_DEPTH_MODES or _may_have_transparency(picture):
+            per_pixel += 12  # the intermediate pictures of scaling samples or compositing onto white
+        return picture.width * picture.height * per_pixel
+
+    def decode(self) -> Image.Image:
+        """The loaded, upright RGB picture (see the module docstring), reduced as ``min_side`` allows.
+
+        Raises :class:`InvalidInput` or :class:`PayloadTooLarge`, and nothing else. The full-size
+        buffer is dropped before this returns.
+        """
+        picture, self.picture = self.picture, None
+        with translated_errors(f"{self.field} ({self.kind})", too_large=_PILLOW_BOMB_GUARD):
+            picture.load()
+            orientation = picture.getexif().get(ExifTags.Base.Orientation, 1)
+            rgb = _to_rgb(picture)
+            del picture
+            if self.min_side is not None and (factor := min(rgb.size) // (REDUCING_GAP * self.min_side)) >= 2:
+                rgb = rgb.reduce(factor)
+            if orientation in _TRANSPOSITIONS:
+                rgb = rgb.transpose(_TRANSPOSITIONS[orientation])
+                if orientation >= 5:  # a quarter turn: the picture as shown is the header's size turned
+                    self.size = self.size[::-1]
+            return rgb
+
+
+def open_image(data: bytes, limits: MediaLimits, *, field: str = "image", min_side: int | None = None) -> OpenedImage:
+    """Recognise and open one image upload, checking its size from the header (see :class:`OpenedImage`).
 
     ``field`` names the input in every message, so a client sending several images learns
     which one is wrong. Raises :class:`InvalidInput`, :class:`PayloadTooLarge` or
@@ -85,27 +154,52 @@ def decode_image(data: bytes, limits: MediaLimits, *, field: str = "image") -> I
     if kind is None:
         raise UnsupportedMediaType(f"{field} is not an image in a supported format ({', '.join(IMAGE_FORMATS)})")
     opener = _FORMATS[kind][1]
-    with translated_errors(f"{field} ({kind})", too_large=_PILLOW_BOMB_GUARD), opener(io.BytesIO(data)) as picture:
+    with translated_errors(f"{field} ({kind})", too_large=_PILLOW_BOMB_GUARD):
+        picture = opener(io.BytesIO(data))
         check_image_size(picture.width, picture.height, limits, field=field)
-        picture.load()
-        ImageOps.exif_transpose(picture, in_place=True)
-        return _to_rgb(picture)
+        opened = OpenedImage(picture, kind, field, min_side)
+        if min_side is not None and kind == "JPEG":
+            # Decodes at 1/2, 1/4 or 1/8 scale with the short side still at least this long.
+            picture.draft(None, (REDUCING_GAP * min_side,) * 2)
+        return opened
+
+
+def decode_image(data: bytes, limits: MediaLimits, *, field: str = "image",
+                 min_side: int | None = None) -> Image.Image:
+    """Decode one image upload into a loaded, upright RGB picture (see :class:`OpenedImage`)."""
+    return open_image(data, limits, field=field, min_side=min_side).decode()
+
+
+def open_frame_pair(first: bytes, second: bytes, limits: MediaLimits) -> tuple[OpenedImage, OpenedImage]:
+    """Open the two frames of an optical-flow request, refusing frames of different sizes before decoding.
+
+    The frames may differ in format and pixel mode; only their sizes must agree, since flow
+    maps each pixel of the first frame into the second. Flow needs every pixel, so nothing
+    is reduced.
+    """
+    frames = open_image(first, limits, field="frame1"), open_image(second, limits, field="frame2")
+    _check_same_size(*frames)
+    return frames
+
+
+def decode_opened_pair(frames: tuple[OpenedImage, OpenedImage]) -> tuple[np.ndarray, np.ndarray]:
+    """Decode an opened pair into same-sized ``(H, W, 3)`` uint8 arrays, one Pillow picture at a time."""
+    arrays = tuple(np.array(frame.decode()) for frame in frames)
+    _check_same_size(*frames)  # again once upright: EXIF may turn one frame and not the other
+    return arrays
 
 
 def decode_frame_pair(first: bytes, second: bytes, limits: MediaLimits) -> tuple[np.ndarray, np.ndarray]:
-    """Decode the two frames of an optical-flow request into same-sized ``(H, W, 3)`` uint8 arrays.
+    """Both steps at once (see :func:`open_frame_pair`)."""
+    return decode_opened_pair(open_frame_pair(first, second, limits))
 
-    The frames may differ in format and pixel mode; only their sizes must agree, since flow
-    maps each pixel of the first frame into the second.
-    """
-    frame1 = decode_image(first, limits, field="frame1")
-    frame2 = decode_image(second, limits, field="frame2")
+
+def _check_same_size(frame1: OpenedImage, frame2: OpenedImage) -> None:
     if frame1.size != frame2.size:
         raise InvalidInput(
             f"frame2 is {_dimensions(*frame2.size)} but frame1 is {_dimensions(*frame1.size)}; "
             "the two frames must be the same size"
         )
-    return np.array(frame1), np.array(frame2)
 
 
 def rgb_frame_from_raw(
@@ -142,7 +236,14 @@ def _dimensions(width: int, height: int) -> str:
     return f"{width}×{height}"
 
 
+def _may_have_transparency(picture: Image.Image) -> bool:
+    return picture.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in picture.info
+
+
 def _to_rgb(picture: Image.Image) -> Image.Image:
+    """An RGB picture of ``picture`` (itself when it already is one: no copy of a full-size buffer)."""
+    if picture.mode == "RGB" and not picture.has_transparency_data:
+        return picture
     if picture.mode in _HIGH_DEPTH_MODES:
         picture = _to_8bit_gray(picture)
     if picture.has_transparency_data:

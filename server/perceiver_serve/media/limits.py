@@ -10,6 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 MiB = 1024 * 1024
+# The decode budget (--max-decode-mb): on a 24 GiB machine, room for models and their
+# batches beside it, and for about twenty full-size images (40 M pixels) decoding at once.
+DEFAULT_DECODE_MB = 4096
+DEFAULT_DECODE_BYTES = DEFAULT_DECODE_MB * MiB
 
 
 @dataclass(frozen=True, slots=True)

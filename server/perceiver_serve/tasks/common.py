@@ -6,13 +6,20 @@ import asyncio
 import concurrent.futures
 import dataclasses
 import os
+import time
 from collections.abc import Callable, Mapping
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
+from ..media.budget import DecodeBudget
+
+if TYPE_CHECKING:
+    from ..engine.registry import ServedModel
+
 T = TypeVar("T")
+R = TypeVar("R")
 
 _POOL: concurrent.futures.ThreadPoolExecutor | None = None
 
@@ -32,6 +39,34 @@ async def off_loop(fn: Callable[..., T], *args: Any) -> T:
     if _POOL is None:
         configure_preprocess_pool()
     return await asyncio.get_running_loop().run_in_executor(_POOL, fn, *args)
+
+
+class Opened(Protocol):
+    """Media whose header is checked, not yet decoded: it knows how many bytes decoding will hold."""
+
+    @property
+    def decoded_bytes(self) -> int: ...
+
+
+O = TypeVar("O", bound=Opened)
+
+
+def request_deadline(served: "ServedModel", deadline: float | None) -> float:
+    """The caller's deadline, else the model's ``timeout_ms`` from now, as the batcher would use."""
+    return deadline if deadline is not None else time.monotonic() + served.batcher.limits.timeout_ms / 1000
+
+
+async def decode_in_budget(served: "ServedModel", budget: DecodeBudget, opener: Callable[[], O],
+                           decode: Callable[[O], R], *, subject: str, deadline: float | None = None) -> R:
+    """Open media off the loop, then ``decode`` it off the loop while holding its decoded bytes of the budget.
+
+    ``decode`` returns the media already reduced to what the model needs, so the bytes go back
+    as soon as it returns.
+    """
+    opened = await off_loop(opener)
+    async with budget.hold(opened.decoded_bytes, model=served.name, subject=subject,
+                           deadline=request_deadline(served, deadline)):
+        return await off_loop(decode, opened)
 
 
 class TaskOptions(BaseModel):

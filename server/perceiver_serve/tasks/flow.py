@@ -23,10 +23,17 @@ from pydantic import Field
 
 from ..engine.registry import ServedModel
 from ..errors import InvalidInput
-from ..media.image import decode_frame_pair
+from ..media.budget import DecodeBudget
+from ..media.image import decode_opened_pair, open_frame_pair
 from ..media.limits import MediaLimits
 from ..modeling import PerceiverForOpticalFlow, flow_patches
-from .common import TaskOptions, off_loop
+from .common import TaskOptions, off_loop, request_deadline
+
+# Host memory of one request per frame pixel at its peak: the two uint8 frames and their
+# padded stack (12 bytes), then the blend's float64 sums, weights and quotient and the float32
+# result (48); and per tile pixel: the uint8 tile pair (6) and its float32 flow (8).
+FRAME_PIXEL_BYTES = 60
+TILE_PIXEL_BYTES = 14
 
 
 class FlowOptions(TaskOptions):
@@ -71,6 +78,12 @@ class FlowTiler:
         """How many tiles cover a ``height × width`` frame (padded to the tile size if smaller)."""
         th, tw = self.tile
         return len(self.origins(max(height, th), max(width, tw)))
+
+    def working_bytes(self, height: int, width: int) -> int:
+        """The host memory a request for ``height × width`` frames holds at its peak (see the constants)."""
+        th, tw = self.tile
+        frame_pixels = max(height, th) * max(width, tw)
+        return frame_pixels * FRAME_PIXEL_BYTES + self.tile_count(height, width) * th * tw * TILE_PIXEL_BYTES
 
     def split(self, frame1: np.ndarray, frame2: np.ndarray) -> tuple[list[np.ndarray], list[tuple[int, int]]]:
         """Tiles of a (padded) frame pair, each ``(2, h, w, 3)``, and their top-left corners."""
@@ -122,18 +135,29 @@ class OpticalFlowRunner:
         return [np.zeros((2, th, tw, 3), dtype=np.uint8)]
 
 
-async def estimate_flow(served: ServedModel, first: bytes, second: bytes, limits: MediaLimits,
+async def estimate_flow(served: ServedModel, first: bytes, second: bytes, limits: MediaLimits, budget: DecodeBudget,
                         deadline: float | None = None) -> np.ndarray:
-    """Flow ``(H, W, 2)`` float32 in pixels (x then y) from two encoded frames."""
+    """Flow ``(H, W, 2)`` float32 in pixels (x then y) from two encoded frames.
+
+    Flow needs the frames at full size, so the request holds its whole working memory of the
+    decode budget, from before the frames are decoded until their flow is blended.
+    """
     runner: OpticalFlowRunner = served.runner
     tiler = runner.tiler
-    frame1, frame2 = await off_loop(decode_frame_pair, first, second, limits)
-    height, width = frame1.shape[:2]
+    frames = await off_loop(open_frame_pair, first, second, limits)
+    width, height = frames[0].size
     smallest = runner.options.min_frame_side
     if min(height, width) < smallest:
         raise InvalidInput(f"frames are {width}×{height}; this model needs at least {smallest} pixels on each side",
                            code="frame_too_small")
-    served.batcher.check_fits(tiler.tile_count(height, width))  # before cutting tiles that could never be queued
-    tiles, origins = await off_loop(tiler.split, frame1, frame2)
-    flows = await served.batcher.submit_all(tiles, deadline=deadline)
-    return await off_loop(tiler.blend, flows, origins, height, width)
+    served.batcher.check_fits(tiler.tile_count(height, width))  # before decoding frames that could never be queued
+    deadline = request_deadline(served, deadline)
+    async with budget.hold(tiler.working_bytes(height, width), model=served.name, deadline=deadline,
+                           subject=f"a flow request for {width}×{height} frames"):
+        frame1, frame2 = await off_loop(decode_opened_pair, frames)
+        height, width = frame1.shape[:2]  # upright: EXIF may have turned both
+        tiles, origins = await off_loop(tiler.split, frame1, frame2)
+        del frame1, frame2
+        flows = await served.batcher.submit_all(tiles, deadline=deadline)
+        del tiles
+        return await off_loop(tiler.blend, flows, origins, height, width)

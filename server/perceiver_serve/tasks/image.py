@@ -10,10 +10,11 @@ import torch
 from pydantic import Field
 
 from ..engine.registry import ServedModel
-from ..media.image import decode_image
+from ..media.budget import DecodeBudget
+from ..media.image import open_image
 from ..media.limits import MediaLimits
 from ..modeling import ImageProcessor, PerceiverForImageClassificationLearned, PerceiverTaskModel
-from .common import Classification, TaskOptions, classification, off_loop
+from .common import Classification, TaskOptions, classification, decode_in_budget
 
 
 class ImageOptions(TaskOptions):
@@ -47,9 +48,14 @@ class ImageClassificationRunner:
         return [torch.zeros(3, size, size), torch.zeros(3, size, size)]
 
 
-async def classify_image(served: ServedModel, data: bytes, limits: MediaLimits, *, top: int, return_logits: bool,
-                         deadline: float | None = None) -> Classification:
+async def classify_image(served: ServedModel, data: bytes, limits: MediaLimits, budget: DecodeBudget, *, top: int,
+                         return_logits: bool, deadline: float | None = None) -> Classification:
     runner: ImageClassificationRunner = served.runner
-    pixels = await off_loop(lambda: runner.processor(decode_image(data, limits, field="image")))
+    processor = runner.processor
+    # The centre crop keeps size/crop_size of the short side and is resized to size: a short
+    # side of crop_size holds every detail the resize keeps.
+    min_side = max(processor.size, processor.crop_size)
+    pixels = await decode_in_budget(served, budget, lambda: open_image(data, limits, field="image", min_side=min_side),
+                                    lambda opened: processor(opened.decode()), subject="image", deadline=deadline)
     logits = await served.batcher.submit(pixels, deadline=deadline)
     return classification(logits, served.model.config.id2label, top, return_logits)

@@ -26,7 +26,7 @@ from pydantic import Field
 from ..engine.batcher import REQUEST_FAILED
 from ..errors import InvalidInput, PayloadTooLarge
 from ..modeling import PerceiverForMultimodalAutoencoding, video_frames
-from .common import Prediction, TaskOptions, classification, off_loop
+from .common import Prediction, TaskOptions, classification
 
 if TYPE_CHECKING:
     from ..engine.registry import ServedModel
@@ -131,11 +131,30 @@ class WindowLabels:
 
 
 @dataclasses.dataclass(frozen=True)
+class Frame:
+    """One frame, already at the model's size: a stream never holds frames at the size they were sent."""
+
+    size: tuple[int, int]  # (height, width) as sent: all frames of a stream share one
+    pixels: torch.Tensor   # (3, S, S) in [0, 1]
+
+
+def model_frame(rgb: np.ndarray, size: int, sent: tuple[int, int] | None = None) -> Frame:
+    """An ``(H, W, 3)`` uint8 frame at the model's ``size``; ``sent`` is its size as sent if it was reduced."""
+    return Frame(sent or rgb.shape[:2], video_frames(rgb[None], size)[0])
+
+
+@dataclasses.dataclass(frozen=True)
 class StreamSettings:
     chunks_per_window: int
     image: bool = True
     audio: bool = True
     top_k: int = 5
+
+
+def check_stream_length(options: VideoOptions, frames: int) -> None:
+    """Refuse a stream of more than ``max_frames_per_stream`` frames; front ends call it before decoding them."""
+    if frames > options.max_frames_per_stream:
+        raise PayloadTooLarge(f"stream exceeds {options.max_frames_per_stream} frames", code="too_many_frames")
 
 
 class VideoStream:
@@ -148,32 +167,26 @@ class VideoStream:
         self.frames_per_window = config.num_frames
         self.samples_per_frame = config.audio_samples_per_frame
         self.size = config.image_size
-        self.frames: list[torch.Tensor] = []  # resized frames (3, S, S), not yet in a window
+        self.frames: list[torch.Tensor] = []  # frames (3, S, S) not yet in a window
         self.audio = np.zeros(0, dtype=np.float32)
         self.frame_shape: tuple[int, int] | None = None
         self.total_frames = 0
         self.audio_seen = False
         self.windows_cut = 0
 
-    async def add_frames(self, frames: Sequence[np.ndarray]) -> None:
-        """Add decoded RGB frames ``(H, W, 3)`` uint8 (all frames of a stream share one size)."""
+    def add_frames(self, frames: Sequence[Frame]) -> None:
+        """Add frames at the model's size (all frames of a stream were sent at one size)."""
+        check_stream_length(self.options, self.total_frames + len(frames))
         for frame in frames:
-            shape = frame.shape[:2]
             if self.frame_shape is None:
-                self.frame_shape = shape
-            elif shape != self.frame_shape:
+                self.frame_shape = frame.size
+            elif frame.size != self.frame_shape:
                 raise InvalidInput(
-                    f"frame {self.total_frames} is {shape[1]}×{shape[0]} but this stream's frames are "
+                    f"frame {self.total_frames} is {frame.size[1]}×{frame.size[0]} but this stream's frames are "
                     f"{self.frame_shape[1]}×{self.frame_shape[0]}"
                 )
             self.total_frames += 1
-            if self.total_frames > self.options.max_frames_per_stream:
-                raise PayloadTooLarge(
-                    f"stream exceeds {self.options.max_frames_per_stream} frames", code="too_many_frames"
-                )
-        if frames:
-            resized = await off_loop(video_frames, np.stack(frames), self.size)
-            self.frames.extend(resized)
+            self.frames.append(frame.pixels)
 
     def add_audio(self, samples: np.ndarray) -> None:
         """Add mono float32 samples at the model's sample rate."""
@@ -250,7 +263,7 @@ async def decode_window(served: "ServedModel", window: EncodeWindow, index: int,
 
 
 async def reconstruct(served: "ServedModel", settings: StreamSettings,
-                      pieces: AsyncIterator[tuple[list[np.ndarray], np.ndarray | None]]
+                      pieces: AsyncIterator[tuple[list[Frame], np.ndarray | None]]
                       ) -> AsyncIterator[Chunk | WindowLabels]:
     """Stream chunks and labels for a stream of ``(frames, audio)`` pieces.
 
@@ -265,7 +278,7 @@ async def reconstruct(served: "ServedModel", settings: StreamSettings,
     async def read() -> None:
         try:
             async for frames, audio in pieces:
-                await stream.add_frames(frames)
+                stream.add_frames(frames)
                 if audio is not None:
                     stream.add_audio(audio)
                 while (window := stream.next_window()) is not None:
