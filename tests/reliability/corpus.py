@@ -43,6 +43,33 @@ def half(data: bytes) -> bytes:
     return data[: len(data) // 2]
 
 
+# -- decompression: small files that are big once decoded ----------------------------------------------------
+
+# Exactly the default --max-image-pixels: 160 MB decoded from about 100 KB of PNG or 500 KB of JPEG.
+AT_PIXEL_LIMIT = (8000, 5000)
+PNG_AT_LIMIT = png(solid((0, 0, 0), AT_PIXEL_LIMIT))
+JPEG_AT_LIMIT = encode(solid((0, 0, 0), AT_PIXEL_LIMIT), "JPEG")
+STREAMINFO_TOTAL = 8 + 10  # FLAC: "fLaC", the block header, then rate, channels, depth and 36-bit total
+
+
+def flac_with_total(samples: np.ndarray, total: int) -> bytes:
+    """A FLAC at the demo video model's rate whose STREAMINFO claims ``total`` samples per channel."""
+    data = sound(samples, rate=VIDEO_RATE, fmt="FLAC")
+    fields = int.from_bytes(data[STREAMINFO_TOTAL:STREAMINFO_TOTAL + 8], "big")
+    fields = (fields & ~(2**36 - 1)) | total
+    return data[:STREAMINFO_TOTAL] + fields.to_bytes(8, "big") + data[STREAMINFO_TOTAL + 8:]
+
+
+def wav_claiming_frames(samples: np.ndarray, frames: int) -> bytes:
+    """A 16-bit mono WAV whose data chunk claims ``frames`` frames, whatever it holds."""
+    data = sound(samples, rate=VIDEO_RATE, subtype="PCM_16")
+    return patched(data, data.index(b"data") + 4, "<I", min(frames * 2, 2**32 - 1))
+
+
+# Two minutes of 8-channel silence at the model's rate, 1.5 million samples, in under 2 KB.
+FLAC_LONG_SILENCE = np.zeros((VIDEO_RATE * 120, 8), np.float32)
+
+
 # -- images: (name, bytes, (REST status, error code)) ------------------------------------------------------
 
 IMAGES: list[tuple[str, bytes, tuple[int, str | None]]] = [
@@ -75,6 +102,9 @@ IMAGES: list[tuple[str, bytes, tuple[int, str | None]]] = [
     ("la_png", png(noise(30, 30).convert("LA")), OK),
     ("exif_rotated_jpeg", exif_rotated(), OK),
     ("tall_thin", png(noise(900, 2)), OK),
+    ("png_at_the_pixel_limit", PNG_AT_LIMIT, OK),
+    ("jpeg_at_the_pixel_limit", JPEG_AT_LIMIT, OK),
+    ("png_one_row_past_the_pixel_limit", png_with_header(AT_PIXEL_LIMIT[0], AT_PIXEL_LIMIT[1] + 1), (413, "too_large")),
 ]
 
 # -- frame pairs for optical flow ---------------------------------------------------------------------------
@@ -341,6 +371,18 @@ VIDEO_STREAMS: list[GrpcCase] = [
              stream(frames(4), config=pb.StreamConfig(chunks_per_window=2**32 - 1)), (422, "invalid_request")),
     GrpcCase("video-path_traversal_model", "ReconstructVideo",
              stream(frames(4), config=pb.StreamConfig(model="../video-autoencoder")), (404, "model_not_found")),
+    GrpcCase("video-sixteen_frames_at_the_pixel_limit_in_one_message", "ReconstructVideo",
+             stream(pb.MediaPiece(frames=[pb.Frame(encoded=PNG_AT_LIMIT)] * 4 + [pb.Frame(encoded=JPEG_AT_LIMIT)] * 12)),
+             OK),
+    GrpcCase("video-flac_claiming_2**36_samples", "ReconstructVideo",
+             stream(with_audio(4, pb.Audio(encoded=flac_with_total(SILENCE, 2**36 - 1)))), (413, "too_large")),
+    GrpcCase("video-flac_of_unknown_length", "ReconstructVideo",
+             stream(with_audio(4, pb.Audio(encoded=flac_with_total(SILENCE, 0)))), (413, "too_large")),
+    GrpcCase("video-flac_two_minutes_of_eight_channels_in_2_kb", "ReconstructVideo",
+             stream(with_audio(4, pb.Audio(encoded=sound(FLAC_LONG_SILENCE, rate=VIDEO_RATE, fmt="FLAC")))),
+             (413, "too_much_audio")),
+    GrpcCase("video-wav_claiming_2**31_frames_read_as_what_it_holds", "ReconstructVideo",
+             stream(with_audio(4, pb.Audio(encoded=wav_claiming_frames(SILENCE, 2**31)))), OK),
     GrpcCase("video-audio_with_frames_served", "ReconstructVideo",
              stream(with_audio(4, pcm(np.linspace(-2, 2, 4 * SAMPLES_PER_FRAME, dtype=np.float32)))), OK),
 ]
