@@ -94,18 +94,19 @@ class OpenedImage:
     """An upload whose header is read and checked against the limits, but no pixel decoded yet.
 
     Opening is cheap; :meth:`decode` is where the memory goes, and :attr:`decoded_bytes` says
-    how much beforehand, so the caller can take that from the decode budget first. With
-    ``min_side`` (the side the caller's processing resizes the picture to), a JPEG is decoded at
-    a reduced scale (``draft``) and any picture still larger is box-reduced right after
-    decoding, its short side kept at least :data:`REDUCING_GAP` times ``min_side``: one
-    full-size buffer exists only for the moment of decoding.
+    how much beforehand, so the caller can take that from the decode budget first.
+
+    With ``min_side`` (a short side that holds every detail the caller's processing keeps), a
+    JPEG is decoded at a reduced scale (``draft``) and any picture still larger is box-reduced
+    right after decoding, its short side kept at least :data:`REDUCING_GAP` times
+    ``min_side``: one full-size buffer exists only for the moment of decoding.
     """
 
     picture: ImageFile.ImageFile | None
     kind: str
     field: str
     min_side: int | None = None
-    size: tuple[int, int] = (0, 0)  # (width, height) as sent, upright once decoded
+    size: tuple[int, int] = dataclasses.field(init=False)  # (width, height) as sent, upright once decoded
 
     def __post_init__(self) -> None:
         self.size = self.picture.size
