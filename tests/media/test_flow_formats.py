@@ -1,6 +1,7 @@
 import io
 import json
 import struct
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -149,3 +150,16 @@ def test_json_format_encodes_the_json_body():
 def test_encoders_refuse_arrays_that_are_not_flow(encode):
     with pytest.raises(ValueError, match=r"\(H, W, 2\)"):
         encode(np.zeros((4, 4, 3), np.float32))
+
+
+@pytest.mark.parametrize("name", sorted(FLOW_FORMATS))
+def test_each_format_encodes_within_the_memory_it_declares(name):
+    """``bytes_per_pixel`` is what the decode budget charges a flow answer for its encoding."""
+    flow = np.random.default_rng(18).normal(0, 5, (200, 300, 2)).astype(np.float32)
+    tracemalloc.start()
+    try:
+        FLOW_FORMATS[name].encode(flow)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak <= FLOW_FORMATS[name].bytes_per_pixel * 200 * 300

@@ -173,3 +173,19 @@ def test_an_input_larger_than_the_whole_budget_is_refused_at_once(server, rest, 
     after = metric_value(rest.get("/metrics").text, "perceiver_rejected_requests_total",
                          model="image-classifier", reason="decode_budget")
     assert after - before == 2
+
+
+def test_the_flow_answer_encoding_counts_against_the_budget(tmp_path):
+    """PNG and JSON answers take many times the field's memory to encode: a request is charged for its format."""
+    root = repository(tmp_path, "optical-flow")
+    rng = np.random.default_rng(18)
+    frames = [png(Image.fromarray(rng.integers(0, 256, (180, 240, 3), dtype=np.uint8))) for _ in range(2)]
+    files = {"frame1": ("a.png", frames[0], "image/png"), "frame2": ("b.png", frames[1], "image/png")}
+    # 180×240 frames: about 4 MiB to compute, +0.8 MiB as npy, +7 MiB as PNG or JSON.
+    with running("--max-decode-mb", "6", repository=root) as proc, httpx.Client(base_url=proc.url,
+                                                                                timeout=300) as client:
+        served = client.post("/flow?format=npy", files=files)
+        refused = {fmt: client.post(f"/flow?format={fmt}", files=files) for fmt in ("png", "json")}
+    assert served.status_code == 200, served.text
+    for fmt, r in refused.items():
+        assert (r.status_code, r.json()["error"]["code"]) == (413, "decode_budget"), (fmt, r.text)

@@ -13,6 +13,7 @@ import json
 from collections.abc import Awaitable
 from typing import Annotated, Any, Literal, TypeVar
 
+import numpy as np
 from fastapi import FastAPI, Query, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -24,7 +25,6 @@ from ..media.budget import DecodeBudget
 from ..media.flow_formats import FLOW_FORMATS, to_json
 from ..media.limits import DEFAULT_DECODE_BYTES, MediaLimits
 from ..metrics import EXPOSITION_CONTENT_TYPE, Metrics
-from ..tasks.common import off_loop
 from ..tasks.flow import estimate_flow
 from ..tasks.image import classify_image
 from ..tasks.text import classify_texts, fill_mask
@@ -344,17 +344,24 @@ def create_app(state: ServerState, *, api_key: str | None = None, max_body_bytes
         if fmt not in FLOW_FORMATS:
             raise InvalidRequest(f"format must be one of {', '.join(FLOW_FORMATS)}, got {fmt[:20]!r}")
         served = _resolve(request, "optical-flow", params.get("model"))
-        serve = request.app.state.serve
-        flow = await until_disconnect(request, estimate_flow(served, first, second, serve.limits, serve.budget))
-        headers = {"x-model": served.name, "x-flow-height": str(flow.shape[0]), "x-flow-width": str(flow.shape[1])}
         encoder = FLOW_FORMATS[fmt]
         if fmt == "json":  # the JSON answer also names the model, as every JSON answer does
             def encode(field):
                 return json.dumps({"model": served.name, **to_json(field)}, separators=(",", ":")).encode()
         else:
             encode = encoder.encode
-        # Encoding a large field (PNG, JSON) takes milliseconds: keep it off the event loop.
-        return Response(await off_loop(encode, flow), media_type=encoder.media_type, headers=headers)
+
+        def answer(field: np.ndarray) -> tuple[tuple[int, ...], bytes]:
+            return field.shape, encode(field)
+
+        # The encoding (PNG and JSON take many times the field's memory) counts against the
+        # request's decode budget, and runs off the event loop.
+        serve = request.app.state.serve
+        shape, body = await until_disconnect(request, estimate_flow(
+            served, first, second, serve.limits, serve.budget, answer=answer,
+            answer_bytes_per_pixel=encoder.bytes_per_pixel))
+        headers = {"x-model": served.name, "x-flow-height": str(shape[0]), "x-flow-width": str(shape[1])}
+        return Response(body, media_type=encoder.media_type, headers=headers)
 
     @app.get("/models", summary="Every model of the repository with its state")
     async def list_models(request: Request) -> JSONResponse:

@@ -14,7 +14,8 @@ forward passes.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 from typing import Any
 
 import numpy as np
@@ -34,6 +35,12 @@ from .common import TaskOptions, off_loop, request_deadline
 # result (48); and per tile pixel: the uint8 tile pair (6) and its float32 flow (8).
 FRAME_PIXEL_BYTES = 60
 TILE_PIXEL_BYTES = 14
+
+T = TypeVar("T")
+
+
+def _field(flow: np.ndarray) -> np.ndarray:
+    return flow
 
 
 class FlowOptions(TaskOptions):
@@ -136,11 +143,13 @@ class OpticalFlowRunner:
 
 
 async def estimate_flow(served: ServedModel, first: bytes, second: bytes, limits: MediaLimits, budget: DecodeBudget,
-                        deadline: float | None = None) -> np.ndarray:
-    """Flow ``(H, W, 2)`` float32 in pixels (x then y) from two encoded frames.
+                        deadline: float | None = None, *, answer: Callable[[np.ndarray], T] = _field,
+                        answer_bytes_per_pixel: int = 0) -> T:
+    """``answer`` of the flow ``(H, W, 2)`` float32 in pixels (x then y) from two encoded frames.
 
     Flow needs the frames at full size, so the request holds its whole working memory of the
-    decode budget, from before the frames are decoded until their flow is blended.
+    decode budget, from before the frames are decoded until ``answer`` (which encodes the
+    field for the client, holding ``answer_bytes_per_pixel``) has returned.
     """
     runner: OpticalFlowRunner = served.runner
     tiler = runner.tiler
@@ -152,7 +161,8 @@ async def estimate_flow(served: ServedModel, first: bytes, second: bytes, limits
                            code="frame_too_small")
     served.batcher.check_fits(tiler.tile_count(height, width))  # before decoding frames that could never be queued
     deadline = request_deadline(served, deadline)
-    async with budget.hold(tiler.working_bytes(height, width), model=served.name, deadline=deadline,
+    working = tiler.working_bytes(height, width) + height * width * answer_bytes_per_pixel
+    async with budget.hold(working, model=served.name, deadline=deadline,
                            subject=f"a flow request for {width}×{height} frames"):
         frame1, frame2 = await off_loop(decode_opened_pair, frames)
         height, width = frame1.shape[:2]  # upright: EXIF may have turned both
@@ -160,4 +170,4 @@ async def estimate_flow(served: ServedModel, first: bytes, second: bytes, limits
         del frame1, frame2
         flows = await served.batcher.submit_all(tiles, deadline=deadline)
         del tiles
-        return await off_loop(tiler.blend, flows, origins, height, width)
+        return await off_loop(lambda: answer(tiler.blend(flows, origins, height, width)))
