@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from starlette.datastructures import FormData, UploadFile
 
+from ..answers import ClassificationResponse, ErrorResponse, FillMaskResponse, ModelInfo, ModelList
 from ..engine import ModelRegistry
 from ..errors import ClientDisconnected, InvalidInput, InvalidRequest, ServeError, UnsupportedMediaType
 from ..media.budget import DecodeBudget
@@ -84,50 +85,6 @@ class FillMaskRequest(_Strict):
     model: str | None = None
     top_k: TopK = 5
     truncate: bool = Field(False, description="Cut texts longer than the model's limit instead of refusing.")
-
-
-class Prediction(BaseModel):
-    label: str
-    index: int
-    score: float
-
-
-class ClassificationResult(BaseModel):
-    predictions: list[Prediction]
-    logits: list[float] | None = None
-
-
-class ClassificationResponse(BaseModel):
-    model: str
-    results: list[ClassificationResult]
-
-
-class BytePrediction(BaseModel):
-    byte: int
-    char: str | None = Field(description="The byte as a character when it is printable ASCII.")
-    score: float
-
-
-class MaskedBytePrediction(BaseModel):
-    position: int
-    original: int | None = Field(description="The text's byte at this position; null for a [MASK] marker, "
-                                             "which stood for no byte of the text.")
-    predictions: list[BytePrediction]
-
-
-class FillMaskResponse(BaseModel):
-    model: str
-    text: str = Field(description="The text with each masked byte replaced by its best prediction.")
-    masked: list[MaskedBytePrediction]
-
-
-class ErrorBody(BaseModel):
-    code: str
-    message: str
-
-
-class ErrorResponse(BaseModel):
-    error: ErrorBody
 
 
 ERRORS = {status: {"model": ErrorResponse} for status in (400, 401, 404, 413, 415, 422, 429, 503, 504)}
@@ -363,11 +320,11 @@ def create_app(state: ServerState, *, api_key: str | None = None, max_body_bytes
         headers = {"x-model": served.name, "x-flow-height": str(shape[0]), "x-flow-width": str(shape[1])}
         return Response(body, media_type=encoder.media_type, headers=headers)
 
-    @app.get("/models", summary="Every model of the repository with its state")
+    @app.get("/models", response_model=ModelList, summary="Every model of the repository with its state")
     async def list_models(request: Request) -> JSONResponse:
         return JSONResponse(models_json(request.app.state.serve.registry))
 
-    @app.get("/models/{name}", responses={404: {"model": ErrorResponse}}, summary="One model")
+    @app.get("/models/{name}", response_model=ModelInfo, responses={404: {"model": ErrorResponse}}, summary="One model")
     async def get_model(request: Request, name: str) -> JSONResponse:
         return JSONResponse(request.app.state.serve.registry.get(name).describe())
 

@@ -1,0 +1,108 @@
+"""The server's answers as pydantic models: what REST sends as JSON and gRPC mirrors field by field.
+
+They live here, apart from the FastAPI app and the tasks, because two sides use them: the
+REST front end documents its responses with them, and :mod:`perceiver_serve.client` parses
+answers into them. This module imports pydantic only, so the client installs without torch
+or FastAPI (``pip install perceiver-serve[client]``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Answer(BaseModel):
+    # A newer server may add fields; a client keeps working and ignores them.
+    model_config = ConfigDict(extra="ignore")
+
+
+class Prediction(Answer):
+    label: str
+    index: int
+    score: float
+
+
+class ClassificationResult(Answer):
+    predictions: list[Prediction]
+    logits: list[float] | None = None
+
+
+class ClassificationResponse(Answer):
+    model: str
+    results: list[ClassificationResult]
+
+
+class BytePrediction(Answer):
+    byte: int
+    char: str | None = Field(None, description="The byte as a character when it is printable ASCII.")
+    score: float
+
+
+class MaskedBytePrediction(Answer):
+    position: int
+    original: int
+    predictions: list[BytePrediction]
+
+
+class FillMaskResponse(Answer):
+    model: str
+    text: str = Field(description="The text with each masked byte replaced by its best prediction.")
+    masked: list[MaskedBytePrediction]
+
+
+class ErrorBody(Answer):
+    code: str
+    message: str
+
+
+class ErrorResponse(Answer):
+    error: ErrorBody
+
+
+class BatchingConfig(Answer):
+    max_batch_size: int
+    max_delay_ms: float
+    max_queue: int
+    timeout_ms: float
+
+
+class VideoGeometry(Answer):
+    """What a video client must send: windows of ``frames_per_window`` square frames and their audio."""
+
+    frame_size: int = Field(description="Frames are centre-cropped square and resized to this many pixels a side.")
+    frames_per_window: int
+    audio_samples_per_window: int = Field(description="Mono samples at sample_rate that go with one window.")
+    sample_rate: int = Field(description="The audio rate the model takes and gives back, in Hz.")
+    fps: float = Field(description="The frame rate the model was trained on.")
+
+
+class ModelInfo(Answer):
+    name: str
+    task: str | None = None
+    state: str = Field(description="loading, ready or failed.")
+    reason: str | None = None
+    device: str | None = None
+    dtype: str | None = None
+    batching: BatchingConfig | None = None
+    options: dict[str, Any] | None = None
+    architecture: str | None = None
+    labels: int | None = None
+    load_seconds: float | None = None
+    video: VideoGeometry | None = Field(None, description="Video models, once loaded: the stream's geometry.")
+
+
+class ModelList(Answer):
+    models: list[ModelInfo]
+    defaults: dict[str, str] = Field(description="Task → the model a request for it gets when it names none.")
+
+
+class ModelHealth(Answer):
+    state: str
+    reason: str | None = None
+
+
+class Health(Answer):
+    status: str = Field(description="ready, not_ready or draining.")
+    models: dict[str, ModelHealth]

@@ -1,0 +1,117 @@
+"""The same calls over gRPC (grpc.aio), and the channel the video stream uses."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+import numpy as np
+from google.protobuf import json_format
+from google.protobuf.message import Message
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from ..answers import ClassificationResponse, FillMaskResponse, Health, ModelHealth, ModelList
+from ..pb.perceiver.v1 import perceiver_pb2 as pb
+from ..pb.perceiver.v1 import perceiver_pb2_grpc as rpc
+from .connection import Connection, with_retries
+from .errors import PerceiverError
+
+T = TypeVar("T")
+
+MAX_MESSAGE_BYTES = 256 << 20  # answers (a flow field) may be large; the server bounds what it sends
+
+
+def _trailer(error: grpc.aio.AioRpcError, key: str) -> str | None:
+    for name, value in error.trailing_metadata() or ():
+        if name == key:
+            return value if isinstance(value, str) else value.decode()
+    return None
+
+
+def grpc_error(error: grpc.aio.AioRpcError, target: str) -> PerceiverError:
+    status = error.code()
+    code = _trailer(error, "x-error-code")
+    message = error.details() or status.name
+    if code is None:  # gRPC itself failed the call: no server answer behind it
+        code = {grpc.StatusCode.UNAVAILABLE: "unreachable", grpc.StatusCode.DEADLINE_EXCEEDED: "deadline_exceeded",
+                grpc.StatusCode.CANCELLED: "cancelled"}.get(status, status.name.lower())
+        if status == grpc.StatusCode.UNAVAILABLE:
+            message = f"cannot reach {target}: {message}"
+    retry_after = _trailer(error, "retry-after")
+    return PerceiverError(code, message, status=status.name, request_id=_trailer(error, "x-request-id"),
+                          retry_after=float(retry_after) if retry_after else None)
+
+
+def as_dict(message: Message, *, defaults: bool = True) -> dict[str, Any]:
+    """A message as the dict REST would send (proto field names are the JSON keys)."""
+    return json_format.MessageToDict(message, preserving_proto_field_name=True,
+                                     always_print_fields_with_no_presence=defaults)
+
+
+def _classification(message: pb.ClassificationResponse) -> ClassificationResponse:
+    answer = as_dict(message)
+    for result in answer["results"]:
+        if not result.get("logits"):  # REST leaves logits out unless asked for them
+            result.pop("logits", None)
+    return ClassificationResponse.model_validate(answer)
+
+
+class GrpcTransport:
+    def __init__(self, connection: Connection) -> None:
+        self.connection = connection
+        options = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                   ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)]
+        if connection.tls or connection.ca is not None:
+            credentials = grpc.ssl_channel_credentials(root_certificates=connection.read_ca())
+            self.channel = grpc.aio.secure_channel(connection.grpc_address, credentials, options=options)
+        else:
+            self.channel = grpc.aio.insecure_channel(connection.grpc_address, options=options)
+        self.stub = rpc.PerceiverStub(self.channel)
+        self.metadata = (("authorization", f"Bearer {connection.api_key}"),) if connection.api_key else ()
+
+    async def aclose(self) -> None:
+        await self.channel.close()
+
+    async def unary(self, method: Callable[..., Awaitable[T]], request: Message) -> T:
+        async def once(timeout: float | None) -> T:
+            try:
+                return await method(request, metadata=self.metadata, timeout=timeout)
+            except grpc.aio.AioRpcError as exc:
+                raise grpc_error(exc, self.connection.grpc_address) from None
+
+        return await with_retries(once, self.connection.timeout, self.connection.retries)
+
+    async def classify_text(self, texts: list[str], top_k: int | None, model: str | None,
+                            return_logits: bool) -> ClassificationResponse:
+        request = pb.ClassifyTextRequest(texts=texts, top_k=top_k, model=model or "", return_logits=return_logits)
+        return _classification(await self.unary(self.stub.ClassifyText, request))
+
+    async def fill_mask(self, text: str, mask_spans: list[tuple[int, int]] | None, top_k: int | None,
+                        model: str | None, truncate: bool) -> FillMaskResponse:
+        spans = [pb.ByteSpan(start=start, end=end) for start, end in mask_spans or ()]
+        request = pb.FillMaskRequest(text=text, mask_spans=spans, top_k=top_k, model=model or "", truncate=truncate)
+        return FillMaskResponse.model_validate(as_dict(await self.unary(self.stub.FillMask, request)))
+
+    async def classify_image(self, image: bytes, top_k: int | None, model: str | None,
+                             return_logits: bool) -> ClassificationResponse:
+        request = pb.ClassifyImageRequest(image=image, top_k=top_k, model=model or "", return_logits=return_logits)
+        return _classification(await self.unary(self.stub.ClassifyImage, request))
+
+    async def estimate_flow(self, frame1: bytes, frame2: bytes, model: str | None) -> np.ndarray:
+        request = pb.EstimateFlowRequest(frame1=frame1, frame2=frame2, model=model or "")
+        answer = await self.unary(self.stub.EstimateFlow, request)
+        return np.frombuffer(answer.flow, "<f4").reshape(answer.height, answer.width, 2).copy()
+
+    async def list_models(self) -> ModelList:
+        answer = await self.unary(self.stub.ListModels, pb.ListModelsRequest())
+        return ModelList.model_validate(as_dict(answer, defaults=False))
+
+    async def health(self) -> Health:
+        """The standard health service for the server, and ListModels for each model's state."""
+        check = health_pb2_grpc.HealthStub(self.channel).Check
+        answer = await self.unary(check, health_pb2.HealthCheckRequest(service=""))
+        serving = answer.status == health_pb2.HealthCheckResponse.SERVING
+        models = await self.list_models()
+        return Health(status="ready" if serving else "not_ready",
+                      models={m.name: ModelHealth(state=m.state, reason=m.reason) for m in models.models})
