@@ -46,3 +46,9 @@ def make_clip(path: Path, *, seconds: float = 3.0, fps: int = 30, height: int = 
                 container.mux(audio.encode(sound))
             container.mux(audio.encode(None))
     return path
+
+
+if __name__ == "__main__":  # examples/clip.mp4, the README's input: python -m tests.client.clips examples/clip.mp4
+    import sys
+
+    make_clip(Path(sys.argv[1]), seconds=3.0, fps=30, height=180, width=240)

@@ -43,10 +43,10 @@ def grpc_error(error: grpc.aio.AioRpcError, target: str) -> PerceiverError:
                           retry_after=float(retry_after) if retry_after else None)
 
 
-def as_dict(message: Message, *, defaults: bool = True) -> dict[str, Any]:
+def as_dict(message: Message) -> dict[str, Any]:
     """A message as the dict REST would send (proto field names are the JSON keys)."""
     return json_format.MessageToDict(message, preserving_proto_field_name=True,
-                                     always_print_fields_with_no_presence=defaults)
+                                     always_print_fields_with_no_presence=True)
 
 
 def _classification(message: pb.ClassificationResponse) -> ClassificationResponse:
@@ -91,7 +91,11 @@ class GrpcTransport:
                         model: str | None, truncate: bool) -> FillMaskResponse:
         spans = [pb.ByteSpan(start=start, end=end) for start, end in mask_spans or ()]
         request = pb.FillMaskRequest(text=text, mask_spans=spans, top_k=top_k, model=model or "", truncate=truncate)
-        return FillMaskResponse.model_validate(as_dict(await self.unary(self.stub.FillMask, request)))
+        answer = as_dict(await self.unary(self.stub.FillMask, request))
+        for masked in answer["masked"]:
+            for prediction in masked["predictions"]:
+                prediction.setdefault("char", None)  # REST says null for a byte that is not printable
+        return FillMaskResponse.model_validate(answer)
 
     async def classify_image(self, image: bytes, top_k: int | None, model: str | None,
                              return_logits: bool) -> ClassificationResponse:
@@ -105,7 +109,11 @@ class GrpcTransport:
 
     async def list_models(self) -> ModelList:
         answer = await self.unary(self.stub.ListModels, pb.ListModelsRequest())
-        return ModelList.model_validate(as_dict(answer, defaults=False))
+        models = as_dict(answer)
+        for info in models["models"]:  # REST leaves out what a model does not have (yet)
+            for key in [key for key, value in info.items() if value == ""]:
+                del info[key]
+        return ModelList.model_validate(models)
 
     async def health(self) -> Health:
         """The standard health service for the server, and ListModels for each model's state."""
@@ -114,4 +122,5 @@ class GrpcTransport:
         serving = answer.status == health_pb2.HealthCheckResponse.SERVING
         models = await self.list_models()
         return Health(status="ready" if serving else "not_ready",
-                      models={m.name: ModelHealth(state=m.state, reason=m.reason) for m in models.models})
+                      models={m.name: ModelHealth(state=m.state, **({"reason": m.reason} if m.reason else {}))
+                              for m in models.models})

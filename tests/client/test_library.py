@@ -1,0 +1,121 @@
+"""The library itself: async and sync clients, retries on a full queue, the API key, cancelling a stream."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from benchmarks.servers import demo_model, write_repository
+from perceiver_serve.client import AsyncClient, Client, ClassificationResponse, PerceiverError
+from perceiver_serve.client.media import InputVideo
+
+from ..grpc.conftest import API_KEY, settings_for
+from ..grpc.inprocess import InProcessServer
+from ..grpc.inprocess import write_repository as write_video_repository
+from ..grpc.test_video import settled
+from ..support import running
+from .clips import make_clip
+
+LONG_TEXT = "a fairly long review of a film that goes on and on " * 30
+
+
+async def test_async_and_sync_clients_give_the_rest_answer(server, rest):
+    expected = rest.post("/classify/text", json={"texts": ["I loved it"], "top_k": 2}).json()
+    async with AsyncClient(server.url) as client:
+        answer = await client.classify_text("I loved it", top_k=2)
+    assert isinstance(answer, ClassificationResponse)
+    assert answer.model_dump(exclude_unset=True) == expected
+    with Client(server.url, grpc_address=f"127.0.0.1:{server.grpc_port}", use_grpc=True) as client:
+        assert client.classify_text(["I loved it"], top_k=2).model_dump(exclude_unset=True) == expected
+
+
+async def test_errors_carry_code_message_and_request_id(server):
+    async with AsyncClient(server.url) as client:
+        with pytest.raises(PerceiverError) as failure:
+            await client.classify_text("", model="text-sentiment")
+    error = failure.value
+    assert (error.code, error.status) == ("empty_text", "400") and error.request_id and error.message
+
+
+@pytest.fixture(scope="module")
+def queue_of_one(tmp_path_factory):
+    """A text classifier that batches one request and queues one more: the third waits outside."""
+    spec = {**demo_model("text-sentiment"), "batching": {"max_batch_size": 1, "max_queue": 1, "max_delay_ms": 0}}
+    root = write_repository(tmp_path_factory.mktemp("queue"), {"text-sentiment": spec})
+    with running("--api-key", API_KEY, repository=root, grpc=True) as proc:
+        yield proc
+
+
+@pytest.mark.parametrize("use_grpc", [False, True], ids=["rest", "grpc"])
+async def test_a_full_queue_is_retried_after_the_time_the_server_asks(queue_of_one, use_grpc):
+    options = dict(grpc_address=f"127.0.0.1:{queue_of_one.grpc_port}", use_grpc=use_grpc, api_key=API_KEY)
+
+    async def burst(retries: int) -> list:
+        async with AsyncClient(queue_of_one.url, retries=retries, **options) as client:
+            return await asyncio.gather(*(client.classify_text(LONG_TEXT) for _ in range(12)), return_exceptions=True)
+
+    refused = [r for r in await burst(0) if isinstance(r, PerceiverError)]
+    assert refused, "a burst of 12 never filled a queue of 1"
+    assert {(e.code, e.retry_after) for e in refused} == {("queue_full", 1.0)}
+    answers = await burst(20)
+    assert all(isinstance(a, ClassificationResponse) for a in answers), answers
+
+
+@pytest.mark.parametrize("use_grpc", [False, True], ids=["rest", "grpc"])
+def test_the_api_key(queue_of_one, monkeypatch, use_grpc):
+    options = dict(grpc_address=f"127.0.0.1:{queue_of_one.grpc_port}", use_grpc=use_grpc)
+    monkeypatch.delenv("PERCEIVER_API_KEY", raising=False)
+    with Client(queue_of_one.url, **options) as client, pytest.raises(PerceiverError) as failure:
+        client.list_models()
+    assert failure.value.code == "unauthenticated"
+    monkeypatch.setenv("PERCEIVER_API_KEY", API_KEY)  # the environment supplies it
+    with Client(queue_of_one.url, **options) as client:
+        assert [m.name for m in client.list_models().models] == ["text-sentiment"]
+
+
+# -- cancelling a stream stops the server's decoding -------------------------------------------------
+
+@pytest.fixture(scope="module")
+def video_server(tmp_path_factory):
+    server = InProcessServer(settings_for(write_video_repository(tmp_path_factory.mktemp("video"),
+                                                                 "video-autoencoder"))).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def long_clip(tmp_path_factory):
+    return make_clip(tmp_path_factory.mktemp("clip") / "in.mp4", seconds=2.4, height=48, width=48)  # 60 frames
+
+
+def test_leaving_the_stream_early_stops_the_decoding(video_server, long_clip):
+    runner = video_server.served("video-autoencoder").runner
+    before = runner.decoded_chunks
+    with Client(grpc_address=video_server.address, use_grpc=True, api_key=API_KEY) as client:
+        _, geometry = client.video_geometry()
+        stream = client.reconstruct_video(InputVideo(long_clip).pieces(geometry), chunks_per_window=64, windows=False)
+        for count, _ in enumerate(stream):
+            if count == 5:
+                break
+        stream.close()
+    assert settled(lambda: runner.decoded_chunks) - before < 15 * 65 // 2, "decoding ran on after the cancel"
+
+
+def test_ctrl_c_cancels_the_stream_and_leaves_no_file(video_server, long_clip, tmp_path):
+    runner = video_server.served("video-autoencoder").runner
+    before = runner.decoded_chunks
+    client = subprocess.Popen(
+        [sys.executable, "-m", "perceiver_serve.client.cli", "--grpc", "--grpc-address", video_server.address,
+         "--api-key", API_KEY, "reconstruct", str(long_clip), "-o", str(tmp_path / "out.mp4"),
+         "--labels", str(tmp_path / "labels.json"), "--chunks-per-window", "64"], stderr=subprocess.PIPE, text=True)
+    first = client.stderr.readline()
+    assert first.startswith("window 1/"), first + client.stderr.read()
+    client.send_signal(signal.SIGINT)
+    assert client.wait(60) == 130, client.stderr.read()
+    assert "cancelled" in client.stderr.read()
+    assert settled(lambda: runner.decoded_chunks) - before < 15 * 65 // 2, "decoding ran on after Ctrl-C"
+    assert list(tmp_path.iterdir()) == []
