@@ -78,6 +78,15 @@ class VideoGeometry(Answer):
     fps: float = Field(description="The frame rate the model was trained on.")
 
 
+class PrecisionCheck(Answer):
+    """A reduced-precision model's probe output compared with its float32 self at load."""
+
+    precision: str
+    argmax_agreement: float | None = None
+    rows: int
+    max_abs_diff: float
+
+
 class ModelInfo(Answer):
     name: str
     task: str | None = None
@@ -90,6 +99,9 @@ class ModelInfo(Answer):
     architecture: str | None = None
     labels: int | None = None
     load_seconds: float | None = None
+    requested_dtype: str | None = Field(None, description="The dtype model.toml asks for (may be auto).")
+    compile: bool | None = None
+    precision_check: PrecisionCheck | None = None
     video: VideoGeometry | None = Field(None, description="Video models, once loaded: the stream's geometry.")
 
 

@@ -111,7 +111,7 @@ class GrpcTransport:
         answer = await self.unary(self.stub.ListModels, pb.ListModelsRequest())
         models = as_dict(answer)
         for info in models["models"]:  # REST leaves out what a model does not have (yet)
-            for key in [key for key, value in info.items() if value == ""]:
+            for key in [key for key, value in info.items() if value == "" or value is False]:
                 del info[key]
         return ModelList.model_validate(models)
 
