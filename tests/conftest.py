@@ -1,6 +1,25 @@
 import os
 
+import httpx
+import pytest
+
+from .support import running
+
 # Tests run on small CPUs next to other work: keep torch to the cores we have, deterministic.
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+
+# -- one real process for the suite: `perceiver-serve serve` with REST and gRPC on the demo models --
+
+@pytest.fixture(scope="session")
+def process():
+    with running(grpc=True) as proc:
+        yield proc
+
+
+@pytest.fixture(scope="session")
+def rest(process):
+    with httpx.Client(base_url=process.url, timeout=60) as client:
+        yield client

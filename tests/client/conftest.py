@@ -1,29 +1,16 @@
+"""The session's real server is `process` (tests/conftest.py); these name it for perceiver-client."""
+
 from __future__ import annotations
 
-import httpx
 import pytest
 
-from ..support import running
 from .clips import make_clip
 
 
 @pytest.fixture(scope="session")
-def server():
-    """The real `perceiver-serve serve` on the demo models, REST and gRPC."""
-    with running(grpc=True) as proc:
-        yield proc
-
-
-@pytest.fixture(scope="session")
-def rest(server):
-    with httpx.Client(base_url=server.url, timeout=60) as client:
-        yield client
-
-
-@pytest.fixture(scope="session")
-def address(server) -> list[str]:
+def address(process) -> list[str]:
     """perceiver-client's flags for the session's server."""
-    return ["--url", server.url, "--grpc-address", f"127.0.0.1:{server.grpc_port}"]
+    return ["--url", process.url, "--grpc-address", f"127.0.0.1:{process.grpc_port}"]
 
 
 @pytest.fixture(scope="session")

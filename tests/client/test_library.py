@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import subprocess
 import sys
@@ -11,30 +12,32 @@ import pytest
 
 from benchmarks.servers import demo_model, write_repository
 from perceiver_serve.client import AsyncClient, Client, ClassificationResponse, PerceiverError
+from perceiver_serve.client.cli import main
 from perceiver_serve.client.media import InputVideo
 
 from ..grpc.conftest import API_KEY, settings_for
 from ..grpc.inprocess import InProcessServer
 from ..grpc.inprocess import write_repository as write_video_repository
 from ..grpc.test_video import settled
-from ..support import running
+from ..reliability.tls import client_context, self_signed
+from ..support import ServerProcess
 from .clips import make_clip
 
 LONG_TEXT = "a fairly long review of a film that goes on and on " * 30
 
 
-async def test_async_and_sync_clients_give_the_rest_answer(server, rest):
+async def test_async_and_sync_clients_give_the_rest_answer(process, rest):
     expected = rest.post("/classify/text", json={"texts": ["I loved it"], "top_k": 2}).json()
-    async with AsyncClient(server.url) as client:
+    async with AsyncClient(process.url) as client:
         answer = await client.classify_text("I loved it", top_k=2)
     assert isinstance(answer, ClassificationResponse)
     assert answer.model_dump(exclude_unset=True) == expected
-    with Client(server.url, grpc_address=f"127.0.0.1:{server.grpc_port}", use_grpc=True) as client:
+    with Client(process.url, grpc_address=f"127.0.0.1:{process.grpc_port}", use_grpc=True) as client:
         assert client.classify_text(["I loved it"], top_k=2).model_dump(exclude_unset=True) == expected
 
 
-async def test_errors_carry_code_message_and_request_id(server):
-    async with AsyncClient(server.url) as client:
+async def test_errors_carry_code_message_and_request_id(process):
+    async with AsyncClient(process.url) as client:
         with pytest.raises(PerceiverError) as failure:
             await client.classify_text("", model="text-sentiment")
     error = failure.value
@@ -43,16 +46,27 @@ async def test_errors_carry_code_message_and_request_id(server):
 
 @pytest.fixture(scope="module")
 def queue_of_one(tmp_path_factory):
-    """A text classifier that batches one request and queues one more: the third waits outside."""
+    """Over TLS, with an API key: a text classifier that batches one request and queues one more."""
+    tmp = tmp_path_factory.mktemp("queue")
     spec = {**demo_model("text-sentiment"), "batching": {"max_batch_size": 1, "max_queue": 1, "max_delay_ms": 0}}
-    root = write_repository(tmp_path_factory.mktemp("queue"), {"text-sentiment": spec})
-    with running("--api-key", API_KEY, repository=root, grpc=True) as proc:
+    root = write_repository(tmp / "repo", {"text-sentiment": spec})
+    cert, key = self_signed(tmp)
+    with ServerProcess("--api-key", API_KEY, "--tls-cert", str(cert), "--tls-key", str(key), repository=root,
+                       grpc=True) as proc:
+        proc.wait(verify=client_context(cert))
+        proc.cert = cert
         yield proc
+        assert proc.stop() == 0, proc.logs()
+
+
+def secure(server, **options) -> dict:
+    """Client options for the TLS server: its address, and its certificate as the CA to trust."""
+    return dict(grpc_address=f"127.0.0.1:{server.grpc_port}", tls=True, ca=str(server.cert), **options)
 
 
 @pytest.mark.parametrize("use_grpc", [False, True], ids=["rest", "grpc"])
 async def test_a_full_queue_is_retried_after_the_time_the_server_asks(queue_of_one, use_grpc):
-    options = dict(grpc_address=f"127.0.0.1:{queue_of_one.grpc_port}", use_grpc=use_grpc, api_key=API_KEY)
+    options = secure(queue_of_one, use_grpc=use_grpc, api_key=API_KEY)
 
     async def burst(retries: int) -> list:
         async with AsyncClient(queue_of_one.url, retries=retries, **options) as client:
@@ -67,7 +81,7 @@ async def test_a_full_queue_is_retried_after_the_time_the_server_asks(queue_of_o
 
 @pytest.mark.parametrize("use_grpc", [False, True], ids=["rest", "grpc"])
 def test_the_api_key(queue_of_one, monkeypatch, use_grpc):
-    options = dict(grpc_address=f"127.0.0.1:{queue_of_one.grpc_port}", use_grpc=use_grpc)
+    options = secure(queue_of_one, use_grpc=use_grpc)
     monkeypatch.delenv("PERCEIVER_API_KEY", raising=False)
     with Client(queue_of_one.url, **options) as client, pytest.raises(PerceiverError) as failure:
         client.list_models()
@@ -75,6 +89,16 @@ def test_the_api_key(queue_of_one, monkeypatch, use_grpc):
     monkeypatch.setenv("PERCEIVER_API_KEY", API_KEY)  # the environment supplies it
     with Client(queue_of_one.url, **options) as client:
         assert [m.name for m in client.list_models().models] == ["text-sentiment"]
+
+
+@pytest.mark.parametrize("transport", [[], ["--grpc"]], ids=["rest", "grpc"])
+def test_tls_needs_the_servers_ca(queue_of_one, capsys, transport):
+    flags = ["--url", queue_of_one.url, "--grpc-address", f"127.0.0.1:{queue_of_one.grpc_port}", "--tls",
+             "--api-key", API_KEY, "--timeout", "10", *transport]
+    assert main([*flags, "--ca", str(queue_of_one.cert), "classify-text", "hi", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["model"] == "text-sentiment"
+    assert main([*flags, "classify-text", "hi"]) == 1  # the system's CAs do not know a self-signed certificate
+    assert "unreachable" in capsys.readouterr().err
 
 
 # -- cancelling a stream stops the server's decoding -------------------------------------------------

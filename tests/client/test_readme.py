@@ -34,12 +34,12 @@ def inputs(folder: Path) -> None:
     shutil.copy(REPO / "examples" / "clip.mp4", folder / "input.mp4")
 
 
-def test_every_readme_command_runs(server, tmp_path):
+def test_every_readme_command_runs(process, tmp_path):
     found = commands()
     assert {c.split()[1] for c in found} >= {"classify-text", "fill-mask", "classify-image", "flow", "reconstruct",
                                               "models", "health"}
     inputs(tmp_path)
-    env = {**os.environ, "PERCEIVER_URL": server.url, "PERCEIVER_GRPC": f"127.0.0.1:{server.grpc_port}",
+    env = {**os.environ, "PERCEIVER_URL": process.url, "PERCEIVER_GRPC": f"127.0.0.1:{process.grpc_port}",
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     for command in found:
         run = subprocess.run(command, shell=True, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
@@ -47,10 +47,10 @@ def test_every_readme_command_runs(server, tmp_path):
     assert {"flow.png", "out.mp4", "labels.json"} <= {p.name for p in tmp_path.iterdir()}
 
 
-def test_the_python_snippet_runs(server, tmp_path):
+def test_the_python_snippet_runs(process, tmp_path):
     inputs(tmp_path)
-    code = snippet().replace("http://127.0.0.1:8000", server.url).replace("127.0.0.1:50051",
-                                                                          f"127.0.0.1:{server.grpc_port}")
+    code = snippet().replace("http://127.0.0.1:8000", process.url).replace("127.0.0.1:50051",
+                                                                          f"127.0.0.1:{process.grpc_port}")
     run = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     assert run.stdout.splitlines()[-1] == "(60, 80, 2)"

@@ -7,16 +7,16 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import av
 import numpy as np
 import pytest
 
-from perceiver_serve.client import Client, ReconstructedWindow, StreamStarted
+from perceiver_serve.client import Client, ReconstructedWindow
 from perceiver_serve.client.cli import main
 from perceiver_serve.client.media import InputVideo
 from perceiver_serve.pb.perceiver.v1 import perceiver_pb2 as pb
+from perceiver_serve.pb.perceiver.v1 import perceiver_pb2_grpc
 
 from ..support import ServerProcess, grpc_channel
 from .clips import make_clip
@@ -27,13 +27,6 @@ FPS, SIZE, FRAMES_PER_WINDOW, RATE = 25, 32, 4, 1600  # the demo model's, as the
 def reconstruct(capsys, address, source, output, *extra: str) -> tuple[int, str]:
     code = main([*address, "reconstruct", str(source), "-o", str(output), *extra])
     return code, capsys.readouterr().err
-
-
-def streams(path):
-    with av.open(str(path)) as container:
-        video = container.streams.video[0]
-        frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
-        return container, video, container.streams.audio, frames
 
 
 def test_an_mp4_comes_back_at_the_model_geometry_with_audio_and_labels(capsys, address, mp4, tmp_path):
@@ -55,9 +48,9 @@ def test_an_mp4_comes_back_at_the_model_geometry_with_audio_and_labels(capsys, a
     assert sorted(p.name for p in tmp_path.iterdir()) == ["labels.json", "out.mp4"]
 
 
-def test_the_windows_equal_the_raw_grpc_stream_of_the_same_frames(server, mp4, tmp_path):
+def test_the_windows_equal_the_raw_grpc_stream_of_the_same_frames(process, mp4, tmp_path):
     """The library's assembled windows are exactly the chunks a hand-built raw stream returns."""
-    with Client(server.url, grpc_address=f"127.0.0.1:{server.grpc_port}") as client:
+    with Client(process.url, grpc_address=f"127.0.0.1:{process.grpc_port}") as client:
         name, geometry = client.video_geometry()
         pieces = list(InputVideo(mp4).pieces(geometry))[:3]
         got = [w for w in client.reconstruct_video(pieces) if isinstance(w, ReconstructedWindow)]
@@ -69,9 +62,7 @@ def test_the_windows_equal_the_raw_grpc_stream_of_the_same_frames(server, mp4, t
                 frames=[pb.Frame(raw=pb.RawFrame(height=SIZE, width=SIZE, rgb=f.tobytes())) for f in frames],
                 audio=pb.Audio(raw=pb.RawAudio(pcm_f32le=audio.astype("<f4").tobytes(), sample_rate=RATE))))
 
-    from perceiver_serve.pb.perceiver.v1 import perceiver_pb2_grpc
-
-    with grpc_channel(server.grpc_port) as channel:
+    with grpc_channel(process.grpc_port) as channel:
         replies = list(perceiver_pb2_grpc.PerceiverStub(channel).ReconstructVideo(requests(), timeout=60))
     assert len(got) == 3
     for window in got:
@@ -83,10 +74,10 @@ def test_the_windows_equal_the_raw_grpc_stream_of_the_same_frames(server, mp4, t
         np.testing.assert_array_equal(window.frames.reshape(-1, 3), rgb)
 
 
-def test_the_mp4_shows_the_reconstructed_pixels(capsys, server, address, mp4, tmp_path):
+def test_the_mp4_shows_the_reconstructed_pixels(capsys, process, address, mp4, tmp_path):
     output = tmp_path / "out.mp4"
     assert reconstruct(capsys, address, mp4, output)[0] == 0
-    with Client(server.url, grpc_address=f"127.0.0.1:{server.grpc_port}") as client:
+    with Client(process.url, grpc_address=f"127.0.0.1:{process.grpc_port}") as client:
         _, geometry = client.video_geometry()
         pieces = list(InputVideo(mp4).pieces(geometry))[:2]
         windows = [w for w in client.reconstruct_video(pieces) if isinstance(w, ReconstructedWindow)]

@@ -1,13 +1,12 @@
 from __future__ import annotations
 
 import grpc
-import httpx
 import pytest
 
 from perceiver_serve.pb.perceiver.v1 import perceiver_pb2_grpc
 from perceiver_serve.settings import Settings
 
-from ..support import grpc_channel, running
+from ..support import grpc_channel
 from .inprocess import InProcessServer, write_repository
 
 API_KEY = "grpc-test-key"
@@ -15,19 +14,7 @@ AUTH = (("authorization", f"Bearer {API_KEY}"),)
 MAX_MESSAGE_MB = 1.0
 
 
-# -- the real process: `perceiver-serve serve` with REST and gRPC on the demo repository -----------
-
-@pytest.fixture(scope="session")
-def process():
-    with running(grpc=True) as proc:
-        yield proc
-
-
-@pytest.fixture(scope="session")
-def rest(process):
-    with httpx.Client(base_url=process.url, timeout=60) as client:
-        yield client
-
+# -- the real process (`process`, `rest`: tests/conftest.py) ---------------------------------------
 
 @pytest.fixture(scope="session")
 def channel(process):
