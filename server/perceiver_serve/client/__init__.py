@@ -10,10 +10,11 @@ from ..answers import (ClassificationResponse, FillMaskResponse, Health, ModelIn
 from .client import AsyncClient, Client
 from .connection import Connection
 from .errors import InputError, PerceiverError
+from .files import Reconstruction
 from .video import ReconstructedWindow, StreamStarted, VideoChunk, VideoPiece, WindowLabels
 
 __all__ = [
     "AsyncClient", "ClassificationResponse", "Client", "Connection", "FillMaskResponse", "Health", "InputError",
-    "ModelInfo", "ModelList", "PerceiverError", "Prediction", "ReconstructedWindow", "StreamStarted",
-    "VideoChunk", "VideoGeometry", "VideoPiece", "WindowLabels",
+    "ModelInfo", "ModelList", "PerceiverError", "Prediction", "Reconstruction", "ReconstructedWindow",
+    "StreamStarted", "VideoChunk", "VideoGeometry", "VideoPiece", "WindowLabels",
 ]

@@ -9,12 +9,11 @@ or bad input (a missing or unreadable file, or the server refusing the input as 
 from __future__ import annotations
 
 import argparse
-import contextlib
+import dataclasses
 import json
 import os
 import struct
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +24,8 @@ from ..answers import ClassificationResponse, FillMaskResponse
 from .client import Client
 from .connection import API_KEY_ENV, Connection
 from .errors import InputError, PerceiverError
+from .files import replacing
 from .progress import Progress
-from .video import StreamStarted, VideoChunk, WindowAssembler
 
 FLOW_SUFFIXES = {".npy": "npy", ".flo": "flo", ".png": "png"}
 EXIT_OK, EXIT_SERVER, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -110,7 +109,7 @@ def flow(client: Client, args: argparse.Namespace) -> int:
     else:
         field = client.estimate_flow(args.frame1, args.frame2, model=args.model)
         data, shape = (npy_bytes if fmt == "npy" else flo_bytes)(field), field.shape[:2]
-    with _replacing(output) as partial:
+    with replacing(output) as partial:
         partial.write_bytes(data)
     if args.json:
         _print_json({"output": str(output), "format": fmt, "bytes": len(data),
@@ -144,69 +143,18 @@ def health(client: Client, args: argparse.Namespace) -> int:
     return EXIT_OK if answer.status == "ready" else EXIT_SERVER
 
 
-@contextlib.contextmanager
-def _replacing(path: Path) -> Iterator[Path]:
-    """A file written beside ``path`` and moved onto it only when the block succeeds."""
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    try:
-        yield partial
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
-
-
 def reconstruct(client: Client, args: argparse.Namespace) -> int:
-    from .media import InputVideo, OutputVideo  # PyAV: only this command needs it
-
-    video = InputVideo(args.input)  # a bad file fails here, before the server is asked anything
-    name, geometry = client.video_geometry(args.model)
-    if not video.has_audio and not args.json:
-        print(f"{args.input}: no audio track, sending silence", file=sys.stderr)
-    progress = Progress(video.windows(geometry), sys.stderr)
-
-    def pieces():
-        for piece in video.pieces(geometry):
-            yield piece
-            progress.window_sent()
-
-    output: OutputVideo | None = None
-    assembler: WindowAssembler | None = None
-    labels: list[dict[str, Any]] = []
+    progress = Progress(sys.stderr, args.input)
     try:
-        for event in client.reconstruct_video(pieces(), model=name, chunks_per_window=args.chunks_per_window,
-                                              top_k=args.top_k, windows=False):
-            if isinstance(event, StreamStarted):
-                assembler = WindowAssembler(event)
-                output = OutputVideo(args.output, event.height, event.width, geometry.fps, event.sample_rate)
-                continue
-            if isinstance(event, VideoChunk):
-                progress.chunk_received()
-            if assembler is not None and (window := assembler.add(event)) is not None:
-                output.write(window.frames, window.audio)
-                labels.append({"window": window.index, "real_frames": window.labels.real_frames,
-                               "padded": window.labels.padded,
-                               "predictions": [p.model_dump() for p in window.labels.predictions]})
-                progress.window_done()
-        if output is None:
-            raise PerceiverError("protocol_error", "the stream ended before it started")
-        if args.labels:
-            with _replacing(Path(args.labels)) as partial:
-                partial.write_text(json.dumps(labels, indent=1))
-        output.commit()
-    except BaseException:
-        if output is not None:
-            output.discard()
-        raise
+        done = client.reconstruct_file(args.input, args.output, labels=args.labels, model=args.model,
+                                       chunks_per_window=args.chunks_per_window, top_k=args.top_k, progress=progress)
     finally:
         progress.close()
-    summary = {"output": str(args.output), "model": name, "frames": output.frames, "windows": len(labels),
-               "fps": geometry.fps, "frame_size": [assembler.started.height, assembler.started.width],
-               "audio": video.has_audio, "labels": labels}
     if args.json:
-        _print_json(summary)
+        _print_json({**dataclasses.asdict(done), "output": str(done.output)})
     else:
-        print(f"wrote {args.output}: {output.frames} frames of {assembler.started.width}×{assembler.started.height} "
-              f"at {geometry.fps:g} fps, {len(labels)} windows" + (f"; labels in {args.labels}" if args.labels else ""))
+        print(f"wrote {done.output}: {done.frames} frames of {done.width}×{done.height} at {done.fps:g} fps, "
+              f"{done.windows} windows" + (f"; labels in {args.labels}" if args.labels else ""))
     return EXIT_OK
 
 

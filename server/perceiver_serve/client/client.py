@@ -20,6 +20,7 @@ import numpy as np
 from ..answers import ClassificationResponse, FillMaskResponse, Health, ModelList, VideoGeometry
 from .connection import Connection
 from .errors import InputError, PerceiverError
+from .files import Reconstruction, reconstruct_file
 from .grpc_transport import GrpcTransport
 from .rest_transport import RestTransport
 from .video import ReconstructedWindow, StreamEvent, StreamStarted, VideoPiece, reconstruct_windows, stream_events
@@ -206,6 +207,10 @@ class Client:
 
     def video_geometry(self, model: str | None = None) -> tuple[str, VideoGeometry]:
         return self._run(self._async.video_geometry(model))
+
+    def reconstruct_file(self, source: str | os.PathLike, output: str | os.PathLike, **kwargs: Any) -> Reconstruction:
+        """Reconstruct a video file (any container FFmpeg reads) into an MP4; see :func:`.files.reconstruct_file`."""
+        return reconstruct_file(self, source, output, **kwargs)
 
     def reconstruct_video(self, pieces: Iterable[VideoPiece], **kwargs: Any
                           ) -> Iterator[StreamStarted | ReconstructedWindow | StreamEvent]:

@@ -14,12 +14,18 @@ def _clock(seconds: float) -> str:
 
 
 class Progress:
-    def __init__(self, windows: int | None, out: TextIO) -> None:
-        self.total = windows
+    def __init__(self, out: TextIO, source: str = "") -> None:
         self.out = out
+        self.source = source
         self.tty = out.isatty()
+        self.total: int | None = None
         self.started = time.monotonic()
         self.sent = self.chunks = self.done = 0
+
+    def begin(self, windows: int | None, has_audio: bool) -> None:
+        self.total = windows
+        if not has_audio:
+            print(f"{self.source}: no audio track, sending silence", file=self.out, flush=True)
 
     def window_sent(self) -> None:
         self.sent += 1

@@ -80,8 +80,8 @@ class RestTransport:
 
     async def flow_file(self, frame1: bytes, frame2: bytes, fmt: str, model: str | None) -> bytes:
         """The flow field encoded by the server: ``npy``, ``flo``, ``png`` or ``json``."""
-        response = await self.request("POST", "/flow", files={"frame1": ("frame1", frame1), "frame2": ("frame2", frame2)},
-                                      data=_form(format=fmt, model=model))
+        files = {"frame1": ("frame1", frame1), "frame2": ("frame2", frame2)}
+        response = await self.request("POST", "/flow", files=files, data=_form(format=fmt, model=model))
         return response.content
 
     async def estimate_flow(self, frame1: bytes, frame2: bytes, model: str | None) -> np.ndarray:
@@ -100,4 +100,6 @@ def _fields(**fields: Any) -> dict[str, Any]:
 
 
 def _form(**fields: Any) -> dict[str, str]:
-    return {name: str(value).lower() if isinstance(value, bool) else str(value) for name, value in _fields(**fields).items()}
+    """Form fields as the server parses them (booleans as true/false)."""
+    return {name: str(value).lower() if isinstance(value, bool) else str(value)
+            for name, value in _fields(**fields).items()}
