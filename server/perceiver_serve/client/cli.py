@@ -147,7 +147,8 @@ def reconstruct(client: Client, args: argparse.Namespace) -> int:
     progress = Progress(sys.stderr, args.input)
     try:
         done = client.reconstruct_file(args.input, args.output, labels=args.labels, model=args.model,
-                                       chunks_per_window=args.chunks_per_window, top_k=args.top_k, progress=progress)
+                                       chunks_per_window=args.chunks_per_window, top_k=args.top_k,
+                                       timeout=args.timeout, progress=progress)
     finally:
         progress.close()
     if args.json:
@@ -175,7 +176,7 @@ def _connection_flags(parser: argparse.ArgumentParser, defaults: bool) -> None:
     group.add_argument("--tls", action="store_true", default=default(False), help="gRPC over TLS")
     group.add_argument("--ca", default=default(None), metavar="PEM", help="CA bundle to trust (REST and gRPC)")
     group.add_argument("--timeout", type=float, default=default(None), metavar="S",
-                       help="deadline per call in seconds (default 60; none for reconstruct)")
+                       help="deadline per call in seconds (default 60; reconstruct: none, else the whole stream's)")
     group.add_argument("--json", action="store_true", default=default(False), help="print machine-readable JSON")
 
 
@@ -224,11 +225,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    timeout = args.timeout if args.timeout is not None else (None if args.command == "reconstruct" else 60.0)
+    options = {"api_key": args.api_key} if args.api_key else {}  # else the environment's, if any
+    if args.timeout is not None:
+        options["timeout"] = args.timeout
     try:
-        with Client(args.url, grpc_address=args.grpc_address, use_grpc=args.grpc,
-                    api_key=args.api_key or os.environ.get(API_KEY_ENV) or None, tls=args.tls, ca=args.ca,
-                    timeout=timeout) as client:
+        with Client(args.url, grpc_address=args.grpc_address, use_grpc=args.grpc, tls=args.tls, ca=args.ca,
+                    **options) as client:
             return args.handler(client, args)
     except PerceiverError as exc:
         print(f"perceiver-client: {exc}", file=sys.stderr)

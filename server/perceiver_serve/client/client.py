@@ -129,15 +129,17 @@ class AsyncClient:
     # -- the video stream ----------------------------------------------------------------------
     async def reconstruct_video(self, pieces: Iterable[VideoPiece] | AsyncIterable[VideoPiece], *,
                                 model: str | None = None, chunks_per_window: int | None = None,
-                                top_k: int | None = None, windows: bool = True
+                                top_k: int | None = None, windows: bool = True, timeout: float | None = None
                                 ) -> AsyncIterator[StreamStarted | ReconstructedWindow | StreamEvent]:
         """Stream ``pieces`` (frames with their audio) to ``ReconstructVideo``.
 
         Yields :class:`StreamStarted`, then each :class:`ReconstructedWindow` whole; with
         ``windows=False``, every chunk and label message as it arrives. Closing the iterator
-        early cancels the call.
+        early cancels the call. A stream lasts as long as its video, so it has no deadline
+        unless ``timeout`` (seconds, for the whole stream) sets one.
         """
-        events = stream_events(self.grpc, pieces, model=model, chunks_per_window=chunks_per_window, top_k=top_k)
+        events = stream_events(self.grpc, pieces, model=model, chunks_per_window=chunks_per_window, top_k=top_k,
+                               timeout=timeout)
         stream = reconstruct_windows(events) if windows else events
         async with contextlib.aclosing(stream):
             async for item in stream:
@@ -152,24 +154,33 @@ class Client:
         self._thread = threading.Thread(target=self._loop.run_forever, name="perceiver-client", daemon=True)
         self._thread.start()
         self._async = AsyncClient(url, **options)
+        self._running: asyncio.Task | None = None
         self.connection = self._async.connection
 
     def _run(self, work: Coroutine[Any, Any, T]) -> T:
-        finished = threading.Event()
-
         async def run() -> T:
+            self._running = asyncio.current_task()
             try:
                 return await work
             finally:
-                finished.set()
+                self._running = None
 
-        future = asyncio.run_coroutine_threadsafe(run(), self._loop)
         try:
-            return future.result()
-        except BaseException:  # KeyboardInterrupt too: cancel the call, and let it wind down
-            future.cancel()
-            finished.wait(CANCEL_WAIT_S)
+            return asyncio.run_coroutine_threadsafe(run(), self._loop).result()
+        except BaseException:  # KeyboardInterrupt too, wherever it landed: cancel the call, let it wind down
+            asyncio.run_coroutine_threadsafe(self._cancel_running(), self._loop).result(CANCEL_WAIT_S)
             raise
+
+    async def _cancel_running(self) -> None:
+        """Cancel the call in flight, if any, and wait until it has finished (and told the server).
+
+        Scheduled after it, this runs after the call's first step even when the interrupt came
+        while the call was being handed to the loop.
+        """
+        task = self._running
+        if task is not None and not task.done():
+            task.cancel()
+            await asyncio.wait([task])
 
     def close(self) -> None:
         if self._loop.is_running():

@@ -22,7 +22,7 @@ class Connection:
 
     REST carries the unary calls unless ``use_grpc``; the video stream is gRPC only. ``tls``
     turns TLS on for gRPC; ``ca`` is a PEM bundle trusted for both, in place of the system's.
-    ``timeout`` is each call's deadline in seconds (retries included; ``None``: none), and
+    ``timeout`` is each unary call's deadline in seconds (retries included; ``None``: none), and
     ``retries`` bounds how often a call refused with a Retry-After (a full queue) is sent again.
     """
 

@@ -55,7 +55,8 @@ def replacing(path: Path) -> Iterator[Path]:
 def reconstruct_file(client: "Client", source: str | os.PathLike, output: str | os.PathLike, *,
                      labels: str | os.PathLike | None = None, model: str | None = None,
                      chunks_per_window: int | None = None, top_k: int | None = None,
-                     progress: ReconstructionProgress | None = None) -> Reconstruction:
+                     timeout: float | None = None, progress: ReconstructionProgress | None = None
+                     ) -> Reconstruction:
     """Stream ``source`` through the video model; write the reconstruction (MP4) and the labels (JSON)."""
     from .media import InputVideo, OutputVideo  # PyAV: only files need it
 
@@ -75,7 +76,7 @@ def reconstruct_file(client: "Client", source: str | os.PathLike, output: str | 
     per_window: list[dict[str, Any]] = []
     try:
         for event in client.reconstruct_video(pieces(), model=name, chunks_per_window=chunks_per_window,
-                                              top_k=top_k, windows=False):
+                                              top_k=top_k, windows=False, timeout=timeout):
             if isinstance(event, StreamStarted):
                 assembler = WindowAssembler(event)
                 writer = OutputVideo(output, event.height, event.width, geometry.fps, event.sample_rate)

@@ -106,7 +106,7 @@ async def _aiter(pieces: Iterable[VideoPiece] | AsyncIterable[VideoPiece]) -> As
 
 async def stream_events(transport: GrpcTransport, pieces: Iterable[VideoPiece] | AsyncIterable[VideoPiece], *,
                         model: str | None = None, chunks_per_window: int | None = None,
-                        top_k: int | None = None) -> AsyncIterator[StreamEvent]:
+                        top_k: int | None = None, timeout: float | None = None) -> AsyncIterator[StreamEvent]:
     """Every message of one stream, as events; media is sent once the server has said its sample rate.
 
     Each piece goes out as one message with its frames and their audio together, so the
@@ -126,7 +126,6 @@ async def stream_events(transport: GrpcTransport, pieces: Iterable[VideoPiece] |
             failed.append(exc)
             call.cancel()
 
-    timeout = transport.connection.timeout
     call = transport.stub.ReconstructVideo(requests(), metadata=transport.metadata, timeout=timeout)
     try:
         async for message in call:
