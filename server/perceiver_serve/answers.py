@@ -42,7 +42,7 @@ class BytePrediction(Answer):
 
 class MaskedBytePrediction(Answer):
     position: int
-    original: int
+    original: int | None = Field(None, description="The text's byte at this position; null for a [MASK] marker.")
     predictions: list[BytePrediction]
 
 
@@ -68,16 +68,6 @@ class BatchingConfig(Answer):
     timeout_ms: float
 
 
-class VideoGeometry(Answer):
-    """What a video client must send: windows of ``frames_per_window`` square frames and their audio."""
-
-    frame_size: int = Field(description="Frames are centre-cropped square and resized to this many pixels a side.")
-    frames_per_window: int
-    audio_samples_per_window: int = Field(description="Mono samples at sample_rate that go with one window.")
-    sample_rate: int = Field(description="The audio rate the model takes and gives back, in Hz.")
-    fps: float = Field(description="The frame rate the model was trained on.")
-
-
 class PrecisionCheck(Answer):
     """A reduced-precision model's probe output compared with its float32 self at load."""
 
@@ -97,12 +87,13 @@ class ModelInfo(Answer):
     batching: BatchingConfig | None = None
     options: dict[str, Any] | None = None
     architecture: str | None = None
-    labels: int | None = None
+    labels: int | None = Field(None, description="How many labels a classifier (or video window) answers with.")
+    labels_url: str | None = Field(None, description="Where REST serves the label names.")
     load_seconds: float | None = None
     requested_dtype: str | None = Field(None, description="The dtype model.toml asks for (may be auto).")
     compile: bool | None = None
     precision_check: PrecisionCheck | None = None
-    video: VideoGeometry | None = Field(None, description="Video models, once loaded: the stream's geometry.")
+    geometry: dict[str, Any] | None = Field(None, description="The task's shapes, once the model is loaded.")
 
 
 class ModelList(Answer):

@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from perceiver_serve.client.cli import main
+from perceiver_serve.client.video import VideoGeometry
 
 
 def picture(path, seed: int, size=(40, 56)):
@@ -92,11 +93,11 @@ def test_models_carry_the_video_geometry(capsys, address, rest, transport):
     code, out, _ = run(capsys, *address, *transport, "models", "--json")
     assert code == 0
     answer = json.loads(out)
-    assert answer["defaults"] == rest.get("/models").json()["defaults"]
-    video = {m["name"]: m for m in answer["models"]}["video-autoencoder"]["video"]
-    assert video == {"frame_size": 32, "frames_per_window": 4, "audio_samples_per_window": 256,
-                     "sample_rate": 1600, "fps": 25.0}
-    assert rest.get("/models/video-autoencoder").json()["video"] == video
+    assert answer == rest.get("/models").json()
+    geometry = {m["name"]: m for m in answer["models"]}["video-autoencoder"]["geometry"]
+    assert geometry == rest.get("/models/video-autoencoder").json()["geometry"]  # gRPC's numbers are floats
+    assert VideoGeometry.of(geometry) == VideoGeometry(frame_size=32, frames_per_window=4,
+                                                       audio_samples_per_window=256, sample_rate=1600, fps=25.0)
 
 
 @pytest.mark.parametrize("transport", [[], ["--grpc"]], ids=["rest", "grpc"])

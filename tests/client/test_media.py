@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from perceiver_serve.answers import VideoGeometry
 from perceiver_serve.client.media import InputVideo
+from perceiver_serve.client.video import VideoGeometry
 
 OFFICIAL = VideoGeometry(frame_size=224, frames_per_window=16, audio_samples_per_window=30_720,
                          sample_rate=48_000, fps=25.0)

@@ -5,13 +5,12 @@ Answers are the server's own models (:mod:`perceiver_serve.answers`); every fail
 :class:`PerceiverError`.
 """
 
-from ..answers import (ClassificationResponse, FillMaskResponse, Health, ModelInfo, ModelList, Prediction,
-                       VideoGeometry)
+from ..answers import ClassificationResponse, FillMaskResponse, Health, ModelInfo, ModelList, Prediction
 from .client import AsyncClient, Client
 from .connection import Connection
 from .errors import InputError, PerceiverError
 from .files import Reconstruction
-from .video import ReconstructedWindow, StreamStarted, VideoChunk, VideoPiece, WindowLabels
+from .video import ReconstructedWindow, StreamStarted, VideoChunk, VideoGeometry, VideoPiece, WindowLabels
 
 __all__ = [
     "AsyncClient", "ClassificationResponse", "Client", "Connection", "FillMaskResponse", "Health", "InputError",

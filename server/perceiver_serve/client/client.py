@@ -17,13 +17,14 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from ..answers import ClassificationResponse, FillMaskResponse, Health, ModelList, VideoGeometry
+from ..answers import ClassificationResponse, FillMaskResponse, Health, ModelList
 from .connection import Connection
 from .errors import InputError, PerceiverError
 from .files import Reconstruction, reconstruct_file
 from .grpc_transport import GrpcTransport
 from .rest_transport import RestTransport
-from .video import ReconstructedWindow, StreamEvent, StreamStarted, VideoPiece, reconstruct_windows, stream_events
+from .video import (ReconstructedWindow, StreamEvent, StreamStarted, VideoGeometry, VideoPiece, reconstruct_windows,
+                    stream_events)
 
 T = TypeVar("T")
 
@@ -121,10 +122,10 @@ class AsyncClient:
         found = next((m for m in models.models if m.name == name), None)
         if found is None or found.task != VIDEO_TASK:
             raise PerceiverError("model_not_found", f"the server has no {VIDEO_TASK} model named {name!r}")
-        if found.video is None:
+        if found.geometry is None:
             why = f"it is {found.state}" + (f": {found.reason}" if found.reason else "")
             raise PerceiverError("not_ready", f"model {name!r} cannot stream yet ({why})")
-        return name, found.video
+        return name, VideoGeometry.of(found.geometry)
 
     # -- the video stream ----------------------------------------------------------------------
     async def reconstruct_video(self, pieces: Iterable[VideoPiece] | AsyncIterable[VideoPiece], *,

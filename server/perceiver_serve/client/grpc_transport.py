@@ -92,7 +92,8 @@ class GrpcTransport:
         spans = [pb.ByteSpan(start=start, end=end) for start, end in mask_spans or ()]
         request = pb.FillMaskRequest(text=text, mask_spans=spans, top_k=top_k, model=model or "", truncate=truncate)
         answer = as_dict(await self.unary(self.stub.FillMask, request))
-        for masked in answer["masked"]:
+        for masked in answer["masked"]:  # REST says null where gRPC leaves an optional field out
+            masked.setdefault("original", None)
             for prediction in masked["predictions"]:
                 prediction.setdefault("char", None)  # REST says null for a byte that is not printable
         return FillMaskResponse.model_validate(answer)
@@ -113,6 +114,8 @@ class GrpcTransport:
         for info in models["models"]:  # REST leaves out what a model does not have (yet)
             for key in [key for key, value in info.items() if value == "" or value is False]:
                 del info[key]
+            if "labels_url" not in info:  # a label count only for models that answer with labels
+                info.pop("labels", None)
         return ModelList.model_validate(models)
 
     async def health(self) -> Health:

@@ -20,9 +20,8 @@ from pathlib import Path
 import av
 import numpy as np
 
-from ..answers import VideoGeometry
 from .errors import InputError
-from .video import VideoPiece
+from .video import VideoGeometry, VideoPiece
 
 # Rates AAC can carry; the model's own rate (1,600 Hz for the demo model) may not be one.
 AAC_RATES = (7350, 8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000, 64000, 88200, 96000)

@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping, Sequence
+from typing import Any
 
 import grpc
 import numpy as np
@@ -24,6 +25,27 @@ from .grpc_transport import GrpcTransport, grpc_error
 # One window's worth of input: RGB frames (H, W, 3) uint8 of one size, and the mono float32
 # audio that goes with them at the model's sample rate (None for a stream without audio).
 VideoPiece = tuple[Sequence[np.ndarray], "np.ndarray | None"]
+
+
+@dataclasses.dataclass(frozen=True)
+class VideoGeometry:
+    """What a stream must carry: windows of ``frames_per_window`` square frames and their audio."""
+
+    frame_size: int               # frames are centre-cropped square and resized to this many pixels a side
+    frames_per_window: int
+    audio_samples_per_window: int  # mono, at sample_rate
+    sample_rate: int
+    fps: float                    # the frame rate the model was trained on
+
+    @classmethod
+    def of(cls, geometry: Mapping[str, Any]) -> "VideoGeometry":
+        """From a video model's ``geometry`` in ``GET /models`` or ``ListModels`` (numbers may come as floats)."""
+        height, width = (int(side) for side in geometry["frame_size"])
+        if height != width:
+            raise PerceiverError("unsupported_model", f"the model's frames are {width}×{height}, not square")
+        frames = int(geometry["frames_per_window"])
+        return cls(height, frames, frames * int(geometry["audio_samples_per_frame"]), int(geometry["sample_rate"]),
+                   float(geometry["fps"]))
 
 
 @dataclasses.dataclass(frozen=True)
