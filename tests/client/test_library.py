@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from benchmarks.servers import demo_model, write_repository
-from perceiver_serve.client import AsyncClient, Client, ClassificationResponse, PerceiverError
+from perceiver_serve.client import AsyncClient, ClassificationResponse, Client, InputError, PerceiverError
 from perceiver_serve.client.cli import main
 from perceiver_serve.client.media import InputVideo
 
@@ -143,3 +143,19 @@ def test_ctrl_c_cancels_the_stream_and_leaves_no_file(video_server, long_clip, t
     assert "cancelled" in client.stderr.read()
     assert settled(lambda: runner.decoded_chunks) - before < 15 * 65 // 2, "decoding ran on after Ctrl-C"
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_source_that_fails_mid_stream_ends_the_stream_with_its_own_error(process, mp4):
+    """A file that stops decoding part-way: the caller gets that error, not a gRPC one, and the call is cancelled."""
+    with Client(process.url, grpc_address=f"127.0.0.1:{process.grpc_port}") as client:
+        _, geometry = client.video_geometry()
+
+        def pieces():
+            source = InputVideo(mp4).pieces(geometry)
+            yield next(source)
+            yield next(source)
+            raise InputError("in.mp4: cannot be decoded (Invalid data found when processing input)")
+
+        with pytest.raises(InputError, match="cannot be decoded"):
+            for _ in client.reconstruct_video(pieces()):
+                pass
