@@ -81,3 +81,17 @@ def server_text_spec(quick: bool = False) -> HeadSpec:
     config = {**_SERVER_TEXT, **(_QUICK["language"] if quick else {}), "num_labels": 2,
               "attention_probs_dropout_prob": 0.0}
     return HeadSpec("server-text-classifier", "PerceiverForSequenceClassification", config)
+
+
+#: Issue 12's mid-size text classifier: 128 latents × 512, 8 self-attention layers, widening factor 1,
+#: d_model 256, qk_channels 256, 3 labels (the model behind its throughput table); v_channels must equal
+#: d_latents for the self-attention residual.
+_CLASSIFIER = {**_LANGUAGE, "num_latents": 128, "d_latents": 512, "num_self_attends_per_block": 8, "d_model": 256,
+               "qk_channels": 256, "v_channels": 512, "self_attention_widening_factor": 1,
+               "cross_attention_widening_factor": 1, "num_labels": 3}
+
+
+def classifier_spec(quick: bool = False) -> HeadSpec:
+    config = {**_CLASSIFIER, **(_QUICK["language"] if quick else {}), "num_labels": 3,
+              "attention_probs_dropout_prob": 0.0}
+    return HeadSpec("mid-text-classifier", "PerceiverForSequenceClassification", config)

@@ -54,6 +54,16 @@ def alternate(runs: dict[str, Callable[[], object]], reps: int,
     return timings
 
 
+def items_per_second(forward: Callable[[], object], items: int, budget_s: float) -> float:
+    """``items`` per call of ``forward`` over at least ``budget_s`` seconds and two calls, after one warm-up call."""
+    forward()
+    runs, start = 0, time.perf_counter()
+    while time.perf_counter() - start < budget_s or runs < 2:
+        forward()
+        runs += 1
+    return items * runs / (time.perf_counter() - start)
+
+
 def _numel(shape) -> int:
     return math.prod(shape)
 

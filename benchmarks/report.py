@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import torch
+from perceiver_serve.modeling.precision import describe_cpu
 
 
 class Progress:
@@ -49,6 +50,7 @@ def environment() -> dict[str, Any]:
         "cpu": cpu,
         "cpu_count": os.cpu_count(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu_features": describe_cpu(),
         "torch_threads": torch.get_num_threads(),
         "python": platform.python_version(),
         "torch": torch.__version__,
@@ -83,7 +85,8 @@ def git_commit() -> str | None:
 
 def machine_line(env: dict[str, Any], threads: int | None = None) -> str:
     """``Machine: CPU, N cores (ISA), T torch threads; torch X, transformers Y.`` for a report's header."""
-    return (f"Machine: {env['cpu']}, {env['cpu_count']} cores ({env['cpu_capability']}), "
+    features = f"; {env['cpu_features']}" if "cpu_features" in env else ""
+    return (f"Machine: {env['cpu']}, {env['cpu_count']} cores ({env['cpu_capability']}{features}), "
             f"{threads or env['torch_threads']} torch threads; torch {env['torch']}, "
             f"transformers {env['transformers']}, Python {env['python']}.")
 

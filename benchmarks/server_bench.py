@@ -7,6 +7,8 @@ and idle while not measured. A load generator in its own process (:mod:`benchmar
 sweeps concurrency for text classification (a mid-size classifier, random weights written at
 run time), image classification and optical flow (the demo models), the servers interleaved
 level by level. Then sequential requests time REST against gRPC on the tiny demo text model.
+Last, :mod:`benchmarks.served_ratio` serves issue 12's mid-size classifier in each precision and
+compile setting (``--variants``) and sets its served throughput beside the isolated model's.
 Writes ``server.json``, ``server.md``, ``server_throughput.png`` and ``server_latency.png``.
 """
 
@@ -24,7 +26,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import report
+from . import report, served_ratio
+from .measure import items_per_second
 from .checkpoints import checkpoint_dir, load_reference
 from .configs import server_text_spec
 from .servers import (
@@ -143,12 +146,7 @@ def model_batch_scaling(checkpoint: Path, threads: int, budget_s: float) -> dict
 
     def rate(forward, size: int) -> float:
         ids, mask = tokenizer.batch([tokenizer.encode(TEXTS[i % len(TEXTS)]) for i in range(size)])
-        forward(ids, mask)
-        runs, start = 0, time.perf_counter()
-        while time.perf_counter() - start < budget_s or runs < 2:
-            forward(ids, mask)
-            runs += 1
-        return size * runs / (time.perf_counter() - start)
+        return items_per_second(lambda: forward(ids, mask), size, budget_s)
 
     ours, reference = load_model(checkpoint), load_reference(checkpoint)
     with torch.inference_mode():
@@ -221,6 +219,7 @@ def write_markdown(path: Path, payload: dict[str, Any]) -> None:
               str(r["failed"])] for name, r in over["latency_ms"].items()]),
         (f"\nREST − gRPC, median: answered {over['rest_minus_grpc_ms']['classify']:+.2f} ms, "
          f"rejected {over['rest_minus_grpc_ms']['rejected']:+.2f} ms.\n"),
+        *([served_ratio.markdown(payload["served_ratio"])] if payload.get("served_ratio") else []),
         "Plots: [`server_throughput.png`](server_throughput.png), [`server_latency.png`](server_latency.png).\n",
         "## Environment\n",
         report.markdown_table(["key", "value"], [[k, str(v)] for k, v in env.items()]),
@@ -266,6 +265,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny model, concurrency 1 and 4, few requests: < 1 min")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--threads", type=int, default=2, help="torch threads of each server (default 2)")
+    parser.add_argument("--variants", default=None,
+                        help="served-vs-isolated variants (default: fp32,int8 with --quick, else all of "
+                             + ", ".join(served_ratio.VARIANTS) + "); 'none' skips them")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     say = report.Progress(sys.stderr)  # stdout stays free for the load generator's JSON
@@ -308,6 +310,11 @@ def main(argv: list[str] | None = None) -> int:
 
     say("model alone: batch 1 vs batch 16 items/s")
     scaling = model_batch_scaling(text_checkpoint, args.threads, 0.5 if args.quick else 5.0)
+    variants = args.variants or ("fp32,int8" if args.quick else ",".join(served_ratio.VARIANTS))
+    ratio = None
+    if variants != "none":
+        say(f"served vs isolated: {variants}")
+        ratio = served_ratio.measure(variants.split(","), args.quick, args.threads, 1 if args.quick else 3, say)
     lat = over["latency_ms"]
     over["rest_minus_grpc_ms"] = {"classify": lat["rest_classify"]["p50"] - lat["grpc_classify"]["p50"],
                                   "rejected": lat["rest_rejected"]["p50"] - lat["grpc_rejected"]["p50"]}
@@ -316,6 +323,7 @@ def main(argv: list[str] | None = None) -> int:
         "environment": report.environment(), "server_threads": args.threads,
         "batching": BATCHING, "text_model_config": spec.config, "headline": headline(results["text"]),
         "model_batch_scaling": scaling, "sweeps": results, "overhead": over, "server_exit_codes": exit_codes,
+        "served_ratio": ratio,
     }
     report.write_json(args.out / "server.json", payload)
     write_markdown(args.out / "server.md", payload)

@@ -1,0 +1,147 @@
+"""Served against isolated throughput, per precision and compile setting of one model.
+
+``python -m benchmarks.served_ratio [--quick] [--variants fp32,int8,...] [--rounds N]`` (also run by
+:mod:`benchmarks.server_bench`). One perceiver-serve process serves the mid-size text
+classifier of issue 12 in each variant (``max_batch_size = 32``); a load generator in its own
+process sends ≈100-byte texts from 16 and 32 closed-loop clients, the variants interleaved,
+``--rounds`` times to show the spread. With the servers idle, each variant is then loaded in
+this process and run alone on the same texts in batches of 16 and 32: the isolated batched
+throughput. The served / isolated ratio says how much of its model's speed the server keeps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from . import report
+from .measure import items_per_second
+from .checkpoints import checkpoint_dir
+from .configs import classifier_spec
+from .servers import Service, perceiver_serve, write_repository
+
+DEFAULT_OUT = Path(__file__).resolve().parent / "results"
+TMP = DEFAULT_OUT / "tmp"
+#: Variant → model.toml settings.
+VARIANTS = {
+    "fp32": {"dtype": "float32"},
+    "bf16": {"dtype": "bfloat16"},
+    "int8": {"dtype": "int8"},
+    "compiled": {"dtype": "float32", "compile": True},
+    "compiled-int8": {"dtype": "int8", "compile": True},
+}
+BATCHING = {"max_batch_size": 32, "max_delay_ms": 5, "max_queue": 1024, "timeout_ms": 300_000}
+LEVELS = (16, 32)
+
+
+def _served(server: Service, variants: list[str], rounds: int, requests: int, duration: float,
+            say: report.Progress) -> dict[str, dict[int, list[dict[str, Any]]]]:
+    from .server_bench import loadgen
+
+    served: dict[str, dict[int, list[dict[str, Any]]]] = {v: {c: [] for c in LEVELS} for v in variants}
+    targets = [arg for v in variants for arg in ("--target", f"{v}={server.url}#text-{v}")]
+    for r in range(rounds):
+        say(f"  round {r + 1}/{rounds}: {', '.join(variants)} at {LEVELS} clients")
+        result = loadgen(["sweep", "--endpoint", "text", *targets, "--levels", ",".join(map(str, LEVELS)),
+                          "--requests", str(requests), "--duration", str(duration)],
+                         timeout=len(variants) * len(LEVELS) * (duration + 60) + 60)
+        for v in variants:
+            for c, level in zip(LEVELS, result["results"][v]):
+                served[v][c].append(level)
+    return served
+
+
+def isolated(checkpoint: Path, variant: str, threads: int, budget_s: float) -> dict[int, float]:
+    """Items/s of the variant alone on the load generator's texts, at each batch size of LEVELS."""
+    import torch
+    from perceiver_serve.modeling import ByteTokenizer, load_model
+
+    from .loadgen import TEXTS
+
+    torch.set_num_threads(threads)
+    settings = VARIANTS[variant]
+    model = load_model(checkpoint, dtype=settings["dtype"], compile=settings.get("compile", False))
+    tokenizer = ByteTokenizer()
+    rates = {}
+    with torch.inference_mode():
+        for size in LEVELS:
+            ids, mask = tokenizer.batch([tokenizer.encode(TEXTS[i % len(TEXTS)]) for i in range(size)])
+            rates[size] = items_per_second(lambda: model(ids, mask), size, budget_s)  # noqa: B023 - called at once
+    return rates
+
+
+def measure(variants: list[str], quick: bool, threads: int, rounds: int, say: report.Progress) -> dict[str, Any]:
+    spec = classifier_spec(quick)
+    checkpoint = checkpoint_dir(spec)
+    models = {f"text-{v}": {"task": "text-classification", "source": str(checkpoint), "device": "cpu",
+                            "default": False, **VARIANTS[v]} for v in variants}
+    requests, duration = (16, 3.0) if quick else (192, 10.0)
+    TMP.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="served-ratio-", dir=TMP) as work:
+        repository = write_repository(Path(work) / "repository", models, BATCHING)
+        server, _ = perceiver_serve("perceiver-serve-variants", repository, Path(work), threads)
+        try:
+            say(f"starting perceiver-serve with {', '.join(models)} (compiled variants warm every shape first)")
+            server.wait_ready(timeout=1800)
+            served = _served(server, variants, rounds, requests, duration, say)
+        finally:
+            exit_code = server.stop()
+    rows = []
+    for v in variants:
+        say(f"  {v} alone, batches of {LEVELS}")
+        alone = isolated(checkpoint, v, threads, 0.5 if quick else 5.0)
+        for c in LEVELS:
+            rps = [level["throughput_rps"] for level in served[v][c]]
+            batches = [level["mean_batch_size"] for level in served[v][c] if level["mean_batch_size"]]
+            rows.append({"variant": v, "concurrency": c, "served_rps": rps, "served_median": statistics.median(rps),
+                         "mean_batch": statistics.mean(batches) if batches else None, "isolated": alone[c],
+                         "ratio": statistics.median(rps) / alone[c],
+                         "failed": sum(level["failed"] for level in served[v][c])})
+    return {"model": spec.name, "config": spec.config, "batching": BATCHING, "rounds": rounds,
+            "requests_per_level": requests, "rows": rows, "server_exit_code": exit_code}
+
+
+def markdown(result: dict[str, Any]) -> str:
+    rows = [[r["variant"], str(r["concurrency"]),
+             f"{r['served_median']:.1f} ({', '.join(f'{x:.1f}' for x in r['served_rps'])})",
+             "–" if r["mean_batch"] is None else f"{r['mean_batch']:.1f}", f"{r['isolated']:.1f}",
+             f"**{r['ratio']:.0%}**", str(r["failed"])] for r in result["rows"]]
+    return (f"## Served vs isolated: `{result['model']}` in every variant\n\n"
+            f"One server holds every variant (`max_batch_size = {result['batching']['max_batch_size']}`, "
+            f"`max_delay_ms = {result['batching']['max_delay_ms']}`); {result['rounds']} rounds of at most "
+            f"{result['requests_per_level']} requests per level, variants interleaved. Isolated: the same model "
+            "alone in the benchmark process, batches of as many texts as there are clients.\n\n"
+            + report.markdown_table(["variant", "clients", "served req/s, median (rounds)", "mean batch",
+                                     "isolated items/s", "served / isolated", "failed"], rows))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="tiny model, few requests: checks the harness")
+    parser.add_argument("--variants", default="fp32,int8,compiled", help="comma-separated: " + ", ".join(VARIANTS))
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    args = parser.parse_args(argv)
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    if unknown := [v for v in variants if v not in VARIANTS]:
+        parser.error(f"unknown variant(s) {unknown}; known: {list(VARIANTS)}")
+    say = report.Progress(sys.stderr)
+    result = measure(variants, args.quick, args.threads, args.rounds, say)
+    result["environment"] = report.environment()
+    args.out.mkdir(parents=True, exist_ok=True)
+    report.write_json(args.out / "served_ratio.json", result)
+    (args.out / "served_ratio.md").write_text(
+        markdown(result) + "\n" + report.machine_line(result["environment"], args.threads) + "\n", encoding="utf-8")
+    for r in result["rows"]:
+        say(f"{r['variant']:14s} c={r['concurrency']}: served {r['served_median']:.1f} req/s, isolated "
+            f"{r['isolated']:.1f} items/s, ratio {r['ratio']:.0%}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,47 @@
+"""The variant harnesses cannot rot: quick runs of benchmarks.variants (ours in every precision beside
+transformers and ONNX Runtime) and benchmarks.served_ratio (served against isolated throughput)."""
+
+import json
+
+import pytest
+
+from . import run_quick
+
+ROWS = ["transformers fp32", "ours fp32", "ours bf16", "ours int8", "onnxruntime fp32", "onnxruntime int8"]
+
+
+@pytest.fixture(scope="module")
+def variants(tmp_path_factory):
+    out = tmp_path_factory.mktemp("variants")
+    run_quick("benchmarks.variants", out, "--models", "text-classifier", "--rows", ",".join(ROWS), "--reps", "1")
+    return json.loads((out / "variants.json").read_text()), (out / "variants.md").read_text()
+
+
+def test_every_row_is_timed_and_compared_with_transformers(variants):
+    payload, markdown = variants
+    (result,) = payload["results"]
+    assert [r["row"] for r in result["rows"]] == ROWS
+    assert result["sets"] == ["batch 16", "batch 1"]
+    for row in result["rows"]:
+        assert all(row[name]["items_per_s"] > 0 for name in result["sets"]), row["row"]
+        assert row["agreement_rows"] == 16
+    by_row = {r["row"]: r for r in result["rows"]}
+    assert by_row["transformers fp32"]["max_abs_diff"] == 0
+    for exact in ("ours fp32", "onnxruntime fp32"):  # the same float32 computation, up to rounding
+        assert by_row[exact]["max_abs_diff"] < 1e-4 and by_row[exact]["argmax_agreement"] == 1.0
+    for reduced in ("ours bf16", "ours int8", "onnxruntime int8"):
+        assert by_row[reduced]["argmax_agreement"] >= 0.9 and by_row[reduced]["max_abs_diff"] > 0
+    assert payload["environment"]["cpu_features"] in markdown  # every result names the CPU's features
+    assert "vs ORT int8" in markdown
+
+
+def test_served_ratio_quick(tmp_path):
+    run_quick("benchmarks.served_ratio", tmp_path, "--variants", "fp32,int8", "--rounds", "1")
+    result = json.loads((tmp_path / "served_ratio.json").read_text())
+    assert result["server_exit_code"] == 0
+    assert [(r["variant"], r["concurrency"]) for r in result["rows"]] == [
+        ("fp32", 16), ("fp32", 32), ("int8", 16), ("int8", 32)]
+    for row in result["rows"]:
+        assert row["failed"] == 0 and row["served_median"] > 0 and row["isolated"] > 0
+        assert row["ratio"] == pytest.approx(row["served_median"] / row["isolated"])
+    assert "served / isolated" in (tmp_path / "served_ratio.md").read_text()
