@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import threading
-from collections.abc import AsyncIterable, AsyncIterator, Coroutine, Iterable, Iterator, Sequence
-from typing import Any, TypeVar
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Coroutine, Iterable, Iterator, Sequence
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import numpy as np
 
@@ -27,6 +28,7 @@ from .video import (ReconstructedWindow, StreamEvent, StreamStarted, VideoGeomet
                     stream_events)
 
 T = TypeVar("T")
+P = ParamSpec("P")
 
 VIDEO_TASK = "video-autoencoding"
 CANCEL_WAIT_S = 10.0  # how long an interrupted call may take to cancel (and tell the server)
@@ -147,6 +149,16 @@ class AsyncClient:
                 yield item
 
 
+def _blocking(method: Callable[Concatenate[AsyncClient, P], Coroutine[Any, Any, T]]
+              ) -> Callable[Concatenate["Client", P], T]:
+    """``Client``'s version of an ``AsyncClient`` method: run on the client's loop, waited for."""
+    @functools.wraps(method)
+    def call(self: "Client", *args: P.args, **kwargs: P.kwargs) -> T:
+        return self._run(method(self._async, *args, **kwargs))
+
+    return call
+
+
 class Client:
     """The blocking twin of :class:`AsyncClient`: same arguments, same methods, same results."""
 
@@ -205,29 +217,15 @@ class Client:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def classify_text(self, *args: Any, **kwargs: Any) -> ClassificationResponse:
-        return self._run(self._async.classify_text(*args, **kwargs))
-
-    def fill_mask(self, *args: Any, **kwargs: Any) -> FillMaskResponse:
-        return self._run(self._async.fill_mask(*args, **kwargs))
-
-    def classify_image(self, *args: Any, **kwargs: Any) -> ClassificationResponse:
-        return self._run(self._async.classify_image(*args, **kwargs))
-
-    def estimate_flow(self, *args: Any, **kwargs: Any) -> np.ndarray:
-        return self._run(self._async.estimate_flow(*args, **kwargs))
-
-    def flow_file(self, *args: Any, **kwargs: Any) -> bytes:
-        return self._run(self._async.flow_file(*args, **kwargs))
-
-    def list_models(self) -> ModelList:
-        return self._run(self._async.list_models())
-
-    def health(self) -> Health:
-        return self._run(self._async.health())
-
-    def video_geometry(self, model: str | None = None) -> tuple[str, VideoGeometry]:
-        return self._run(self._async.video_geometry(model))
+    # The unary calls are AsyncClient's, run to completion: same signatures, same documentation.
+    classify_text = _blocking(AsyncClient.classify_text)
+    fill_mask = _blocking(AsyncClient.fill_mask)
+    classify_image = _blocking(AsyncClient.classify_image)
+    estimate_flow = _blocking(AsyncClient.estimate_flow)
+    flow_file = _blocking(AsyncClient.flow_file)
+    list_models = _blocking(AsyncClient.list_models)
+    health = _blocking(AsyncClient.health)
+    video_geometry = _blocking(AsyncClient.video_geometry)
 
     def reconstruct_file(self, source: str | os.PathLike, output: str | os.PathLike, **kwargs: Any) -> Reconstruction:
         """Reconstruct a video file (any container FFmpeg reads) into an MP4; see :func:`.files.reconstruct_file`."""
