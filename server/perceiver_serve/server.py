@@ -22,9 +22,10 @@ import time
 
 import uvicorn
 
-from .api.grpc import GrpcServer
 from .allocator import fix_mmap_threshold
-from .api.rest import ServerState, create_app
+from .api.grpc import GrpcServer
+from .api.rest import create_app
+from .api.state import ServerState
 from .engine import ModelRegistry, ModelRepository
 from .engine.registry import FAILED, READY
 from .errors import PortUnavailable
@@ -32,6 +33,7 @@ from .media.budget import DecodeBudget
 from .media.image import allow_pixels
 from .metrics import Metrics
 from .settings import Settings
+from .tasks import TASKS
 from .tasks.common import configure_preprocess_pool
 
 log = logging.getLogger("perceiver_serve")
@@ -53,7 +55,7 @@ class _Uvicorn(uvicorn.Server):
 def build_state(settings: Settings) -> ServerState:
     allow_pixels(settings.max_image_pixels)
     metrics = Metrics()
-    repository = ModelRepository.scan(settings.model_repository)
+    repository = ModelRepository.scan(settings.model_repository, TASKS)  # the engine learns the tasks here
     registry = ModelRegistry(repository, observer=metrics, progress=log.info)
     budget = DecodeBudget(settings.max_decode_bytes, on_change=metrics.observe_decode_bytes,
                           on_reject=metrics.observe_rejected)

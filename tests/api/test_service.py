@@ -1,7 +1,6 @@
 """Models, health, OpenAPI, routing errors, body limits and API keys on the real server."""
 
 import asyncio
-import io
 
 import httpx
 import numpy as np

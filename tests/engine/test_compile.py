@@ -5,6 +5,7 @@ import random
 import pytest
 import torch
 
+from perceiver_serve.tasks import TASKS
 from perceiver_serve.engine import ModelRegistry, ModelRepository
 from perceiver_serve.modeling import ByteTokenizer
 from perceiver_serve.modeling.compiled import bucket_length, compiled_graphs, length_buckets
@@ -18,7 +19,7 @@ def compiled_registry(tmp_path_factory, text_checkpoint):
     write_model(root, "compiled", "compile = true\n" + GOOD, text_checkpoint)
     write_model(root, "eager", GOOD, text_checkpoint)
     messages: list[str] = []
-    registry = ModelRegistry(ModelRepository.scan(root), progress=messages.append)
+    registry = ModelRegistry(ModelRepository.scan(root, TASKS), progress=messages.append)
     registry.load_all()
     yield registry, messages
     registry.stop()

@@ -3,6 +3,7 @@
 import pytest
 from google.protobuf import json_format
 
+from perceiver_serve.tasks import TASKS
 from perceiver_serve.engine import ModelRegistry, ModelRepository
 from perceiver_serve.modeling import precision
 from perceiver_serve.pb.perceiver.v1 import perceiver_pb2 as pb
@@ -16,7 +17,7 @@ def registry(tmp_path_factory, text_checkpoint):
     for dtype in ("int8", "auto", "float32"):
         write_model(root, dtype, GOOD.replace('dtype = "float32"', f'dtype = "{dtype}"'), text_checkpoint)
     messages: list[str] = []
-    registry = ModelRegistry(ModelRepository.scan(root), progress=messages.append)
+    registry = ModelRegistry(ModelRepository.scan(root, TASKS), progress=messages.append)
     registry.load_all()
     yield registry, messages
     registry.stop()

@@ -5,6 +5,7 @@ import textwrap
 
 import pytest
 
+from perceiver_serve.tasks import TASKS
 from perceiver_serve.engine import ModelRegistry, ModelRepository, ModelSpec, RepositoryError, SpecProblem
 from perceiver_serve.errors import ModelNotFound, NotReady
 
@@ -32,7 +33,7 @@ def write_model(root, name, toml, checkpoint=None):
 
 def test_good_spec_parses(tmp_path):
     write_model(tmp_path, "sentiment", GOOD)
-    repo = ModelRepository.scan(tmp_path)
+    repo = ModelRepository.scan(tmp_path, TASKS)
     (spec,) = repo.specs
     assert isinstance(spec, ModelSpec) and spec.name == "sentiment" and spec.batching.max_batch_size == 4
     assert not repo.problems
@@ -56,7 +57,7 @@ def test_good_spec_parses(tmp_path):
 )
 def test_bad_specs_name_file_and_field(tmp_path, toml, fragments):
     write_model(tmp_path, "broken", toml)
-    (problem,) = ModelRepository.scan(tmp_path).problems
+    (problem,) = ModelRepository.scan(tmp_path, TASKS).problems
     assert isinstance(problem, SpecProblem)
     assert str(tmp_path / "broken" / "model.toml") in problem.message
     for fragment in fragments:
@@ -66,21 +67,21 @@ def test_bad_specs_name_file_and_field(tmp_path, toml, fragments):
 def test_invalid_folder_name(tmp_path):
     write_model(tmp_path, ".hidden", GOOD)
     write_model(tmp_path, "ok", GOOD)
-    repo = ModelRepository.scan(tmp_path)
+    repo = ModelRepository.scan(tmp_path, TASKS)
     assert [p.name for p in repo.problems] == [".hidden"] and "not a valid model name" in repo.problems[0].message
 
 
 def test_unusable_repository(tmp_path):
     with pytest.raises(RepositoryError, match="not a directory"):
-        ModelRepository.scan(tmp_path / "missing")
+        ModelRepository.scan(tmp_path / "missing", TASKS)
     with pytest.raises(RepositoryError, match="no \\*/model.toml"):
-        ModelRepository.scan(tmp_path)
+        ModelRepository.scan(tmp_path, TASKS)
 
 
 def test_offline_hub_source_fails_with_advice(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     write_model(tmp_path, "remote", GOOD.replace('source = "checkpoint"', 'source = "hf://deepmind/language-perceiver"'))
-    registry = ModelRegistry(ModelRepository.scan(tmp_path))
+    registry = ModelRegistry(ModelRepository.scan(tmp_path, TASKS))
     registry.load_all()
     reason = registry.get("remote").reason
     assert "cannot fetch hf://deepmind/language-perceiver" in reason and "--local-dir" in reason
@@ -94,7 +95,7 @@ def test_broken_checkpoint_fails_alone_and_others_serve(tmp_path, text_checkpoin
     write_model(tmp_path, "badtoml", "task = 'fill-mask'\n")
     write_model(tmp_path, "badopts", GOOD + "[options]\nwarp = 9\n", text_checkpoint)
     write_model(tmp_path, "wrongtask", GOOD.replace("text-classification", "fill-mask"), text_checkpoint)
-    registry = ModelRegistry(ModelRepository.scan(tmp_path))
+    registry = ModelRegistry(ModelRepository.scan(tmp_path, TASKS))
     try:
         registry.load_all()
         states = {name: m.state for name, m in registry.models.items()}
@@ -121,7 +122,7 @@ def test_default_flag_picks_the_task_default(tmp_path, text_checkpoint):
     write_model(tmp_path, "alpha", GOOD, text_checkpoint)
     write_model(tmp_path, "beta", GOOD.replace('dtype = "float32"', 'dtype = "float32"\ndefault = true'),
                 text_checkpoint)
-    registry = ModelRegistry(ModelRepository.scan(tmp_path))
+    registry = ModelRegistry(ModelRepository.scan(tmp_path, TASKS))
     try:
         registry.load_all()
         assert registry.ready

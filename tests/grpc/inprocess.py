@@ -12,7 +12,7 @@ import threading
 from pathlib import Path
 
 from perceiver_serve.api.grpc import GrpcServer
-from perceiver_serve.api.rest import ServerState
+from perceiver_serve.api.state import ServerState
 from perceiver_serve.server import build_state
 from perceiver_serve.settings import Settings
 

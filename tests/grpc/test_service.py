@@ -118,7 +118,7 @@ def test_a_flow_answer_over_the_limit_is_refused_clearly(local, monkeypatch):
     async def big_flow(*args, **kwargs):  # what 300×440 frames give, without computing it
         return np.zeros((300, 440, 2), np.float32)
 
-    monkeypatch.setattr("perceiver_serve.api.grpc_service.estimate_flow", big_flow)
+    monkeypatch.setattr("perceiver_serve.tasks.flow.estimate_flow", big_flow)
     error = code_of(local.EstimateFlow, pb.EstimateFlowRequest(frame1=b"1", frame2=b"2"), metadata=AUTH)
     assert (error.code(), dict(error.trailing_metadata())["x-error-code"]) == (grpc.StatusCode.INVALID_ARGUMENT,
                                                                               "too_large")
@@ -135,7 +135,7 @@ def test_task_errors_map_to_status_codes(local, monkeypatch, raised, code):
     async def failing(*args, **kwargs):
         raise raised
 
-    monkeypatch.setattr("perceiver_serve.api.grpc_service.classify_texts", failing)
+    monkeypatch.setattr("perceiver_serve.tasks.text.classify_texts", failing)
     error = code_of(local.ClassifyText, TEXT, metadata=AUTH)
     trailers = dict(error.trailing_metadata())
     assert (error.code(), trailers["x-error-code"]) == (code, raised.code)
@@ -150,7 +150,7 @@ def test_a_bug_is_internal_with_a_logged_request_id(local, monkeypatch, caplog):
     async def buggy(*args, **kwargs):
         raise ZeroDivisionError("oops")
 
-    monkeypatch.setattr("perceiver_serve.api.grpc_service.classify_texts", buggy)
+    monkeypatch.setattr("perceiver_serve.tasks.text.classify_texts", buggy)
     with caplog.at_level(logging.ERROR, logger="perceiver_serve.access"):
         error = code_of(local.ClassifyText, TEXT, metadata=AUTH + (("x-request-id", "bug-1"),))
     assert error.code() == grpc.StatusCode.INTERNAL
@@ -165,7 +165,7 @@ def test_the_client_deadline_becomes_the_task_deadline(local, monkeypatch):
         seen.append(None if deadline is None else deadline - time.monotonic())
         return []
 
-    monkeypatch.setattr("perceiver_serve.api.grpc_service.classify_texts", recording)
+    monkeypatch.setattr("perceiver_serve.tasks.text.classify_texts", recording)
     local.ClassifyText(TEXT, metadata=AUTH, timeout=20)
     local.ClassifyText(TEXT, metadata=AUTH)
     # The timeout travels as a grpc-timeout header whose encoding gRPC core may round up
@@ -179,7 +179,7 @@ def test_a_passed_deadline_is_deadline_exceeded(local, monkeypatch):
 
         await asyncio.sleep(5)
 
-    monkeypatch.setattr("perceiver_serve.api.grpc_service.classify_texts", slow)
+    monkeypatch.setattr("perceiver_serve.tasks.text.classify_texts", slow)
     assert code_of(local.ClassifyText, TEXT, metadata=AUTH, timeout=0.2).code() == grpc.StatusCode.DEADLINE_EXCEEDED
 
 

@@ -34,7 +34,7 @@ def build_reference(arch: str, seed: int = 0) -> torch.nn.Module:
     with torch.no_grad():
         for name, p in model.named_parameters():
             p.add_(torch.randn_like(p) * (0.3 if "norm" in name else 0.05))
-        for name, b in model.named_buffers():
+        for _name, b in model.named_buffers():
             if b.is_floating_point():
                 b.copy_(torch.rand_like(b) + 0.5)
     return model

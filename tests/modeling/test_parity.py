@@ -1,7 +1,6 @@
 """Our heads against transformers on the same weights and inputs."""
 
 import pytest
-import torch
 
 from perceiver_serve.modeling import load_model
 

@@ -9,7 +9,6 @@ Mid-stream cancellation of ReconstructVideo is tests/grpc/test_video.py::test_ca
 from __future__ import annotations
 
 import asyncio
-import io
 import logging
 import threading
 import time

@@ -21,7 +21,8 @@ from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import status_code_conformance
 
 from perceiver_serve.api.grpc import SERVICE
-from perceiver_serve.api.rest import ServerState, create_app
+from perceiver_serve.api.rest import create_app
+from perceiver_serve.api.state import ServerState
 from perceiver_serve.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
 from perceiver_serve.media import MediaLimits, from_npy, rgb_frame_from_raw, to_npy
 from perceiver_serve.metrics import Metrics

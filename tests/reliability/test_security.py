@@ -17,7 +17,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from perceiver_serve.api import auth
-from perceiver_serve.api import grpc as grpc_front
+from perceiver_serve.api.grpc import calls as grpc_front
 from perceiver_serve.api import middleware
 from perceiver_serve.api.grpc import SERVICE
 from perceiver_serve.pb.perceiver.v1 import perceiver_pb2 as pb

@@ -13,8 +13,13 @@ _HTTP_CODES = {400: "bad_request", 401: "unauthenticated", 404: "not_found", 405
                413: "too_large", 415: "unsupported_media_type"}
 
 
+def error_body(code: str, message: str) -> dict[str, dict[str, str]]:
+    """The body of every REST error, whether a route or a middleware answers."""
+    return {"error": {"code": code, "message": message}}
+
+
 def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
+    return JSONResponse(error_body(code, message), status_code=status, headers=headers)
 
 
 def _validation_message(exc: RequestValidationError) -> tuple[int, str, str]:

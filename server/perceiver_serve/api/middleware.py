@@ -15,8 +15,9 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from ..errors import PayloadTooLarge
-from .auth import bearer_credential, offers_credential
 from ..metrics import Metrics
+from .auth import bearer_credential, offers_credential
+from .errors import error_body
 
 log = logging.getLogger("perceiver_serve.access")
 
@@ -31,7 +32,7 @@ REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 async def send_error(send: Send, status: int, code: str, message: str,
                      headers: Iterable[tuple[bytes, bytes]] = ()) -> None:
-    body = json.dumps({"error": {"code": code, "message": message}}).encode()
+    body = json.dumps(error_body(code, message)).encode()
     await send({"type": "http.response.start", "status": status, "headers": [
         (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *headers]})
     await send({"type": "http.response.body", "body": body})

@@ -1,113 +1,45 @@
-"""The REST front end: a thin FastAPI layer over the tasks.
+"""The REST front end: a thin FastAPI layer derived from the task table.
 
-Handlers parse and validate the request, resolve the model, call the task and shape the
-answer; they never run model code (the tasks hand that to device workers) and every failure
-is a :class:`ServeError` rendered as ``{"error": {"code", "message"}}``.
+Each task with a :class:`RestRoute` gets one POST route: the body (JSON, a raw upload or a
+multipart form, with scalar fields from the form or the query string) becomes the task's
+request fields, the task validates and answers them, and the answer goes out as JSON (or,
+for a dense field such as flow, in the requested format). Handlers never run model code, and
+every failure is a :class:`ServeError` rendered as ``{"error": {"code", "message"}}``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
+import types
 from collections.abc import Awaitable
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 
 import numpy as np
-from fastapi import FastAPI, Query, Request
+from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from starlette.datastructures import FormData, UploadFile
 
-from ..answers import ClassificationResponse, ErrorResponse, FillMaskResponse, ModelInfo, ModelList
-from ..engine import ModelRegistry
+from ..answers import ErrorResponse, ModelInfo, ModelList
 from ..errors import ClientDisconnected, InvalidInput, InvalidRequest, ServeError, UnsupportedMediaType
-from ..media.budget import DecodeBudget
 from ..media.flow_formats import FLOW_FORMATS, to_json
-from ..media.limits import DEFAULT_DECODE_BYTES, MediaLimits
-from ..metrics import EXPOSITION_CONTENT_TYPE, Metrics
-from ..tasks.flow import estimate_flow
-from ..tasks.image import classify_image
-from ..tasks.text import classify_texts, fill_mask
+from ..metrics import EXPOSITION_CONTENT_TYPE
+from ..tasks import TASKS, Call, Task
 from .docs import DOC_PATHS, install_docs
-from .common import MAX_TEXTS, MAX_TOP_K, check_top_k, classification_json, fill_mask_json, models_json
 from .errors import install_error_handlers
 from .middleware import ApiKeyAuth, BodyLimit, RequestContext
+from .state import ServerState
 
 T = TypeVar("T")
 
-OPEN_PATHS = frozenset({"/health/live", "/health/ready", "/metrics", *DOC_PATHS})
-
-
-@dataclasses.dataclass
-class ServerState:
-    registry: ModelRegistry
-    metrics: Metrics
-    limits: MediaLimits
-    budget: DecodeBudget = dataclasses.field(default_factory=lambda: DecodeBudget(DEFAULT_DECODE_BYTES))
-    draining: bool = False
-
-
-# -- request and response bodies ----------------------------------------------------------------
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-
-TopK = Annotated[int, Field(ge=1, le=MAX_TOP_K, description="How many best labels to return.")]
-
-FlowFormatName = Literal[tuple(FLOW_FORMATS)]  # type: ignore[valid-type]
-
-# Query parameters of the multipart and JSON routes: documented here, each overridden by the
-# form field or JSON key of the same name when the request carries one.
-ModelQuery = Annotated[str | None, Query(description="Model name; default: the repository's model for the task.")]
-TopKQuery = Annotated[int | None, Query(ge=1, le=MAX_TOP_K, description="How many best answers to return (default 5).")]
-
-
-class ClassifyTextRequest(_Strict):
-    text: str | None = Field(None, description="One text (UTF-8).")
-    texts: list[str] | None = Field(None, min_length=1, max_length=MAX_TEXTS, description="Several texts.")
-    model: str | None = Field(None, description="Model name; default: the repository's text classifier.")
-    top_k: TopK = 5
-    return_logits: bool = False
-
-    @model_validator(mode="after")
-    def _one_of(self) -> "ClassifyTextRequest":
-        if (self.text is None) == (self.texts is None):
-            raise ValueError("give exactly one of 'text' and 'texts'")
-        return self
-
-
-class FillMaskRequest(_Strict):
-    text: str = Field(description="Text to complete; '[MASK]' marks one byte to predict.")
-    mask_spans: list[tuple[int, int]] | None = Field(
-        None, max_length=4096, description="[start, end) UTF-8 byte ranges to mask and predict.")
-    model: str | None = None
-    top_k: TopK = 5
-    truncate: bool = Field(False, description="Cut texts longer than the model's limit instead of refusing.")
+OPEN_PATHS = frozenset({"/health/live", "/health/ready", "/metrics"})
 
 
 ERRORS = {status: {"model": ErrorResponse} for status in (400, 401, 404, 413, 415, 422, 429, 503, 504)}
+SCALARS = (str, int, float, bool)
 
 
-# -- helpers --------------------------------------------------------------------------------------
-
-def _parse(model: type[BaseModel], raw: bytes) -> Any:
-    try:
-        return model.model_validate_json(raw)
-    except ValidationError as exc:
-        errors = exc.errors()
-        if any(e["type"] == "json_invalid" for e in errors):
-            raise InvalidInput("request body is not valid JSON", code="malformed_json") from None
-        detail = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in errors[:10])
-        raise InvalidRequest(detail) from None
-
-
-def _body_over_query(body: BaseModel, **query: Any) -> dict[str, Any]:
-    """Each named field from the JSON body where it sets it, else from the query, else the body's default."""
-    return {name: getattr(body, name) if name in body.model_fields_set or value is None else value
-            for name, value in query.items()}
-
+# -- from a request to a task's fields ------------------------------------------------------------
 
 def _media_type(request: Request) -> str:
     return request.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -138,10 +70,18 @@ async def until_disconnect(request: Request, work: Awaitable[T]) -> T:
             task.cancel()
 
 
-def _resolve(request: Request, task: str, name: str | None):
-    served = request.app.state.serve.registry.resolve(task, name)
-    request.scope["state"]["model"] = served.name
-    return served
+def _kind(annotation: Any) -> Any:
+    """The plain type of a field (``str | None`` → ``str``, a ``Literal`` of strings → ``str``)."""
+    if get_origin(annotation) in (Union, types.UnionType):
+        annotation = next(a for a in get_args(annotation) if a is not type(None))
+    return str if get_origin(annotation) is Literal else annotation
+
+
+def _scalar_fields(task: Task, skip: tuple[str, ...]) -> dict[str, type]:
+    """The request fields a form or query string can carry: the optional plain scalars, less ``skip``."""
+    fields = {name: _kind(info.annotation) for name, info in task.request.model_fields.items()
+              if not info.is_required()}
+    return {name: kind for name, kind in fields.items() if kind in SCALARS and name not in skip}
 
 
 async def _upload(form: FormData, field: str) -> bytes:
@@ -153,11 +93,11 @@ async def _upload(form: FormData, field: str) -> bytes:
     raise InvalidRequest(f"multipart field {field!r} must be a file upload")
 
 
-def _form_params(form: FormData, query: dict[str, Any], **fields: type) -> dict[str, Any]:
-    """Optional scalar parameters from form fields, falling back to the (validated) query parameters."""
-    out = {name: value for name, value in query.items() if value is not None}
+def _form_params(form: FormData, query: dict[str, Any], fields: dict[str, type]) -> dict[str, Any]:
+    """Optional scalar parameters from form fields, falling back to query parameters."""
+    out = {}
     for name, kind in fields.items():
-        value = form.get(name)
+        value = form.get(name, query.get(name))
         if value is None:
             continue
         if not isinstance(value, str):
@@ -190,6 +130,110 @@ async def _form(request: Request) -> FormData:
         raise InvalidInput(f"malformed multipart body: {exc}", code="malformed_multipart") from None
 
 
+def _raw_field(task: Task, raw: bytes, field: str) -> str | bytes:
+    if _kind(task.request.model_fields[field].annotation) is bytes:
+        return raw
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidInput(f"body is not valid UTF-8 ({exc.reason} at byte {exc.start})", code="invalid_utf8") from None
+
+
+async def read_request(request: Request, task: Task) -> Any:
+    """The task's validated request, from whichever body its route accepts.
+
+    Scalar fields may also come as query parameters; a field the body (or form) sets wins.
+    """
+    route = task.rest
+    assert route is not None
+    kind, query = _media_type(request), dict(request.query_params)
+    if route.raw and (kind.startswith(route.raw[0]) if route.raw[0].endswith("/") else kind == route.raw[0]):
+        field = route.raw[1]
+        fields = _form_params(FormData(), query, _scalar_fields(task, skip=(field,)))
+        return task.parse({field: _raw_field(task, await request.body(), field), **fields})
+    if route.files:
+        form = await _form(request)
+        uploads = {name: await _upload(form, name) for name in route.files}
+        return task.parse({**uploads, **_form_params(form, query, _scalar_fields(task, skip=route.files))})
+    if kind != "application/json":
+        accepted = " or ".join(["application/json", *([route.raw[0]] if route.raw else [])])
+        raise UnsupportedMediaType(f"send {accepted}, not {kind or 'no content type'}")
+    body = task.parse_json(await request.body())
+    from_query = _form_params(FormData(), query, _scalar_fields(task, skip=()))
+    if not from_query:
+        return body
+    return task.parse({**from_query, **body.model_dump(exclude_unset=True)})
+
+
+# -- from a task's answer to a response -----------------------------------------------------------
+
+def _field_encoding(model: str, fmt: str) -> Any:
+    """How a dense field (flow) is encoded for the client: its shape and the bytes in ``fmt``."""
+    encoder = FLOW_FORMATS[fmt]
+
+    def encode(field: np.ndarray) -> tuple[tuple[int, ...], bytes]:
+        if fmt == "json":  # the JSON answer also names the model, as every JSON answer does
+            return field.shape, json.dumps({"model": model, **to_json(field)}, separators=(",", ":")).encode()
+        return field.shape, encoder.encode(field)
+
+    return encode
+
+
+def _task_openapi(task: Task) -> dict[str, Any]:
+    """The request body (and query parameters) this route reads itself, for /openapi.json."""
+    route = task.rest
+    assert route is not None
+    properties = task.request.model_json_schema()["properties"]
+    content: dict[str, Any] = {}
+    if route.files:
+        fields = {**{name: {"type": "string", "format": "binary"} for name in route.files},
+                  **{name: properties[name] for name in _scalar_fields(task, skip=route.files)}}
+        content["multipart/form-data"] = {"schema": {"type": "object", "required": list(route.files),
+                                                     "properties": fields}}
+    else:
+        content["application/json"] = {"schema": {"$ref": f"#/components/schemas/{task.request.__name__}"}}
+    if route.raw:
+        prefix, field = route.raw
+        media = f"{prefix}*" if prefix.endswith("/") else prefix
+        binary = _kind(task.request.model_fields[field].annotation) is bytes
+        content[media] = {"schema": {"type": "string", **({"format": "binary"} if binary else {})}}
+    in_query = _scalar_fields(task, skip=(*route.files, *(route.raw[1:] if route.raw else ())))
+    parameters = [{"name": name, "in": "query", "required": False, "schema": properties[name]} for name in in_query]
+    return {"requestBody": {"required": True, "content": content}, "parameters": parameters}
+
+
+def _add_task_route(app: FastAPI, task: Task) -> None:
+    route = task.rest
+    assert route is not None and task.execute is not None and task.answer is not None
+    execute, answer = task.execute, task.answer
+
+    async def handle(request: Request) -> Response:
+        body = await read_request(request, task)
+        serve: ServerState = request.app.state.serve
+        served = serve.registry.resolve(task.name, body.model)
+        request.scope["state"]["model"] = served.name
+        if task.response is not None:
+            result = await until_disconnect(request, execute(served, body, Call(serve.limits, serve.budget)))
+            return JSONResponse(answer(served.name, result))
+        # A dense field (flow) in the requested format: the encoding (PNG and JSON take many
+        # times the field's memory) counts against the request's decode budget, off the event loop.
+        encoder = FLOW_FORMATS[body.format]
+        call = Call(serve.limits, serve.budget, encode=_field_encoding(served.name, body.format),
+                    encode_bytes_per_pixel=encoder.bytes_per_pixel)
+        shape, data = await until_disconnect(request, execute(served, body, call))
+        headers = {"x-model": served.name, "x-flow-height": str(shape[0]), "x-flow-width": str(shape[1])}
+        return Response(data, media_type=encoder.media_type, headers=headers)
+
+    if task.response is not None:
+        documented: dict[str, Any] = {"response_model": task.response, "responses": ERRORS}
+    else:
+        documented = {"response_class": Response, "responses": {**ERRORS, 200: {
+            "description": "The field in the requested format.",
+            "content": {fmt.media_type: {} for fmt in FLOW_FORMATS.values()}}}}
+    app.add_api_route(route.path, handle, methods=["POST"], summary=route.summary, openapi_extra=_task_openapi(task),
+                      name=task.name, **documented)
+
+
 # -- the app --------------------------------------------------------------------------------------
 
 def create_app(state: ServerState, *, api_key: str | None = None, max_body_bytes: int = 64 << 20,
@@ -208,121 +252,13 @@ def create_app(state: ServerState, *, api_key: str | None = None, max_body_bytes
     install_error_handlers(app)
     if docs:
         install_docs(app)
-
-    text_body = {"requestBody": {"required": True, "content": {
-        "application/json": {"schema": {"$ref": "#/components/schemas/ClassifyTextRequest"}},
-        "text/plain": {"schema": {"type": "string"}},
-    }}}
-
-    @app.post("/classify/text", response_model=ClassificationResponse, responses=ERRORS, openapi_extra=text_body,
-              summary="Classify one or more texts (JSON, or a text/plain body)")
-    async def classify_text(request: Request, model: str | None = Query(None), top_k: int = Query(5),
-                            return_logits: bool = Query(False)) -> JSONResponse:
-        raw = await request.body()
-        kind = _media_type(request)
-        if kind == "application/json":
-            body = _parse(ClassifyTextRequest, raw)
-            texts = [body.text] if body.text is not None else body.texts
-            model, top_k, return_logits = body.model, body.top_k, body.return_logits
-        elif kind == "text/plain":
-            try:
-                texts = [raw.decode("utf-8")]
-            except UnicodeDecodeError as exc:
-                raise InvalidInput(f"body is not valid UTF-8 ({exc.reason} at byte {exc.start})",
-                                   code="invalid_utf8") from None
-            check_top_k(top_k)
-        else:
-            raise UnsupportedMediaType(f"send application/json or text/plain, not {kind or 'no content type'}")
-        served = _resolve(request, "text-classification", model)
-        results = await until_disconnect(request, classify_texts(served, texts, top=top_k,
-                                                                 return_logits=return_logits))
-        return JSONResponse({"model": served.name, "results": [classification_json(r) for r in results]})
-
-    mask_body = {"requestBody": {"required": True, "content": {
-        "application/json": {"schema": {"$ref": "#/components/schemas/FillMaskRequest"}}}}}
-
-    @app.post("/fill-mask", response_model=FillMaskResponse, responses=ERRORS, openapi_extra=mask_body,
-              summary="Predict masked bytes of a text")
-    async def fill_mask_route(request: Request, model: ModelQuery = None, top_k: TopKQuery = None,
-                              truncate: Annotated[bool | None, Query(description="Cut long texts (default false).")]
-                              = None) -> JSONResponse:
-        if _media_type(request) != "application/json":
-            raise UnsupportedMediaType(f"send application/json, not {_media_type(request) or 'no content type'}")
-        body = _parse(FillMaskRequest, await request.body())
-        params = _body_over_query(body, model=model, top_k=top_k, truncate=truncate)
-        served = _resolve(request, "fill-mask", params["model"])
-        result = await until_disconnect(request, fill_mask(served, body.text, body.mask_spans, top=params["top_k"],
-                                                           truncate=params["truncate"]))
-        return JSONResponse(fill_mask_json(served.name, result))
-
-    image_body = {"requestBody": {"required": True, "content": {
-        "multipart/form-data": {"schema": {"type": "object", "required": ["image"], "properties": {
-            "image": {"type": "string", "format": "binary"}, "model": {"type": "string"},
-            "top_k": {"type": "integer"}, "return_logits": {"type": "boolean"}}}},
-        "image/*": {"schema": {"type": "string", "format": "binary"}},
-    }}}
-
-    @app.post("/classify/image", response_model=ClassificationResponse, responses=ERRORS,
-              openapi_extra=image_body, summary="Classify an image (multipart field 'image', or a raw image body)")
-    async def classify_image_route(request: Request, model: ModelQuery = None, top_k: TopKQuery = None,
-                                   return_logits: Annotated[bool | None, Query(
-                                       description="Also return every label's logit (default false).")] = None
-                                   ) -> JSONResponse:
-        query = {"model": model, "top_k": top_k, "return_logits": return_logits}
-        if _media_type(request).startswith("image/"):
-            data, form = await request.body(), FormData()
-        else:
-            form = await _form(request)
-            data = await _upload(form, "image")
-        params = _form_params(form, query, model=str, top_k=int, return_logits=bool)
-        served = _resolve(request, "image-classification", params.get("model"))
-        serve = request.app.state.serve
-        result = await until_disconnect(request, classify_image(
-            served, data, serve.limits, serve.budget, top=check_top_k(params.get("top_k", 5)),
-            return_logits=params.get("return_logits", False)))
-        return JSONResponse({"model": served.name, "results": [classification_json(result)]})
-
-    flow_body = {"requestBody": {"required": True, "content": {
-        "multipart/form-data": {"schema": {"type": "object", "required": ["frame1", "frame2"], "properties": {
-            "frame1": {"type": "string", "format": "binary"}, "frame2": {"type": "string", "format": "binary"},
-            "model": {"type": "string"}, "format": {"type": "string", "enum": list(FLOW_FORMATS)}}}}}}}
-    flow_responses = {**ERRORS, 200: {"description": "The flow field in the requested format.", "content": {
-        fmt.media_type: {} for fmt in FLOW_FORMATS.values()}}}
-
-    @app.post("/flow", responses=flow_responses, openapi_extra=flow_body, response_class=Response,
-              summary="Dense optical flow between two frames of any (equal) size")
-    async def flow_route(request: Request, model: ModelQuery = None,
-                         format: Annotated[FlowFormatName | None, Query(  # noqa: A002 - the public name
-                             description="Output format (default npy).")] = None) -> Response:
-        form = await _form(request)
-        first, second = await _upload(form, "frame1"), await _upload(form, "frame2")
-        params = _form_params(form, {"model": model, "format": format}, model=str, format=str)
-        fmt = params.get("format", "npy")
-        if fmt not in FLOW_FORMATS:
-            raise InvalidRequest(f"format must be one of {', '.join(FLOW_FORMATS)}, got {fmt[:20]!r}")
-        served = _resolve(request, "optical-flow", params.get("model"))
-        encoder = FLOW_FORMATS[fmt]
-        if fmt == "json":  # the JSON answer also names the model, as every JSON answer does
-            def encode(field):
-                return json.dumps({"model": served.name, **to_json(field)}, separators=(",", ":")).encode()
-        else:
-            encode = encoder.encode
-
-        def answer(field: np.ndarray) -> tuple[tuple[int, ...], bytes]:
-            return field.shape, encode(field)
-
-        # The encoding (PNG and JSON take many times the field's memory) counts against the
-        # request's decode budget, and runs off the event loop.
-        serve = request.app.state.serve
-        shape, body = await until_disconnect(request, estimate_flow(
-            served, first, second, serve.limits, serve.budget, answer=answer,
-            answer_bytes_per_pixel=encoder.bytes_per_pixel))
-        headers = {"x-model": served.name, "x-flow-height": str(shape[0]), "x-flow-width": str(shape[1])}
-        return Response(body, media_type=encoder.media_type, headers=headers)
+    routed = [task for task in TASKS.values() if task.rest is not None]
+    for task in routed:
+        _add_task_route(app, task)
 
     @app.get("/models", response_model=ModelList, summary="Every model of the repository with its state")
     async def list_models(request: Request) -> JSONResponse:
-        return JSONResponse(models_json(request.app.state.serve.registry))
+        return JSONResponse(request.app.state.serve.models_json())
 
     @app.get("/models/{name}", response_model=ModelInfo, responses={404: {"model": ErrorResponse}}, summary="One model")
     async def get_model(request: Request, name: str) -> JSONResponse:
@@ -361,7 +297,7 @@ def create_app(state: ServerState, *, api_key: str | None = None, max_body_bytes
         if app.openapi_schema is None:
             schema = default_openapi()
             components = schema.setdefault("components", {}).setdefault("schemas", {})
-            for body in (ClassifyTextRequest, FillMaskRequest):
+            for body in (task.request for task in routed if not task.rest.files):
                 found = body.model_json_schema(ref_template="#/components/schemas/{model}")
                 components.update(found.pop("$defs", {}))
                 components[body.__name__] = found
@@ -372,6 +308,7 @@ def create_app(state: ServerState, *, api_key: str | None = None, max_body_bytes
     # Added innermost first: request context (ids, metrics) → API key → body limit → routes.
     app.add_middleware(BodyLimit, limit=max_body_bytes)
     if api_key:
-        app.add_middleware(ApiKeyAuth, api_key=api_key, open_paths=OPEN_PATHS)
+        # The doc pages are open only where they exist: without them, their paths are as guarded as any.
+        app.add_middleware(ApiKeyAuth, api_key=api_key, open_paths=OPEN_PATHS | (DOC_PATHS if docs else frozenset()))
     app.add_middleware(RequestContext, metrics=state.metrics)
     return app

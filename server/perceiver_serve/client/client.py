@@ -197,19 +197,10 @@ class Client:
 
     def close(self) -> None:
         if self._loop.is_running():
-            self._run(self._shutdown())
+            self._run(self._async.aclose())
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join()
             self._loop.close()
-
-    async def _shutdown(self) -> None:
-        """Close the connections, then end what gRPC left behind (a stream's request feeder) before the loop stops."""
-        await self._async.aclose()
-        leftover = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
-        for task in leftover:
-            task.cancel()
-        await asyncio.gather(*leftover, return_exceptions=True)
-        await asyncio.get_running_loop().shutdown_default_executor()
 
     def __enter__(self) -> "Client":
         return self

@@ -3,6 +3,7 @@
 from .batcher import BatchRunner, DynamicBatcher
 from .registry import ModelRegistry, ServedModel
 from .repository import BatchingConfig, ModelRepository, ModelSpec, RepositoryError, SpecProblem
+from .tasks import ServableTask, TaskTable
 
 __all__ = [
     "BatchRunner",
@@ -12,6 +13,8 @@ __all__ = [
     "ModelRepository",
     "ModelSpec",
     "RepositoryError",
+    "ServableTask",
     "ServedModel",
     "SpecProblem",
+    "TaskTable",
 ]

@@ -26,6 +26,7 @@ import torch
 
 from ..errors import DeadlineExceeded, InferenceFailed, PayloadTooLarge, QueueFull, ServeError, ShuttingDown
 from .repository import BatchingConfig
+from .tasks import BatchRunner
 
 log = logging.getLogger(__name__)
 
@@ -35,15 +36,6 @@ log = logging.getLogger(__name__)
 # task with ``REQUEST_FAILED`` as the message.
 CANCELLED = "cancelled"
 REQUEST_FAILED = "request_failed"
-
-
-class BatchRunner(Protocol):
-    """What a task tells the batcher: which payloads may share a batch, and how to run one."""
-
-    def batch_key(self, payload: Any) -> Hashable: ...
-
-    def run(self, payloads: Sequence[Any]) -> Sequence[Any]:
-        """Results for ``payloads`` in order; a result may be a ``ServeError`` for that item alone."""
 
 
 class BatchObserver(Protocol):

@@ -111,13 +111,11 @@ class ModelRegistry:
             self._load(served)
 
     def _load(self, served: ServedModel) -> None:
-        from ..tasks import TASKS  # the tasks build on the engine; import at use to avoid a cycle
-
         spec = served.spec
         assert spec is not None
         started = time.monotonic()
         try:
-            definition = TASKS[spec.task]
+            definition = self.repository.tasks[spec.task]
             try:
                 options = definition.options(**spec.options)
             except ValidationError as exc:

@@ -20,12 +20,11 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+
+from .tasks import TaskTable
 
 log = logging.getLogger(__name__)
-
-Task = Literal["text-classification", "fill-mask", "image-classification", "optical-flow", "video-autoencoding"]
-TASKS: tuple[str, ...] = Task.__args__  # type: ignore[attr-defined]
 
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 HF_SCHEME = "hf://"
@@ -51,7 +50,7 @@ class ModelSpec(BaseModel):
 
     name: str
     toml_path: Path
-    task: Task
+    task: str
     source: str = Field(min_length=1)
     device: str = "auto"
     dtype: Literal["float32", "bfloat16", "float16", "int8", "auto"] = "float32"
@@ -59,6 +58,14 @@ class ModelSpec(BaseModel):
     default: bool = False
     batching: BatchingConfig = BatchingConfig()
     options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("task")
+    @classmethod
+    def _task(cls, value: str, info: ValidationInfo) -> str:
+        known = (info.context or {}).get("tasks", ())
+        if value not in known:
+            raise ValueError(f"must be one of {', '.join(repr(name) for name in known)}")
+        return value
 
     @field_validator("device")
     @classmethod
@@ -121,7 +128,7 @@ def describe_validation_error(error: ValidationError, prefix: str = "") -> str:
     return "; ".join(parts)
 
 
-def read_spec(toml_path: Path) -> ModelSpec | SpecProblem:
+def read_spec(toml_path: Path, tasks: TaskTable) -> ModelSpec | SpecProblem:
     name = toml_path.parent.name
     if not MODEL_NAME.fullmatch(name):
         return SpecProblem(name, toml_path, f"{toml_path}: folder name {name!r} is not a valid model name "
@@ -134,7 +141,7 @@ def read_spec(toml_path: Path) -> ModelSpec | SpecProblem:
         if reserved in raw:
             return SpecProblem(name, toml_path, f"{toml_path}: {reserved}: unknown key")
     try:
-        return ModelSpec(name=name, toml_path=toml_path, **raw)
+        return ModelSpec.model_validate({"name": name, "toml_path": toml_path, **raw}, context={"tasks": tasks})
     except ValidationError as exc:
         return SpecProblem(name, toml_path, f"{toml_path}: {describe_validation_error(exc)}")
 
@@ -144,16 +151,17 @@ class ModelRepository:
     root: Path
     specs: tuple[ModelSpec, ...]
     problems: tuple[SpecProblem, ...]
+    tasks: TaskTable  # the tasks this server offers, handed in by whoever builds the server
 
     @classmethod
-    def scan(cls, root: str | Path) -> "ModelRepository":
+    def scan(cls, root: str | Path, tasks: TaskTable) -> "ModelRepository":
         root = Path(root)
         if not root.is_dir():
             raise RepositoryError(f"model repository {root} is not a directory")
         specs, problems = [], []
         for toml_path in sorted(root.glob("*/model.toml")):
-            entry = read_spec(toml_path)
+            entry = read_spec(toml_path, tasks)
             (specs if isinstance(entry, ModelSpec) else problems).append(entry)
         if not specs and not problems:
             raise RepositoryError(f"model repository {root} holds no */model.toml")
-        return cls(root, tuple(specs), tuple(problems))
+        return cls(root, tuple(specs), tuple(problems), tasks)

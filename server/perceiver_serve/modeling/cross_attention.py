@@ -24,19 +24,19 @@ changes nothing:
 
 Which order is used is decided per call by counting multiply-adds; the results agree with the
 plain order to float32 rounding.
+
+The functions take the blocks of :mod:`.attention` (an ``Attention``, a ``PerceiverLayer``)
+typed as plain modules: that module calls into this one, so this one does not import it.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING
 
 import torch
+from torch import nn
 
 from .kernels import attend, batched_linear, few_rows_matmul, linear, weight_matmul
-
-if TYPE_CHECKING:
-    from .attention import Attention, PerceiverLayer
 
 #: Above this many scores per row chunk, explicitly computed scores are produced in row chunks.
 SCORES_PER_CHUNK = 1 << 23
@@ -65,7 +65,7 @@ Queries = torch.Tensor | PaddedQueries
 
 # --- inputs side -------------------------------------------------------------------------------
 
-def absorbs_inputs(attention: Attention, num_queries: int, num_inputs: int) -> bool:
+def absorbs_inputs(attention: nn.Module, num_queries: int, num_inputs: int) -> bool:
     """Whether attending to the raw normalised inputs costs fewer multiply-adds than projecting them."""
     qkv = attention.self
     if not qkv.is_cross or qkv.num_heads != 1:
@@ -76,7 +76,7 @@ def absorbs_inputs(attention: Attention, num_queries: int, num_inputs: int) -> b
     return absorbed <= plain
 
 
-def attend_inputs(attention: Attention, hidden: torch.Tensor, inputs: torch.Tensor,
+def attend_inputs(attention: nn.Module, hidden: torch.Tensor, inputs: torch.Tensor,
                   key_mask: torch.Tensor | None) -> torch.Tensor:
     """``attention.output(attention.self(hidden, inputs))`` with the key and value projections absorbed."""
     qkv = attention.self
@@ -98,7 +98,7 @@ class LatentState:
     values: torch.Tensor  # (B, Nk, output width), output bias included (attention rows sum to one)
 
 
-def _per_query_cost(layer: PerceiverLayer, num_latents: int, query_width: int) -> tuple[int, int, int]:
+def _per_query_cost(layer: nn.Module, num_latents: int, query_width: int) -> tuple[int, int, int]:
     qkv, out = layer.attention.self, layer.attention.output.dense
     qk, v, qd, qo = qkv.query.out_features, qkv.value.out_features, qkv.query.in_features, out.out_features
     plain = qd * qk + num_latents * (qk + v) + v * qo
@@ -107,7 +107,7 @@ def _per_query_cost(layer: PerceiverLayer, num_latents: int, query_width: int) -
     return plain, absorbed, prepare
 
 
-def prepared_latents(layer: PerceiverLayer, queries: Queries, latents: torch.Tensor) -> LatentState | None:
+def prepared_latents(layer: nn.Module, queries: Queries, latents: torch.Tensor) -> LatentState | None:
     """The latents' :class:`LatentState` if decoding ``queries`` from it is cheaper, else None."""
     if layer.attention.self.num_heads != 1:
         return None
@@ -123,7 +123,7 @@ def _num_queries(queries: Queries) -> int:
     return queries.num_queries if isinstance(queries, PaddedQueries) else queries.shape[1]
 
 
-def cached_state(layer: PerceiverLayer, latents: torch.Tensor) -> LatentState | None:
+def cached_state(layer: nn.Module, latents: torch.Tensor) -> LatentState | None:
     memo = layer.latent_memo
     if memo is None:
         return None
@@ -133,11 +133,11 @@ def cached_state(layer: PerceiverLayer, latents: torch.Tensor) -> LatentState | 
     return state if same else None
 
 
-def _versions(layer: PerceiverLayer) -> tuple[int, ...]:
+def _versions(layer: nn.Module) -> tuple[int, ...]:
     return tuple(p._version for p in layer.parameters())
 
 
-def latent_state(layer: PerceiverLayer, latents: torch.Tensor) -> LatentState:
+def latent_state(layer: nn.Module, latents: torch.Tensor) -> LatentState:
     """The latents' keys and values in query and output space, remembered for the last latents seen.
 
     The memo compares values, not identity, so a server that stacks the same latents anew for
@@ -156,7 +156,7 @@ def latent_state(layer: PerceiverLayer, latents: torch.Tensor) -> LatentState:
     return state
 
 
-def _padded_scores(layer: PerceiverLayer, queries: PaddedQueries, state: LatentState) -> torch.Tensor:
+def _padded_scores(layer: nn.Module, queries: PaddedQueries, state: LatentState) -> torch.Tensor:
     """``layernorm1(cat([f, pad])) @ K̃ᵀ + key bias`` from the feature channels and the pad's statistics.
 
     With ``m``, ``r`` a query's mean and inverse deviation over all channels, the scores are
@@ -182,7 +182,7 @@ def _padded_scores(layer: PerceiverLayer, queries: PaddedQueries, state: LatentS
     return batched_linear(query_side.to(f.dtype), key_side, torch.matmul(keys, beta) + state.key_bias)
 
 
-def attend_latents(layer: PerceiverLayer, queries: Queries, state: LatentState) -> torch.Tensor:
+def attend_latents(layer: nn.Module, queries: Queries, state: LatentState) -> torch.Tensor:
     """The attention block's output ``(B, Nq, query width)``, from prepared latents."""
     attention = layer.attention
     if isinstance(queries, PaddedQueries):
@@ -207,7 +207,7 @@ def row_chunks(queries: Queries, num_latents: int) -> list[Queries]:
 
 # --- output projection -------------------------------------------------------------------------
 
-def mlp_then_project(layer: PerceiverLayer, hidden: torch.Tensor,
+def mlp_then_project(layer: nn.Module, hidden: torch.Tensor,
            projection: tuple[torch.Tensor, torch.Tensor | None] | None) -> torch.Tensor:
     """The layer's residual MLP, then ``projection`` (weight, bias) if given, folded in where cheaper."""
     if projection is None:

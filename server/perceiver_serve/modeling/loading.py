@@ -18,7 +18,8 @@ import torch
 from .config import PerceiverConfig
 from .errors import CheckpointError
 from .heads import ARCHITECTURES, PerceiverTaskModel
-from .precision import FLOAT_DTYPES, PRECISIONS, check_against_float32, effective_precision, quantize_int8
+from .kernels import Linear
+from .precision import FLOAT_DTYPES, PRECISIONS, check_against_float32, effective_precision, int8_twin
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +28,16 @@ DTYPES = FLOAT_DTYPES
 SAFETENSORS = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 PYTORCH_BIN = "pytorch_model.bin"
+
+
+def quantize_int8(model: torch.nn.Module) -> int:
+    """Give every :class:`~.kernels.Linear` weight of ``model`` its int8 twin; returns how many."""
+    count = 0
+    for module in model.modules():
+        if isinstance(module, Linear):
+            module.weight.int8 = int8_twin(module.weight, module.bias)
+            count += 1
+    return count
 
 
 def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:

@@ -115,21 +115,13 @@ def _pack(weight: torch.Tensor, bias: torch.Tensor | None) -> torch.ScriptObject
         torch.backends.quantized.engine = previous
 
 
-def quantize_int8(model: torch.nn.Module) -> int:
-    """Give every :class:`~.kernels.Linear` weight of ``model`` its int8 twin; returns how many.
+def int8_twin(weight: torch.Tensor, bias: torch.Tensor | None) -> Int8Weight:
+    """The int8 twin of a linear weight (see :func:`~.loading.quantize_int8`).
 
     Without VNNI, fbgemm multiplies unsigned 8-bit activations by signed weights in 16-bit
     pairs that can saturate; quantizing activations to 7 bits there (``reduce_range``) avoids it.
     """
-    from .kernels import Linear
-
-    reduce_range = not cpu_features()["vnni"]
-    count = 0
-    for module in model.modules():
-        if isinstance(module, Linear):
-            module.weight.int8 = Int8Weight(_pack(module.weight, module.bias), module.bias, reduce_range)
-            count += 1
-    return count
+    return Int8Weight(_pack(weight, bias), bias, not cpu_features()["vnni"])
 
 
 def int8_of(weight: torch.Tensor) -> Int8Weight | None:

@@ -1,35 +1,14 @@
-"""One pipeline per task: preprocess → engine → postprocess, shared by REST and gRPC."""
+"""The tasks, each defined once (:class:`Task`); every protocol is derived from this table."""
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Any
+from .definition import Call, RestRoute, Signature, Task, TensorSpec
+from .flow import OPTICAL_FLOW
+from .image import IMAGE_CLASSIFICATION
+from .text import FILL_MASK, TEXT_CLASSIFICATION
+from .video import VIDEO_AUTOENCODING
 
-from .common import TaskOptions
-from .flow import FlowOptions, OpticalFlowRunner
-from .image import ImageClassificationRunner, ImageOptions
-from .text import FillMaskRunner, TextClassificationRunner, TextOptions
-from .video import VideoOptions, VideoRunner
+TASKS: dict[str, Task] = {task.name: task for task in (
+    TEXT_CLASSIFICATION, FILL_MASK, IMAGE_CLASSIFICATION, OPTICAL_FLOW, VIDEO_AUTOENCODING)}
 
-
-@dataclasses.dataclass(frozen=True)
-class TaskDefinition:
-    architectures: tuple[str, ...]
-    options: type[TaskOptions]
-    runner: Any  # a class: runner(model, options) with batch_key/run/warmup_payloads
-
-
-IMAGE_CLASSIFIERS = (
-    "PerceiverForImageClassificationLearned",
-    "PerceiverForImageClassificationFourier",
-    "PerceiverForImageClassificationConvProcessing",
-)
-
-TASKS: dict[str, TaskDefinition] = {
-    "text-classification": TaskDefinition(("PerceiverForSequenceClassification",), TextOptions,
-                                          TextClassificationRunner),
-    "fill-mask": TaskDefinition(("PerceiverForMaskedLM",), TextOptions, FillMaskRunner),
-    "image-classification": TaskDefinition(IMAGE_CLASSIFIERS, ImageOptions, ImageClassificationRunner),
-    "optical-flow": TaskDefinition(("PerceiverForOpticalFlow",), FlowOptions, OpticalFlowRunner),
-    "video-autoencoding": TaskDefinition(("PerceiverForMultimodalAutoencoding",), VideoOptions, VideoRunner),
-}
+__all__ = ["TASKS", "Call", "RestRoute", "Signature", "Task", "TensorSpec"]

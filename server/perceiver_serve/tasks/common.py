@@ -8,10 +8,10 @@ import dataclasses
 import os
 import time
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Protocol, TypeVar
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from ..media.budget import DecodeBudget
 
@@ -20,6 +20,11 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 R = TypeVar("R")
+
+MAX_TOP_K = 1000
+#: ``top_k`` of every request that has one: the default and the bound live here only.
+TopK = Annotated[int, Field(ge=1, le=MAX_TOP_K, description="How many best labels to return.")]
+DEFAULT_TOP_K = 5
 
 _POOL: concurrent.futures.ThreadPoolExecutor | None = None
 
@@ -48,7 +53,7 @@ class Opened(Protocol):
     def decoded_bytes(self) -> int: ...
 
 
-O = TypeVar("O", bound=Opened)
+OpenedT = TypeVar("OpenedT", bound=Opened)
 
 
 def request_deadline(served: "ServedModel", deadline: float | None) -> float:
@@ -56,8 +61,8 @@ def request_deadline(served: "ServedModel", deadline: float | None) -> float:
     return deadline if deadline is not None else time.monotonic() + served.batcher.limits.timeout_ms / 1000
 
 
-async def decode_in_budget(served: "ServedModel", budget: DecodeBudget, opener: Callable[[], O],
-                           decode: Callable[[O], R], *, subject: str, deadline: float | None = None) -> R:
+async def decode_in_budget(served: "ServedModel", budget: DecodeBudget, opener: Callable[[], OpenedT],
+                           decode: Callable[[OpenedT], R], *, subject: str, deadline: float | None = None) -> R:
     """Open media off the loop, then ``decode`` it off the loop while holding its decoded bytes of the budget.
 
     ``decode`` returns the media already reduced to what the model needs, so the bytes go back
@@ -106,3 +111,14 @@ def classification(logits: np.ndarray, labels: Mapping[int, str], k: int, return
     probs = softmax(logits)
     predictions = [Prediction(labels[i], i, score) for i, score in top_k(probs, k)]
     return Classification(predictions, [float(x) for x in logits] if return_logits else None)
+
+
+def classification_json(result: Classification) -> dict[str, Any]:
+    out: dict[str, Any] = {"predictions": [dataclasses.asdict(p) for p in result.predictions]}
+    if result.logits is not None:
+        out["logits"] = result.logits
+    return out
+
+
+def classifications_json(model: str, results: list[Classification]) -> dict[str, Any]:
+    return {"model": model, "results": [classification_json(r) for r in results]}

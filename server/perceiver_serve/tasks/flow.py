@@ -15,20 +15,21 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
-from typing import TypeVar
-from typing import Any
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 import torch
 from pydantic import Field
 
-from ..engine.registry import ServedModel
+from ..engine import ServedModel
 from ..errors import InvalidInput
 from ..media.budget import DecodeBudget
+from ..media.flow_formats import FLOW_FORMATS
 from ..media.image import decode_opened_pair, open_frame_pair
 from ..media.limits import MediaLimits
 from ..modeling import PerceiverForOpticalFlow, flow_patches
 from .common import TaskOptions, off_loop, request_deadline
+from .definition import Call, RequestSchema, RestRoute, Signature, Task, TensorSpec
 
 # Host memory of one request per frame pixel at its peak: the two uint8 frames and their
 # padded stack (12 bytes), then the blend's float64 sums, weights and quotient and the float32
@@ -171,3 +172,40 @@ async def estimate_flow(served: ServedModel, first: bytes, second: bytes, limits
         flows = await served.batcher.submit_all(tiles, deadline=deadline)
         del tiles
         return await off_loop(lambda: answer(tiler.blend(flows, origins, height, width)))
+
+
+FlowFormat = Literal.__getitem__(tuple(FLOW_FORMATS))
+
+
+class EstimateFlowRequest(RequestSchema):
+    frame1: bytes = Field(description="The first frame, encoded (PNG, JPEG, …).")
+    frame2: bytes = Field(description="The second frame, the same size as the first.")
+    model: str | None = None
+    format: FlowFormat = Field("npy", description="How REST encodes the answer.")  # type: ignore[valid-type]
+
+
+async def _estimate(served: ServedModel, request: EstimateFlowRequest, call: Call) -> Any:
+    return await estimate_flow(served, request.frame1, request.frame2, call.limits, call.budget, call.deadline,
+                               answer=call.encode or _field, answer_bytes_per_pixel=call.encode_bytes_per_pixel)
+
+
+def flow_json(model: str, flow: np.ndarray) -> dict[str, Any]:
+    """The flow and its size; REST encodes ``flow`` in the requested format, gRPC as float32 bytes."""
+    return {"model": model, "height": flow.shape[0], "width": flow.shape[1], "flow": flow}
+
+
+OPTICAL_FLOW = Task(
+    name="optical-flow",
+    architectures=("PerceiverForOpticalFlow",),
+    options=FlowOptions,
+    runner=OpticalFlowRunner,
+    request=EstimateFlowRequest,
+    execute=_estimate,
+    answer=flow_json,
+    rest=RestRoute("/flow", "Dense optical flow between two frames of any (equal) size", files=("frame1", "frame2")),
+    grpc_method="EstimateFlow",
+    signature=Signature(
+        inputs=(TensorSpec("FRAME1", "UINT8", (-1, -1, 3)), TensorSpec("FRAME2", "UINT8", (-1, -1, 3))),
+        outputs=(TensorSpec("FLOW", "FP32", (-1, -1, 2)),),
+    ),
+)

@@ -9,12 +9,16 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from ..engine.registry import ServedModel
+from ..answers import ClassificationResponse
+from ..engine import ServedModel
 from ..media.budget import DecodeBudget
 from ..media.image import open_image
 from ..media.limits import MediaLimits
 from ..modeling import ImageProcessor, PerceiverForImageClassificationLearned, PerceiverTaskModel
-from .common import Classification, TaskOptions, classification, decode_in_budget
+from .common import (DEFAULT_TOP_K, Classification, TaskOptions, TopK, classification, classifications_json,
+                     decode_in_budget)
+from .definition import Call, RequestSchema, RestRoute, Signature, Task, TensorSpec
+from .text import LABEL, LOGITS
 
 
 class ImageOptions(TaskOptions):
@@ -59,3 +63,32 @@ async def classify_image(served: ServedModel, data: bytes, limits: MediaLimits, 
                                     lambda opened: processor(opened.decode()), subject="image", deadline=deadline)
     logits = await served.batcher.submit(pixels, deadline=deadline)
     return classification(logits, served.model.config.id2label, top, return_logits)
+
+
+class ClassifyImageRequest(RequestSchema):
+    image: bytes = Field(description="An encoded image (PNG, JPEG, …).")
+    model: str | None = None
+    top_k: TopK = DEFAULT_TOP_K
+    return_logits: bool = False
+
+
+async def _classify(served: ServedModel, request: ClassifyImageRequest, call: Call) -> list[Classification]:
+    return [await classify_image(served, request.image, call.limits, call.budget, top=request.top_k,
+                                 return_logits=request.return_logits, deadline=call.deadline)]
+
+
+IMAGE_CLASSIFICATION = Task(
+    name="image-classification",
+    architectures=("PerceiverForImageClassificationLearned", "PerceiverForImageClassificationFourier",
+                   "PerceiverForImageClassificationConvProcessing"),
+    options=ImageOptions,
+    runner=ImageClassificationRunner,
+    request=ClassifyImageRequest,
+    execute=_classify,
+    answer=classifications_json,
+    response=ClassificationResponse,
+    rest=RestRoute("/classify/image", "Classify an image (multipart field 'image', or a raw image body)",
+                   files=("image",), raw=("image/", "image")),
+    grpc_method="ClassifyImage",
+    signature=Signature(inputs=(TensorSpec("IMAGE", "BYTES", (-1,)),), outputs=(LOGITS, LABEL)),
+)

@@ -14,12 +14,16 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import Field, model_validator
 
-from ..engine.registry import ServedModel
+from ..answers import ClassificationResponse, FillMaskResponse
+from ..engine import ServedModel
 from ..errors import InvalidInput, PayloadTooLarge
 from ..modeling import ByteTokenizer, PerceiverTaskModel
 from ..modeling.compiled import bucket_length, length_buckets
-from .common import Classification, TaskOptions, classification, top_k
+from .common import (DEFAULT_TOP_K, Classification, TaskOptions, TopK, classification, classifications_json,
+                     top_k)
+from .definition import Call, RequestSchema, RestRoute, Signature, Task, TensorSpec
 
 
 class TextOptions(TaskOptions):
@@ -202,3 +206,94 @@ async def fill_mask(served: ServedModel, text: str, spans: Sequence[Sequence[int
         masked.append(MaskedByte(position, None if markers else data[position], best))
     return FillMaskResult(bytes(filled), masked)
 
+
+
+def fill_mask_json(model: str, result: FillMaskResult) -> dict[str, Any]:
+    def char(byte: int) -> str | None:
+        return chr(byte) if 32 <= byte < 127 else None
+
+    return {
+        "model": model,
+        "text": result.filled.decode("utf-8", errors="replace"),
+        "masked": [
+            {"position": m.position, "original": m.original,
+             "predictions": [{"byte": b, "char": char(b), "score": s} for b, s in m.candidates]}
+            for m in result.masked
+        ],
+    }
+
+
+# -- the task definitions -------------------------------------------------------------------------
+
+MAX_TEXTS = 256
+MAX_MASK_SPANS = 4096
+
+
+class ClassifyTextRequest(RequestSchema):
+    text: str | None = Field(None, description="One text (UTF-8).")
+    texts: list[str] | None = Field(None, min_length=1, max_length=MAX_TEXTS, description="Several texts.")
+    model: str | None = Field(None, description="Model name; default: the repository's text classifier.")
+    top_k: TopK = DEFAULT_TOP_K
+    return_logits: bool = False
+
+    @model_validator(mode="after")
+    def _one_of(self) -> "ClassifyTextRequest":
+        if (self.text is None) == (self.texts is None):
+            raise ValueError("give exactly one of 'text' and 'texts'")
+        return self
+
+
+class FillMaskRequest(RequestSchema):
+    text: str = Field(description="Text to complete; '[MASK]' marks one byte to predict.")
+    mask_spans: list[tuple[int, int]] | None = Field(
+        None, max_length=MAX_MASK_SPANS, description="[start, end) UTF-8 byte ranges to mask and predict.")
+    model: str | None = None
+    top_k: TopK = DEFAULT_TOP_K
+    truncate: bool = Field(False, description="Cut texts longer than the model's limit instead of refusing.")
+
+
+async def _classify(served: ServedModel, request: ClassifyTextRequest, call: Call) -> list[Classification]:
+    texts = [request.text] if request.text is not None else request.texts
+    return await classify_texts(served, texts, top=request.top_k, return_logits=request.return_logits,
+                                deadline=call.deadline)
+
+
+async def _fill_mask(served: ServedModel, request: FillMaskRequest, call: Call) -> FillMaskResult:
+    return await fill_mask(served, request.text, request.mask_spans, top=request.top_k, truncate=request.truncate,
+                           deadline=call.deadline)
+
+
+LOGITS = TensorSpec("LOGITS", "FP32", (-1, "labels"))
+LABEL = TensorSpec("LABEL", "BYTES", (-1,))
+
+TEXT_CLASSIFICATION = Task(
+    name="text-classification",
+    architectures=("PerceiverForSequenceClassification",),
+    options=TextOptions,
+    runner=TextClassificationRunner,
+    request=ClassifyTextRequest,
+    execute=_classify,
+    answer=classifications_json,
+    response=ClassificationResponse,
+    rest=RestRoute("/classify/text", "Classify one or more texts (JSON, or a text/plain body)",
+                   raw=("text/plain", "text")),
+    grpc_method="ClassifyText",
+    signature=Signature(inputs=(TensorSpec("TEXT", "BYTES", (-1,)),), outputs=(LOGITS, LABEL)),
+)
+
+FILL_MASK = Task(
+    name="fill-mask",
+    architectures=("PerceiverForMaskedLM",),
+    options=TextOptions,
+    runner=FillMaskRunner,
+    request=FillMaskRequest,
+    execute=_fill_mask,
+    answer=fill_mask_json,
+    response=FillMaskResponse,
+    rest=RestRoute("/fill-mask", "Predict masked bytes of a text"),
+    grpc_method="FillMask",
+    signature=Signature(
+        inputs=(TensorSpec("TEXT", "BYTES", (1,)), TensorSpec("MASK_SPANS", "INT64", (-1, 2))),
+        outputs=(TensorSpec("TEXT", "BYTES", (1,)), TensorSpec("LOGITS", "FP32", (-1, 262), optional=True)),
+    ),
+)

@@ -17,23 +17,24 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections.abc import AsyncIterator, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 from pydantic import Field
 
+from ..engine import ServedModel
 from ..engine.batcher import REQUEST_FAILED
 from ..errors import InvalidInput, PayloadTooLarge
 from ..modeling import PerceiverForMultimodalAutoencoding, video_frames
-from .common import Prediction, TaskOptions, classification
+from .common import DEFAULT_TOP_K, Prediction, TaskOptions, TopK, classification
+from .definition import RequestSchema, Task
 
-if TYPE_CHECKING:
-    from ..engine.registry import ServedModel
+MAX_CHUNKS_PER_WINDOW = 4096
 
 
 class VideoOptions(TaskOptions):
-    chunks_per_window: int = Field(16, ge=1, le=4096, description="Default decode chunks per window.")
+    chunks_per_window: int = Field(16, ge=1, le=MAX_CHUNKS_PER_WINDOW, description="Default decode chunks per window.")
     sample_rate: int = Field(48_000, ge=1, description="Audio sample rate the model was trained on.")
     fps: float = Field(25.0, gt=0, description="Frame rate the model was trained on (documentation).")
     max_undelivered_chunks: int = Field(4, ge=1, le=64, description="Decoded chunks buffered per stream.")
@@ -148,7 +149,7 @@ class StreamSettings:
     chunks_per_window: int
     image: bool = True
     audio: bool = True
-    top_k: int = 5
+    top_k: int = DEFAULT_TOP_K
 
 
 def check_stream_length(options: VideoOptions, frames: int) -> None:
@@ -160,7 +161,7 @@ def check_stream_length(options: VideoOptions, frames: int) -> None:
 class VideoStream:
     """Accumulates frames and audio of one stream into windows; validates as it goes."""
 
-    def __init__(self, served: "ServedModel") -> None:
+    def __init__(self, served: ServedModel) -> None:
         self.served = served
         config = served.model.config
         self.options: VideoOptions = served.runner.options
@@ -239,7 +240,7 @@ def chunk_bounds(total: int, chunks: int) -> list[tuple[int, int]]:
     return list(zip(edges[:-1].tolist(), edges[1:].tolist()))
 
 
-async def decode_window(served: "ServedModel", window: EncodeWindow, index: int, real_frames: int,
+async def decode_window(served: ServedModel, window: EncodeWindow, index: int, real_frames: int,
                         settings: StreamSettings) -> AsyncIterator[Chunk | WindowLabels]:
     """Encode one window, then yield its chunks as they are decoded and finally its labels."""
     model: PerceiverForMultimodalAutoencoding = served.model
@@ -262,7 +263,7 @@ async def decode_window(served: "ServedModel", window: EncodeWindow, index: int,
     yield WindowLabels(index, result.predictions, real_frames, padded)
 
 
-async def reconstruct(served: "ServedModel", settings: StreamSettings,
+async def reconstruct(served: ServedModel, settings: StreamSettings,
                       pieces: AsyncIterator[tuple[list[Frame], np.ndarray | None]]
                       ) -> AsyncIterator[Chunk | WindowLabels]:
     """Stream chunks and labels for a stream of ``(frames, audio)`` pieces.
@@ -287,7 +288,7 @@ async def reconstruct(served: "ServedModel", settings: StreamSettings,
             while (window := stream.next_window(final=True)) is not None:
                 await windows.put(window)
             await windows.put(end)
-        except Exception as exc:  # a bad piece ends the stream at once, after what was delivered
+        except Exception as exc:  # noqa: BLE001 - a bad piece ends the stream at once, after what was delivered
             producer.cancel(msg=REQUEST_FAILED)
             await results.put(exc)
 
@@ -300,7 +301,7 @@ async def reconstruct(served: "ServedModel", settings: StreamSettings,
                     await results.put(event)
                 index += 1
             await results.put(end)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - handed to the consumer, which raises it
             await results.put(exc)
 
     producer = asyncio.create_task(produce())
@@ -314,3 +315,29 @@ async def reconstruct(served: "ServedModel", settings: StreamSettings,
         for task in (reader, producer):
             task.cancel()
         await asyncio.gather(reader, producer, return_exceptions=True)
+
+
+class ReconstructVideoRequest(RequestSchema):
+    """A stream's configuration; its media follows in pieces."""
+
+    model: str | None = None
+    chunks_per_window: int | None = Field(None, ge=1, le=MAX_CHUNKS_PER_WINDOW,
+                                          description="Decode chunks per window; default: the model's option.")
+    return_image: bool = True
+    return_audio: bool = True
+    top_k: TopK = DEFAULT_TOP_K
+
+
+def stream_settings(request: ReconstructVideoRequest, options: VideoOptions) -> StreamSettings:
+    return StreamSettings(request.chunks_per_window or options.chunks_per_window, image=request.return_image,
+                          audio=request.return_audio, top_k=request.top_k)
+
+
+VIDEO_AUTOENCODING = Task(
+    name="video-autoencoding",
+    architectures=("PerceiverForMultimodalAutoencoding",),
+    options=VideoOptions,
+    runner=VideoRunner,
+    request=ReconstructVideoRequest,
+    v2_note="video reconstruction streams: use the perceiver.v1 ReconstructVideo RPC",
+)

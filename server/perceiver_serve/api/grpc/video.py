@@ -15,21 +15,19 @@ from collections.abc import AsyncIterator
 
 import numpy as np
 
-from ..engine import ServedModel
-from ..errors import InvalidInput, InvalidRequest
-from ..media import OpenedAudio, OpenedImage, open_audio, open_image, pcm_from_f32le, rgb_frame_from_raw
-from ..media.budget import DecodeBudget
-from ..media.limits import MediaLimits
-from ..modeling import PerceiverForMultimodalAutoencoding
-from ..pb.perceiver.v1 import perceiver_pb2 as pb
-from ..tasks.common import decode_in_budget, off_loop
-from ..tasks.video import (Chunk, Frame, StreamSettings, VideoOptions, WindowLabels, check_stream_length,
-                           model_frame, reconstruct)
-from .grpc import RpcCall, top_k_of
-from .rest import ServerState
-
-TASK = "video-autoencoding"
-MAX_CHUNKS_PER_WINDOW = 4096  # as VideoOptions.chunks_per_window
+from ...engine import ServedModel
+from ...errors import InvalidInput, InvalidRequest
+from ...media import OpenedAudio, OpenedImage, open_audio, open_image, pcm_from_f32le, rgb_frame_from_raw
+from ...media.budget import DecodeBudget
+from ...media.limits import MediaLimits
+from ...modeling import PerceiverForMultimodalAutoencoding
+from ...pb.perceiver.v1 import perceiver_pb2 as pb
+from ...tasks.common import decode_in_budget, off_loop
+from ...tasks.video import (VIDEO_AUTOENCODING, Chunk, Frame, VideoOptions, WindowLabels, check_stream_length,
+                            model_frame, reconstruct, stream_settings)
+from ..state import ServerState
+from .calls import RpcCall
+from .messages import fields_of
 
 Piece = tuple[list[Frame], np.ndarray | None]
 
@@ -39,9 +37,10 @@ async def reconstruct_video(state: ServerState, requests: AsyncIterator[pb.Recon
     first = await anext(requests, None)
     if first is None or first.WhichOneof("kind") != "config":
         raise InvalidRequest("the stream's first message must carry its config", code="no_config")
-    served = call.resolve(state.registry, TASK, first.config.model)
+    request = VIDEO_AUTOENCODING.parse(fields_of(first.config))
+    served = call.resolve(state.registry, VIDEO_AUTOENCODING.name, request.model)
     options: VideoOptions = served.runner.options
-    settings = stream_settings(first.config, options)
+    settings = stream_settings(request, options)
     model: PerceiverForMultimodalAutoencoding = served.model
     config = model.config
     grid = pb.VideoGrid(frames=config.output_shape[1], height=config.output_shape[2], width=config.output_shape[3])
@@ -52,18 +51,6 @@ async def reconstruct_video(state: ServerState, requests: AsyncIterator[pb.Recon
     async with contextlib.aclosing(reconstruct(served, settings, pieces)) as events:
         async for event in events:
             await call.context.write(event_message(event, grid))
-
-
-def stream_settings(config: pb.StreamConfig, options: VideoOptions) -> StreamSettings:
-    chunks = config.chunks_per_window if config.HasField("chunks_per_window") else options.chunks_per_window
-    if not 1 <= chunks <= MAX_CHUNKS_PER_WINDOW:
-        raise InvalidRequest(f"chunks_per_window must be between 1 and {MAX_CHUNKS_PER_WINDOW}, got {chunks}")
-    return StreamSettings(
-        chunks,
-        image=not config.HasField("return_image") or config.return_image,
-        audio=not config.HasField("return_audio") or config.return_audio,
-        top_k=top_k_of(config),
-    )
 
 
 class MediaDecoder:
