@@ -83,11 +83,12 @@ def test_flow_decoder_equals_the_plain_decoder(plain):
 
 
 def test_latent_memo_notices_changed_latents():
+    """Outside inference mode a tensor counts its in-place changes, and the memo reads that count."""
     model = _model(PerceiverForMultimodalAutoencoding)
     g = torch.Generator().manual_seed(4)
     images, audio = torch.rand(1, 2, 3, 16, 16, generator=g), torch.rand(1, 64, generator=g)
     points = torch.arange(300)
-    with torch.inference_mode():
+    with torch.no_grad():
         latents = model.encode(images, audio)
         first = model.decode(latents, points)["image"]
         latents.add_(torch.randn(latents.shape, generator=g))  # same tensor, new values
@@ -95,6 +96,23 @@ def test_latent_memo_notices_changed_latents():
         fresh = model.decode(latents.clone(), points)["image"]
     assert not torch.allclose(first, changed)
     assert torch.equal(changed, fresh)
+
+
+def test_latent_memo_hits_by_identity_without_reading_values(monkeypatch):
+    """Decoding one encoding in chunks prepares it once and never compares values (a device sync)."""
+    model = _model(PerceiverForMultimodalAutoencoding)
+    g = torch.Generator().manual_seed(5)
+    images, audio = torch.rand(1, 2, 3, 16, 16, generator=g), torch.rand(1, 64, generator=g)
+    prepared = []
+    monkeypatch.setattr(cross_attention, "latent_state",
+                        lambda *a, real=cross_attention.latent_state: prepared.append(1) or real(*a))
+    monkeypatch.setattr(torch, "equal", lambda *a: pytest.fail("the memo compared values"))
+    with torch.inference_mode():
+        latents = model.encode(images, audio)
+        chunks = [model.decode(latents, torch.arange(s, s + 100))["image"] for s in range(0, 500, 100)]
+        whole = model.decode(latents.clone(), torch.arange(500))["image"]
+    assert len(prepared) == 2  # once for the five chunks, once for the new tensor
+    assert (torch.cat(chunks, dim=1) - whole).abs().max() <= 1e-5
 
 
 def test_fourier_grid_features_equal_features_of_every_point():

@@ -146,8 +146,9 @@ class PerceiverLayer(nn.Module):
         )
         self.layernorm = nn.LayerNorm(q_dim)
         self.mlp = MLP(q_dim, widening_factor, config.hidden_act)
-        #: (latents, parameter versions, prepared state) of the last :meth:`decode` (see cross_attention).
-        self.latent_memo: tuple[torch.Tensor, tuple[int, ...], LatentState] | None = None
+        #: (latents, their version, parameter versions, prepared state) of the last :meth:`decode`
+        #: (see cross_attention.cached_state).
+        self.latent_memo: tuple[torch.Tensor, int | None, tuple[int | None, ...], LatentState] | None = None
 
     def forward(self, hidden: torch.Tensor, inputs: torch.Tensor | None = None,
                 key_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -161,14 +162,14 @@ class PerceiverLayer(nn.Module):
         Equals ``linear(self(queries, latents), *projection)``, in whichever evaluation order
         costs least (see :mod:`.cross_attention`).
         """
+        rows = latents.shape[0] * cross_attention.count_queries(queries)
+        out_map = cross_attention.output_map(self, projection, rows)
         state = cross_attention.prepared_latents(self, queries, latents)
         if state is not None:
-            parts = [cross_attention.mlp_then_project(self, cross_attention.attend_latents(self, chunk, state), projection)
-                     for chunk in cross_attention.row_chunks(queries, latents.shape[1])]
-            return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+            return cross_attention.decode_prepared(self, queries, state, out_map)
         if isinstance(queries, cross_attention.PaddedQueries):
             queries = queries.materialize()
-        return cross_attention.mlp_then_project(self, self.attention(queries, latents), projection)
+        return cross_attention.mlp_then_project(self, self.attention(queries, latents), out_map)
 
 
 class PerceiverEncoder(nn.Module):

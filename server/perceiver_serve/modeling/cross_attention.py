@@ -12,8 +12,8 @@ changes nothing:
 * **Latents side** (the decoders: many queries read a few latents). Keys and values are mapped
   into the queries' space once per encoding, ``K̃ = K W_q`` and ``Ṽ = V W_oᵀ + b_o``, so each query
   costs ``Nk · (query width + output width)`` instead of two projections plus the attention.
-  The result is remembered for the latents it came from, so decoding one encoding in many
-  chunks prepares it once.
+  The result is remembered for the latents tensor it came from, so decoding one encoding in
+  many chunks prepares it once.
 * **Padded queries** (multimodal): the decoder's queries are a few Fourier features followed by
   one learned padding vector (195 + 831 channels for video). Their layer norm only needs the
   features' sum and spread, so the scores come from the 195 feature channels alone.
@@ -23,7 +23,10 @@ changes nothing:
   3 outputs.
 
 Which order is used is decided per call by counting multiply-adds; the results agree with the
-plain order to float32 rounding.
+plain order to float32 rounding. Whatever depends only on the latents and the weights (prepared
+keys, folded projections) is computed once per call, not per row chunk; on accelerators
+(:func:`~.kernels.launch_bound`) a chunk is one batched operation per step, whatever the batch
+size, and chunks are large, so a decode chunk costs about a hundred kernel launches, not thousands.
 
 The functions take the blocks of :mod:`.attention` (an ``Attention``, a ``PerceiverLayer``)
 typed as plain modules: that module calls into this one, so this one does not import it.
@@ -36,10 +39,13 @@ import dataclasses
 import torch
 from torch import nn
 
-from .kernels import attend, batched_linear, few_rows_matmul, linear, weight_matmul
+from .kernels import attend, batched_linear, few_rows_matmul, launch_bound, linear, weight_matmul
 
-#: Above this many scores per row chunk, explicitly computed scores are produced in row chunks.
-SCORES_PER_CHUNK = 1 << 23
+#: Explicitly computed scores are produced in row chunks of at most this many scores: on a CPU,
+#: what its caches hold; on accelerators, enough work per launch that a 50,176-pixel video chunk
+#: (a window in 16) at batch 8 is one piece (2 GiB of float32 scores).
+CPU_SCORES_PER_CHUNK = 1 << 23
+DEVICE_SCORES_PER_CHUNK = 1 << 29
 
 
 @dataclasses.dataclass
@@ -114,35 +120,42 @@ def prepared_latents(layer: nn.Module, queries: Queries, latents: torch.Tensor) 
     width = queries.features.shape[-1] if isinstance(queries, PaddedQueries) else queries.shape[-1]
     plain, absorbed, prepare = _per_query_cost(layer, latents.shape[1], width)
     state = cached_state(layer, latents)
-    if _num_queries(queries) * (plain - absorbed) <= (0 if state is not None else prepare):
+    if count_queries(queries) * (plain - absorbed) <= (0 if state is not None else prepare):
         return None
     return state if state is not None else latent_state(layer, latents)
 
 
-def _num_queries(queries: Queries) -> int:
+def count_queries(queries: Queries) -> int:
     return queries.num_queries if isinstance(queries, PaddedQueries) else queries.shape[1]
 
 
 def cached_state(layer: nn.Module, latents: torch.Tensor) -> LatentState | None:
+    """The state last prepared by ``layer`` if it came from this very ``latents`` tensor, unchanged.
+
+    Identity and version counters, never values: comparing values on a GPU waits for the device
+    (11 times per flow ``decode_all``). Inference tensors keep no version counter, so one
+    changed in place inside ``inference_mode`` after a decode is taken as unchanged; decode new
+    latents from a new tensor (as every head and the server do).
+    """
     memo = layer.latent_memo
     if memo is None:
         return None
-    seen, versions, state = memo
-    same = (seen.shape == latents.shape and seen.dtype == latents.dtype and seen.device == latents.device
-            and versions == _versions(layer) and torch.equal(seen, latents))
+    seen, version, params, state = memo
+    same = seen is latents and version == _tensor_version(latents) and params == _versions(layer)
     return state if same else None
 
 
-def _versions(layer: nn.Module) -> tuple[int, ...]:
-    return tuple(p._version for p in layer.parameters())
+def _tensor_version(tensor: torch.Tensor) -> int | None:
+    return None if tensor.is_inference() else tensor._version
+
+
+def _versions(layer: nn.Module) -> tuple[int | None, ...]:
+    return tuple(_tensor_version(p) for p in layer.parameters())
 
 
 def latent_state(layer: nn.Module, latents: torch.Tensor) -> LatentState:
-    """The latents' keys and values in query and output space, remembered for the last latents seen.
-
-    The memo compares values, not identity, so a server that stacks the same latents anew for
-    every chunk still prepares them once; it holds a copy of those latents (a few MB).
-    """
+    """The latents' keys and values in query and output space, remembered for the last latents seen
+    (the memo holds that tensor, so its identity cannot pass to another while remembered)."""
     qkv, out = layer.attention.self, layer.attention.output.dense
     source = qkv.layernorm2(latents)
     keys, values = qkv.key(source), qkv.value(source)
@@ -152,20 +165,35 @@ def latent_state(layer: nn.Module, latents: torch.Tensor) -> LatentState:
         key_bias=torch.matmul(keys, qkv.query.bias) * scale,
         values=linear(values, out.weight, out.bias),
     )
-    layer.latent_memo = (latents.clone(), _versions(layer), state)
+    layer.latent_memo = (latents, _tensor_version(latents), _versions(layer), state)
     return state
 
 
-def _padded_scores(layer: nn.Module, queries: PaddedQueries, state: LatentState) -> torch.Tensor:
-    """``layernorm1(cat([f, pad])) @ K̃ᵀ + key bias`` from the feature channels and the pad's statistics.
+@dataclasses.dataclass
+class PaddedKeys:
+    """The keys' side of the scores of :class:`PaddedQueries` (see :func:`padded_keys`)."""
 
-    With ``m``, ``r`` a query's mean and inverse deviation over all channels, the scores are
-    ``r · (f·(γ_f ⊙ K̃_f) + pad·(γ_p ⊙ K̃_p) − m · γ·K̃) + β·K̃ + bias``: one product of
-    ``r · [f, 1, −m]`` with ``[γ_f ⊙ K̃_f, pad term, γ term]`` per key.
-    """
+    keys: torch.Tensor  # (B, Nk, F + 2): γ_f ⊙ K̃_f, the pad's term, the γ term
+    bias: torch.Tensor  # (B, Nk): β·K̃ + key bias
+
+
+def padded_keys(layer: nn.Module, queries: PaddedQueries, state: LatentState) -> PaddedKeys:
+    """With ``m``, ``r`` a query's mean and inverse deviation over all channels of ``cat([f, pad])``,
+    ``layernorm1(cat([f, pad])) @ K̃ᵀ + key bias`` is ``r · (f·(γ_f ⊙ K̃_f) + pad·(γ_p ⊙ K̃_p) − m · γ·K̃)
+    + β·K̃ + bias``: one product of ``r · [f, 1, −m]`` (per query) with these keys (once per call)."""
     norm = layer.attention.self.layernorm1
     gamma, beta = norm.weight, norm.bias
-    f, pad = queries.features, queries.pad.to(state.keys.dtype)
+    n_f, keys = queries.features.shape[-1], state.keys
+    pad_term = torch.matmul(keys[..., n_f:], gamma[n_f:] * queries.pad.to(keys.dtype))
+    side = torch.cat([keys[..., :n_f] * gamma[:n_f], pad_term[..., None], torch.matmul(keys, gamma)[..., None]],
+                     dim=-1)
+    return PaddedKeys(side, torch.matmul(keys, beta) + state.key_bias)
+
+
+def _padded_scores(layer: nn.Module, queries: PaddedQueries, keys: PaddedKeys) -> torch.Tensor:
+    """``layernorm1(cat([f, pad])) @ K̃ᵀ + key bias`` from the feature channels and the pad's statistics."""
+    norm = layer.attention.self.layernorm1
+    f, pad = queries.features, queries.pad
     n_f, n = f.shape[-1], norm.normalized_shape[0]
     n_p = n - n_f
     # Statistics of cat([f, pad]) per query in float32, merged from the two parts' (no cancellation).
@@ -175,18 +203,16 @@ def _padded_scores(layer: nn.Module, queries: PaddedQueries, state: LatentState)
     var = (n_f * var_f + n_p * var_p + n_f * n_p / n * (mean_f - mean_p).square()) / n
     inv_std = torch.rsqrt(var + norm.eps)[..., None]
     query_side = torch.cat([f.float(), torch.ones_like(inv_std), -mean[..., None]], dim=-1).mul_(inv_std)
-    keys = state.keys
-    pad_term = torch.matmul(keys[..., n_f:], gamma[n_f:] * pad)
-    key_side = torch.cat([keys[..., :n_f] * gamma[:n_f], pad_term[..., None], torch.matmul(keys, gamma)[..., None]],
-                         dim=-1)
-    return batched_linear(query_side.to(f.dtype), key_side, torch.matmul(keys, beta) + state.key_bias)
+    return batched_linear(query_side.to(f.dtype), keys.keys, keys.bias)
 
 
-def attend_latents(layer: nn.Module, queries: Queries, state: LatentState) -> torch.Tensor:
-    """The attention block's output ``(B, Nq, query width)``, from prepared latents."""
+def attend_latents(layer: nn.Module, queries: Queries, state: LatentState,
+                   keys: PaddedKeys | None = None) -> torch.Tensor:
+    """The attention block's output ``(B, Nq, query width)``, from prepared latents (and, for
+    :class:`PaddedQueries`, the :func:`padded_keys` of those latents)."""
     attention = layer.attention
     if isinstance(queries, PaddedQueries):
-        weights = torch.softmax(_padded_scores(layer, queries, state), dim=-1)
+        weights = torch.softmax(_padded_scores(layer, queries, keys or padded_keys(layer, queries, state)), dim=-1)
         out = batched_linear(weights, state.values.transpose(1, 2))
     else:
         normed = attention.self.layernorm1(queries)[:, None]
@@ -196,27 +222,57 @@ def attend_latents(layer: nn.Module, queries: Queries, state: LatentState) -> to
     return out
 
 
-def row_chunks(queries: Queries, num_latents: int) -> list[Queries]:
-    """Split queries so that explicitly computed scores stay under ``SCORES_PER_CHUNK`` per chunk."""
+def row_chunks(queries: Queries, num_latents: int, device: torch.device) -> list[Queries]:
+    """Split queries so that explicitly computed scores stay within a chunk's share on ``device``."""
     if not isinstance(queries, PaddedQueries):
         return [queries]  # fused attention: the scores are never held
-    rows = max(1, SCORES_PER_CHUNK // (num_latents * queries.batch_size))
+    budget = DEVICE_SCORES_PER_CHUNK if launch_bound(device) else CPU_SCORES_PER_CHUNK
+    rows = max(1, budget // (num_latents * queries.batch_size))
     return [PaddedQueries(queries.features[:, s:s + rows], queries.pad, queries.batch_size)
             for s in range(0, max(queries.num_queries, 1), rows)]
 
 
+def decode_prepared(layer: nn.Module, queries: Queries, state: LatentState,
+                    projection: OutputMap | None) -> torch.Tensor:
+    """``layer.decode`` from prepared latents: keys once, then the queries in row chunks."""
+    keys = padded_keys(layer, queries, state) if isinstance(queries, PaddedQueries) else None
+    parts = [mlp_then_project(layer, attend_latents(layer, chunk, state, keys), projection)
+             for chunk in row_chunks(queries, state.keys.shape[1], state.keys.device)]
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+
+
 # --- output projection -------------------------------------------------------------------------
 
-def mlp_then_project(layer: nn.Module, hidden: torch.Tensor,
-           projection: tuple[torch.Tensor, torch.Tensor | None] | None) -> torch.Tensor:
-    """The layer's residual MLP, then ``projection`` (weight, bias) if given, folded in where cheaper."""
+@dataclasses.dataclass
+class OutputMap:
+    """A linear map after the decoder's MLP, and (when cheaper) that map multiplied into the MLP's
+    second layer: ``(weight · W₂, weight · b₂ + bias)``, computed once per decode call."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+    folded: tuple[torch.Tensor, torch.Tensor] | None = None
+
+
+def output_map(layer: nn.Module, projection: tuple[torch.Tensor, torch.Tensor | None] | None,
+               rows: int) -> OutputMap | None:
+    """``projection`` (weight, bias), folded into the layer's MLP if that costs less for ``rows`` queries."""
     if projection is None:
-        return hidden + layer.mlp(layer.layernorm(hidden))
+        return None
     weight, bias = projection
     out, width = weight.shape
-    if hidden[..., 0].numel() * (width - out) <= out * width:
-        return linear(hidden + layer.mlp(layer.layernorm(hidden)), weight, bias)
-    mlp = layer.mlp
-    inner = mlp.hidden(layer.layernorm(hidden))
-    folded_bias = torch.mv(weight, mlp.dense2.bias) + (0 if bias is None else bias)
-    return linear(hidden, weight, folded_bias) + linear(inner, few_rows_matmul(weight, mlp.dense2.weight))
+    if rows * (width - out) <= out * width:
+        return OutputMap(weight, bias)
+    dense2 = layer.mlp.dense2
+    folded_bias = torch.mv(weight, dense2.bias) + (0 if bias is None else bias)
+    return OutputMap(weight, bias, (few_rows_matmul(weight, dense2.weight), folded_bias))
+
+
+def mlp_then_project(layer: nn.Module, hidden: torch.Tensor, projection: OutputMap | None) -> torch.Tensor:
+    """The layer's residual MLP, then ``projection`` if given (through its folded form if it has one)."""
+    if projection is None:
+        return hidden + layer.mlp(layer.layernorm(hidden))
+    if projection.folded is None:
+        return linear(hidden + layer.mlp(layer.layernorm(hidden)), projection.weight, projection.bias)
+    weight, bias = projection.folded
+    inner = layer.mlp.hidden(layer.layernorm(hidden))
+    return linear(hidden, projection.weight, bias) + linear(inner, weight)

@@ -117,18 +117,33 @@ def weight_matmul(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return torch.matmul(x, weight)
 
 
+def launch_bound(device: torch.device) -> bool:
+    """Whether work on ``device`` costs kernel launches more than arithmetic (every accelerator).
+
+    There, one batched operation replaces per-item loops and a few large chunks replace many
+    small ones; a CPU runs the loops as fast and wants chunks that fit its caches.
+    """
+    return device.type != "cpu"
+
+
 def batched_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """:func:`linear` with one weight per batch item: ``x`` ``(B or 1, N, K)``, ``weight`` ``(B, M, K)``,
-    ``bias`` ``(B, M)`` → ``(B, N, M)`` (a batched product that keeps the oneDNN kernels)."""
+    ``bias`` ``(B, M)`` → ``(B, N, M)``: one batched product on accelerators, one product per item
+    on a CPU (where each is as fast and keeps to :func:`linear`'s kernels)."""
+    if launch_bound(weight.device):
+        x = x.expand(weight.shape[0], -1, -1)
+        if bias is None:
+            return torch.bmm(x, weight.transpose(1, 2))
+        return torch.baddbmm(bias[:, None], x, weight.transpose(1, 2))
     outs = [linear(x[min(i, x.shape[0] - 1)], weight[i], None if bias is None else bias[i])
             for i in range(weight.shape[0])]
     return outs[0][None] if len(outs) == 1 else torch.stack(outs)
 
 
 def few_rows_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``a @ b`` for an ``a`` of a few rows, as matrix-vector products: MKL's ``sgemm`` takes 25× longer
-    on a 3 × 1026 × 1026 product than three ``mv`` calls on this kind of CPU."""
-    if a.shape[0] > 16:
+    """``a @ b`` for an ``a`` of a few rows; on a CPU as matrix-vector products: MKL's ``sgemm`` takes 25×
+    longer on a 3 × 1026 × 1026 product than three ``mv`` calls on this kind of CPU."""
+    if a.shape[0] > 16 or launch_bound(a.device):
         return torch.matmul(a, b)
     bt = b.t()
     return torch.stack([torch.mv(bt, row) for row in a])
@@ -147,9 +162,25 @@ class Linear(nn.Linear):
         return linear(x, self.weight, self.bias, onednn_max_rows=self.onednn_max_rows)
 
 
+def sdpa_width_multiple(x: torch.Tensor) -> int:
+    """The head width CUDA's fused SDPA kernels need a multiple of for ``x``'s dtype (1: any width).
+
+    The memory-efficient kernel takes widths divisible by 4 in float32 and by 8 in 16-bit
+    types; anything else falls back to the math kernel, which materialises the score matrix
+    (upcast to float32 for bf16/fp16) several times over. CPU kernels take any width.
+    """
+    if x.device.type != "cuda":
+        return 1
+    return 4 if x.dtype == torch.float32 else 8
+
+
+def _pad_width(x: torch.Tensor, width: int) -> torch.Tensor:
+    return x if x.shape[-1] == width else F.pad(x, (0, width - x.shape[-1]))
+
+
 def attend(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch.Tensor | None = None, *,
-    scale: float | None = None, key_bias: torch.Tensor | None = None,
+    scale: float | None = None, key_bias: torch.Tensor | None = None, width_multiple: int | None = None,
 ) -> torch.Tensor:
     """Multi-head attention over ``(B, H, N, C)`` tensors.
 
@@ -160,7 +191,10 @@ def attend(
     Perceiver often differs (the language model uses 32-wide keys and 160-wide values per
     head). Small problems use SDPA as is; large ones zero-pad the narrower side to the wider
     one, which leaves every dot product, and so the result, unchanged while keeping the
-    fused, memory-bounded kernel.
+    fused, memory-bounded kernel. For the same reason, widths are zero-padded up to
+    ``width_multiple`` (default: what the device's fused kernels need, see
+    :func:`sdpa_width_multiple`): the flow and conv classifiers attend 322 wide, the Fourier
+    classifier 261 wide.
     """
     qk_dim, v_dim = q.shape[-1], v.shape[-1]
     mask = None if key_mask is None else key_mask[:, None, None, :]
@@ -169,10 +203,11 @@ def attend(
         mask = bias if mask is None else bias.masked_fill(~mask, float("-inf"))
     scale = 1.0 / math.sqrt(qk_dim) if scale is None else scale
     scores = q.shape[0] * q.shape[1] * q.shape[2] * k.shape[2]
-    if qk_dim == v_dim or scores <= FUSED_SCORES_THRESHOLD:
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
-    if qk_dim < v_dim:
-        pad = (0, v_dim - qk_dim)
-        return F.scaled_dot_product_attention(F.pad(q, pad), F.pad(k, pad), v, attn_mask=mask, scale=scale)
-    out = F.scaled_dot_product_attention(q, k, F.pad(v, (0, qk_dim - v_dim)), attn_mask=mask, scale=scale)
-    return out[..., :v_dim]
+    qk_width, v_width = qk_dim, v_dim
+    if qk_dim != v_dim and scores > FUSED_SCORES_THRESHOLD:
+        qk_width = v_width = max(qk_dim, v_dim)
+    multiple = sdpa_width_multiple(q) if width_multiple is None else width_multiple
+    qk_width, v_width = (-(-width // multiple) * multiple for width in (qk_width, v_width))
+    out = F.scaled_dot_product_attention(_pad_width(q, qk_width), _pad_width(k, qk_width), _pad_width(v, v_width),
+                                         attn_mask=mask, scale=scale)
+    return out if v_width == v_dim else out[..., :v_dim]
