@@ -39,7 +39,7 @@ _FLAGS: list[tuple[str, dict]] = [
                                                           "system when freed (default 4; 0 = glibc's default)")),
 ]
 
-# Kept equal to server.EXIT_PORT_BUSY / EXIT_MODEL_FAILED (a test checks), written here so that
+# Kept equal to server.EXIT_PORT_BUSY / EXIT_MODEL_FAILED / EXIT_NO_GPU (a test checks), written here so that
 # --help needs no server import.
 EPILOG = """\
 Every flag is also an environment variable, named in [brackets] after it
@@ -51,6 +51,7 @@ exit codes:
   2    invalid flags, settings or model repository
   3    the REST or gRPC port cannot be bound (in use, or not permitted)
   4    --strict, and a model failed to load
+  5    --require-gpu, and a model asking for device auto or cuda would get no GPU
   128+N  a second signal N during the drain quit at once (130 for Ctrl-C, 143 for SIGTERM)
 """
 
@@ -68,6 +69,9 @@ def parser() -> argparse.ArgumentParser:
         dest = options.get("dest", flag[2:].replace("-", "_"))
         options = {**options, "help": f"{options['help']} [{_env_name(dest)}]"}
         p.add_argument(flag, default=argparse.SUPPRESS, **options)
+    p.add_argument("--require-gpu", action="store_true", default=argparse.SUPPRESS,
+                   help="exit with code 5 at start if a model asking for device auto or cuda would get no GPU "
+                        f"(a GPU node whose driver or runtime failed) [{_env_name('require_gpu')}]")
     p.add_argument("--no-docs", dest="docs", action="store_false", default=argparse.SUPPRESS,
                    help=f"do not serve /docs, /redoc and /openapi.json [{_env_name('docs')}=false]")
     p.add_argument("--strict", action="store_true", default=argparse.SUPPRESS,

@@ -30,6 +30,7 @@ from .engine import ModelRegistry, ModelRepository
 from .engine.registry import FAILED, READY
 from .errors import PortUnavailable
 from .media.budget import DecodeBudget
+from .engine.devices import cuda_unavailable_reason
 from .media.image import allow_pixels
 from .metrics import Metrics
 from .settings import Settings
@@ -42,6 +43,7 @@ log = logging.getLogger("perceiver_serve")
 # command's --help lists them too.
 EXIT_PORT_BUSY = 3
 EXIT_MODEL_FAILED = 4
+EXIT_NO_GPU = 5
 
 
 class _Uvicorn(uvicorn.Server):
@@ -88,6 +90,10 @@ async def serve(settings: Settings) -> int:
     fix_mmap_threshold(int(settings.malloc_mmap_threshold_mb * 1024 * 1024))
     configure_preprocess_pool(settings.preprocess_threads)
     state = build_state(settings)
+    if settings.require_gpu and (stranded := state.registry.gpu_models_on_cpu()):
+        log.error("--require-gpu: models %s ask for a GPU, and CUDA is not available here: %s",
+                  ", ".join(stranded), cuda_unavailable_reason())
+        return EXIT_NO_GPU
     app = create_app(
         state,
         api_key=settings.api_key.get_secret_value() if settings.api_key else None,

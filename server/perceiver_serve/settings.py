@@ -46,6 +46,8 @@ class Settings(BaseSettings):
     tls_cert: Path | None = Field(None, description="PEM certificate: serve both ports over TLS.")
     tls_key: Path | None = Field(None, description="PEM private key for --tls-cert.")
     grace_period_s: float = Field(30.0, ge=0, description="On SIGTERM, time allowed for in-flight work.")
+    require_gpu: bool = Field(False, description="Exit non-zero at start if a model that asks for a GPU "
+                                                 "(device auto or cuda) would get none.")
     preprocess_threads: int | None = Field(None, ge=1, description="Threads decoding and preprocessing media.")
     malloc_mmap_threshold_mb: float = Field(
         4.0, ge=0, le=32, description="glibc: allocations from this size up are returned to the system when "

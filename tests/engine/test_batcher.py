@@ -4,6 +4,7 @@ import asyncio
 import contextlib
 import threading
 import time
+import weakref
 
 import numpy as np
 import pytest
@@ -213,3 +214,49 @@ async def test_stop_finishes_queued_work_and_refuses_new():
     from perceiver_serve.errors import ShuttingDown
     with pytest.raises(ShuttingDown):
         await batcher.submit(1)
+
+
+async def test_the_failed_batch_is_freed_before_the_retry():
+    """The out-of-memory retry must not run while the failed pass's tensors are still referenced
+    (by the traceback's frames), or the device memory they hold is not there for the halves."""
+    allocated, alive_at_retry = [], []
+
+    def fn(payloads):
+        alive_at_retry.append([ref() is not None for ref in allocated])
+        activations = torch.empty(1 << 20)  # what a forward pass holds when it runs out of memory
+        allocated.append(weakref.ref(activations))
+        if len(payloads) > 1:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return [p * 2 for p in payloads]
+
+    batcher = started(Recorder(fn=fn), max_batch_size=4, max_delay_ms=50)
+    try:
+        out = await asyncio.gather(*(batcher.submit(i) for i in range(4)))
+    finally:
+        batcher.stop()
+    assert out == [0, 2, 4, 6]
+    assert len(alive_at_retry) == 7  # 4 → 2 → 1, 1 → 2 → 1, 1
+    assert not any(any(alive) for alive in alive_at_retry), alive_at_retry
+
+
+def test_warm_up_runs_on_the_worker_thread_one_batch_per_key():
+    from perceiver_serve.engine.warmup import warm_up
+
+    threads = []
+    runner = Recorder(fn=lambda payloads: threads.append(threading.current_thread().name) or list(payloads))
+    runner.warmup_payloads = lambda: [1, 2, ("x", 3), 4]
+    batcher = DynamicBatcher("m", runner, limits())
+    batcher.start(warm_up=lambda: warm_up(runner, 8, False, print))
+    batcher.stop()
+    assert runner.batches == [[1, 2], [("x", 3)], [4]]
+    assert threads == ["device-worker:m"] * 3
+
+
+def test_a_failing_warm_up_is_raised_by_start_and_ends_the_worker():
+    def fn(payloads):
+        raise RuntimeError("warm-up broke")
+
+    batcher = DynamicBatcher("m", Recorder(fn=fn), limits())
+    with pytest.raises(RuntimeError, match="warm-up broke"):
+        batcher.start(warm_up=lambda: batcher.runner.run([1]))
+    assert not batcher._thread.is_alive()

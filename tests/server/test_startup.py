@@ -16,7 +16,7 @@ from perceiver_serve import __version__
 from perceiver_serve.cli import EPILOG
 from perceiver_serve.pb.perceiver.v1 import perceiver_pb2 as pb
 from perceiver_serve.pb.perceiver.v1 import perceiver_pb2_grpc
-from perceiver_serve.server import EXIT_MODEL_FAILED, EXIT_PORT_BUSY
+from perceiver_serve.server import EXIT_MODEL_FAILED, EXIT_NO_GPU, EXIT_PORT_BUSY
 
 from ..grpc.inprocess import write_repository
 from ..support import ServerProcess, running
@@ -52,6 +52,7 @@ def test_version():
 def test_help_states_the_exit_codes_the_server_uses():
     assert f"  {EXIT_PORT_BUSY}    the REST or gRPC port cannot be bound" in EPILOG
     assert f"  {EXIT_MODEL_FAILED}    --strict, and a model failed to load" in EPILOG
+    assert f"  {EXIT_NO_GPU}    --require-gpu, and a model asking for device auto or cuda would get no GPU" in EPILOG
 
 
 @pytest.mark.parametrize("which", ["rest", "grpc"])

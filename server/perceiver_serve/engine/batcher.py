@@ -8,7 +8,12 @@ when that oldest item arrived, and runs the batch. The event loop never runs mod
 
 Items are dropped before they are computed when their caller went away (the awaiting task
 was cancelled) or their deadline passed. An exception fails only the batch it happened in;
-an out-of-memory error splits the batch in halves and retries each.
+an out-of-memory error splits the batch in halves and retries each, after the failed attempt's
+tensors are gone (see :meth:`DynamicBatcher._run`).
+
+The worker thread owns its model's device work: it selects the device, runs every batch on a
+stream of its own (:class:`~.devices.WorkerStream`) and runs the warm-up batches itself, so the
+per-thread cuBLAS/cuDNN handles exist before the first request.
 """
 
 from __future__ import annotations
@@ -19,12 +24,14 @@ import dataclasses
 import logging
 import threading
 import time
-from collections.abc import Hashable, Sequence
+import traceback
+from collections.abc import Callable, Hashable, Sequence
 from typing import Any, Protocol
 
 import torch
 
 from ..errors import DeadlineExceeded, InferenceFailed, PayloadTooLarge, QueueFull, ServeError, ShuttingDown
+from .devices import WorkerStream
 from .repository import BatchingConfig
 from .tasks import BatchRunner
 
@@ -93,20 +100,32 @@ def is_out_of_memory(exc: BaseException) -> bool:
 
 class DynamicBatcher:
     def __init__(self, name: str, runner: BatchRunner, limits: BatchingConfig,
-                 observer: BatchObserver | None = None) -> None:
+                 observer: BatchObserver | None = None, device: str | torch.device = "cpu") -> None:
         self.name = name
         self.runner = runner
         self.limits = limits
         self.observer = observer or _NullObserver()
+        self.stream = WorkerStream(device)
         self._queue: collections.deque[_Item] = collections.deque()
         self._cond = threading.Condition()
         self._stopping = False
         self._thread = threading.Thread(target=self._work, name=f"device-worker:{name}", daemon=True)
+        self._warm_up: Callable[[], None] | None = None
+        self._warmed = threading.Event()
+        self._warm_up_error: BaseException | None = None
         self.forward_passes = 0  # batches actually run; tests and benchmarks read it
 
     # -- event-loop side ----------------------------------------------------------------------
-    def start(self) -> None:
+    def start(self, warm_up: Callable[[], None] | None = None) -> None:
+        """Start the worker thread and wait until it has run ``warm_up`` (on its device and stream);
+        a warm-up failure stops the worker and is raised here."""
+        self._warm_up = warm_up
         self._thread.start()
+        self._warmed.wait()
+        if self._warm_up_error is not None:
+            error, self._warm_up_error = self._warm_up_error, None
+            self.stop()
+            raise error
 
     @property
     def queue_depth(self) -> int:
@@ -182,6 +201,14 @@ class DynamicBatcher:
     # -- worker side --------------------------------------------------------------------------
     def _work(self) -> None:
         torch.set_grad_enabled(False)
+        try:
+            self.stream.bind()
+            self._run_warm_up()
+        except BaseException as exc:  # noqa: BLE001 - handed to start(), which raises it
+            self._warm_up_error = exc
+            return
+        finally:
+            self._warmed.set()
         while (batch := self._next_batch()) is not None:
             live = self._drop_dead(batch)
             if live:
@@ -223,32 +250,54 @@ class DynamicBatcher:
                 live.append(item)
         return live
 
+    def _run_warm_up(self) -> None:
+        if self._warm_up is None:
+            return
+        with self.stream.running(), torch.inference_mode():
+            self._warm_up()
+            self.stream.synchronize()
+        self._warm_up = None
+
     def _run(self, batch: list[_Item]) -> None:
+        """Run a batch; on running out of memory, its halves, depth first.
+
+        The retry happens here, outside the ``except`` that caught the failure: there, the
+        exception's traceback still holds the failed forward pass's frames and with them its
+        tensors, which the allocator then cannot free for the retry.
+        """
+        pending = [batch]
+        while pending:
+            part = pending.pop()
+            if self._attempt(part):
+                log.warning("model %s: out of memory on a batch of %d; retrying in halves", self.name, len(part))
+                self.stream.release_cached_memory()
+                half = len(part) // 2
+                pending += [part[half:], part[:half]]
+
+    def _attempt(self, batch: list[_Item]) -> bool:
+        """Run ``batch`` and settle its items; True (items unsettled) if it ran out of memory and can be split."""
         started = time.monotonic()
         try:
-            with torch.inference_mode():
+            with self.stream.running(), torch.inference_mode():
                 results = list(self.runner.run([item.payload for item in batch]))
+                self.stream.synchronize()
             if len(results) != len(batch):
                 raise RuntimeError(f"runner returned {len(results)} results for {len(batch)} items")
         except Exception as exc:  # noqa: BLE001 - any failure fails this batch, never the worker
+            traceback.clear_frames(exc.__traceback__)  # the failed pass's locals: its tensors
+            if is_out_of_memory(exc) and len(batch) > 1:
+                return True
             self._fail(batch, exc)
-            return
+            return False
         finally:
             self.forward_passes += 1
         compute = time.monotonic() - started
         self.observer.observe_batch(self.name, len(batch), [started - i.enqueued for i in batch], compute)
         for item, result in zip(batch, results):
             item.settle(result)
+        return False
 
     def _fail(self, batch: list[_Item], exc: Exception) -> None:
-        if is_out_of_memory(exc) and len(batch) > 1:
-            log.warning("model %s: out of memory on a batch of %d; retrying in halves", self.name, len(batch))
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-            half = len(batch) // 2
-            self._run(batch[:half])
-            self._run(batch[half:])
-            return
         if isinstance(exc, ServeError):
             error: ServeError = exc
         else:

@@ -20,6 +20,7 @@ from pydantic import ValidationError
 from ..errors import ModelNotFound, NotReady
 from ..modeling import PerceiverTaskModel, load_model
 from .batcher import BatchObserver, DynamicBatcher
+from .devices import asked_for_gpu, configure_tf32, resolve_device
 from .repository import ModelRepository, ModelSpec, describe_validation_error
 from .warmup import warm_up
 
@@ -38,6 +39,7 @@ class ServedModel:
     runner: Any = None  # the task's runner: a BatchRunner with ``labelled`` and ``geometry()`` for describe()
     batcher: DynamicBatcher | None = None
     device: str | None = None
+    device_fallback: str | None = None  # why the model runs on the CPU although it asked for a GPU
     load_seconds: float | None = None
 
     @property
@@ -49,8 +51,11 @@ class ServedModel:
         if self.reason:
             info["reason"] = self.reason
         if self.spec:
-            info.update(device=self.device or self.spec.device, dtype=self.spec.dtype,
+            info.update(device=self.device or self.spec.device, requested_device=self.spec.device,
+                        dtype=self.spec.dtype, tf32=self.spec.tf32,
                         batching=self.spec.batching.model_dump(), options=self.spec.options)
+            if self.device_fallback:
+                info["device_fallback"] = self.device_fallback
         if self.model is not None:
             info.update(architecture=self.model.architecture, load_seconds=round(self.load_seconds or 0.0, 3),
                         dtype=self.model.precision, requested_dtype=self.spec.dtype, geometry=self.runner.geometry())
@@ -70,18 +75,6 @@ class ServedModel:
             raise ModelNotFound(f"model {self.name!r} ({self.task}) answers without labels", code="no_labels")
         labels = self.model.config.id2label
         return [labels[i] for i in range(len(labels))]
-
-
-def resolve_device(requested: str) -> str:
-    if requested == "auto":
-        return "cuda:0" if torch.cuda.is_available() else "cpu"
-    if requested == "cpu":
-        return "cpu"
-    index = 0 if requested == "cuda" else int(requested.split(":")[1])
-    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    if index >= count:
-        raise RuntimeError(f"device {requested!r} is not available ({count} CUDA devices)")
-    return f"cuda:{index}"
 
 
 class ModelRegistry:
@@ -106,6 +99,7 @@ class ModelRegistry:
     def load_all(self) -> None:
         """Load every model in turn (blocking; run it off the event loop)."""
         pending = [m for m in self.models.values() if m.state == LOADING]
+        configure_tf32({m.name: m.spec.tf32 for m in pending if m.spec and asked_for_gpu(m.spec.device)})
         for position, served in enumerate(pending, start=1):
             self.progress(f"[{position}/{len(pending)}] loading model {served.name!r} ({served.task})")
             self._load(served)
@@ -120,7 +114,8 @@ class ModelRegistry:
                 options = definition.options(**spec.options)
             except ValidationError as exc:
                 raise ValueError(f"{spec.toml_path}: {describe_validation_error(exc, prefix='options.')}") from None
-            served.device = resolve_device(spec.device)
+            placement = resolve_device(spec.device)
+            served.device, served.device_fallback = placement.device, placement.fallback
             say = lambda message: self.progress(f"{served.name}: {message}")  # noqa: E731
             model = load_model(spec.checkpoint_dir(), device=served.device, dtype=spec.dtype, progress=say,
                                compile=spec.compile)
@@ -130,9 +125,9 @@ class ModelRegistry:
                     f"{spec.task!r} (needs one of {', '.join(definition.architectures)})"
                 )
             runner = definition.runner(model, options)
-            warm_up(runner, spec.batching.max_batch_size, model.compiled, say)
-            batcher = DynamicBatcher(served.name, runner, spec.batching, self.observer)
-            batcher.start()
+            batcher = DynamicBatcher(served.name, runner, spec.batching, self.observer, device=served.device)
+            # On the worker thread, whose device, stream and cuBLAS/cuDNN handles requests then find ready.
+            batcher.start(warm_up=lambda: warm_up(runner, spec.batching.max_batch_size, model.compiled, say))
         except Exception as exc:  # noqa: BLE001 - any failure marks this model failed, never the server
             plain = isinstance(exc, (ValueError, OSError))  # our own messages name file and field
             served.state, served.reason = FAILED, str(exc) if plain else f"{type(exc).__name__}: {exc}"
@@ -145,6 +140,12 @@ class ModelRegistry:
         served.state = READY
         self.progress(f"model {served.name!r} ready on {served.device} in {served.load_seconds:.1f} s")
         self._report(served)
+
+    def gpu_models_on_cpu(self) -> list[str]:
+        """Models that asked for a GPU (``auto`` or ``cuda``) and would find none (the CPU, or failure)."""
+        if torch.cuda.is_available():
+            return []
+        return sorted(m.name for m in self.models.values() if m.spec is not None and asked_for_gpu(m.spec.device))
 
     def _report(self, served: ServedModel) -> None:
         if self.observer is not None and hasattr(self.observer, "observe_model_state"):

@@ -55,6 +55,7 @@ class ModelSpec(BaseModel):
     device: str = "auto"
     dtype: Literal["float32", "bfloat16", "float16", "int8", "auto"] = "float32"
     compile: bool = False
+    tf32: bool = False  # CUDA float32 products in TF32: faster, no longer at parity (see devices.configure_tf32)
     default: bool = False
     batching: BatchingConfig = BatchingConfig()
     options: dict[str, Any] = Field(default_factory=dict)

@@ -8,6 +8,7 @@ for this, since a model is ready only after its warm-up.
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -31,7 +32,9 @@ def warm_up(runner: Any, max_batch_size: int, compiled: bool, progress: Callable
     """Run the warm-up batch, or every served shape of a compiled model, reporting progress."""
     with torch.inference_mode():
         if not compiled:
-            runner.run(runner.warmup_payloads())
+            # Consecutive payloads of one batch key make one batch (video: encode, a decode chunk, labels).
+            for _, batch in itertools.groupby(runner.warmup_payloads(), key=runner.batch_key):
+                runner.run(list(batch))
             return
         batches = warmup_batches(runner, max_batch_size)
         started, graphs = time.monotonic(), compiled_graphs()
