@@ -23,6 +23,20 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 EXPOSITION_CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 
+def device_memory() -> dict[str, dict[str, int]]:
+    """Allocated and reserved bytes per CUDA device ({} without CUDA).
+
+    Both, because the caching allocator keeps freed blocks: allocated memory can be low while the
+    device is full, and another process (or model) sees only what is reserved.
+    """
+    import torch
+
+    if not torch.cuda.is_available():
+        return {}
+    return {f"cuda:{i}": {"allocated": torch.cuda.memory_allocated(i), "reserved": torch.cuda.memory_reserved(i)}
+            for i in range(torch.cuda.device_count())}
+
+
 class Metrics:
     """All instruments of one server; engine and front ends report through its methods."""
 
@@ -71,7 +85,9 @@ class Metrics:
             "--max-decode-mb budget.", registry=r,
         )
         self.device_memory = Gauge(
-            "perceiver_device_memory_bytes", "Accelerator memory allocated by this process.", ["device"], registry=r,
+            "perceiver_device_memory_bytes",
+            "Accelerator memory of this process: 'allocated' to live tensors, 'reserved' by the caching allocator "
+            "(allocated plus cached free blocks; what the device sees as used).", ["device", "kind"], registry=r,
         )
 
     # -- engine hooks -------------------------------------------------------------------------
@@ -112,11 +128,12 @@ class Metrics:
 
     # -- exposition ---------------------------------------------------------------------------
     def refresh_device_memory(self) -> None:
-        import torch
+        self.set_device_memory(device_memory())
 
-        if torch.cuda.is_available():
-            for index in range(torch.cuda.device_count()):
-                self.device_memory.labels(f"cuda:{index}").set(torch.cuda.memory_allocated(index))
+    def set_device_memory(self, usage: dict[str, dict[str, int]]) -> None:
+        for device, kinds in usage.items():
+            for kind, value in kinds.items():
+                self.device_memory.labels(device, kind).set(value)
 
     def exposition(self) -> bytes:
         self.refresh_device_memory()

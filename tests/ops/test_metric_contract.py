@@ -57,3 +57,14 @@ def test_promql_metric_names(expr, names):
 def test_grafana_label_values_query():
     assert grafana_variable_metric_names("label_values(perceiver_model_ready, model)") == {"perceiver_model_ready"}
     assert grafana_variable_metric_names("label_values(model)") == set()
+
+
+def test_device_memory_reports_allocated_and_reserved():
+    from perceiver_serve.metrics import Metrics, device_memory
+
+    assert device_memory() == {}  # no CUDA here: nothing to report, nothing invented
+    metrics = Metrics()
+    metrics.set_device_memory({"cuda:0": {"allocated": 3 << 30, "reserved": 5 << 30}})
+    text = metrics.exposition().decode()
+    assert 'perceiver_device_memory_bytes{device="cuda:0",kind="allocated"} 3.221225472e+09' in text
+    assert 'perceiver_device_memory_bytes{device="cuda:0",kind="reserved"} 5.36870912e+09' in text
