@@ -66,6 +66,8 @@ def test_gpu_override_builds_cuda_and_reserves_a_gpu():
     assert service["build"]["dockerfile"] == "docker/Dockerfile.cuda"
     devices = service["deploy"]["resources"]["reservations"]["devices"]
     assert devices == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
+    assert service["deploy"]["resources"]["reservations"]["cpus"] in (8, 8.0, "8")
+    assert service["environment"]["PERCEIVER_REQUIRE_GPU"] == "true"
 
 
 def _bind_mounts(service: dict) -> dict[str, str]:

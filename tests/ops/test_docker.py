@@ -131,3 +131,16 @@ def test_cpu_image_can_compile():
     """compile = true needs a C++ compiler and OpenMP in the image that runs the server."""
     runs = " ".join(i.arguments for i in Dockerfile.read(DOCKERFILES[0]).runtime() if i.keyword == "RUN")
     assert "apt-get install" in runs and {"g++", "libgomp1"} <= set(runs.split())
+
+
+def test_the_cuda_image_matches_its_torch_build_and_the_tests_python():
+    """PyPI's torch 2.13.0 (the CUDA image's lock) is built for CUDA 13.0; the tests run Python 3.11."""
+    cpu, cuda = (Dockerfile.read(p) for p in DOCKERFILES)
+    lock = (REPO_ROOT / LOCKS["Dockerfile.cuda"]).read_text()
+    assert "\ntorch==2.13.0 " in lock and "\nnvidia-cuda-runtime==13.0." in lock
+    base = cuda.arg_defaults()["CUDA_IMAGE"]
+    assert base.startswith("nvidia/cuda:13.0.") and base.endswith("-base-ubuntu22.04"), base
+    assert cpu.arg_defaults()["PYTHON_IMAGE"].startswith("python:3.11-")
+    runs = " ".join(i.arguments for i in cuda.instructions if i.keyword == "RUN")
+    assert "python3.11-venv" in runs and "python3.11 -m venv" in runs
+    assert cuda.runtime_env()["PYTORCH_CUDA_ALLOC_CONF"] == "expandable_segments:True"

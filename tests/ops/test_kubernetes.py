@@ -102,6 +102,9 @@ def test_gpu_overlay_adds_a_gpu_and_the_cuda_image():
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in tolerations
     base = _container(_by_kind(BASE)["Deployment"])
     assert base["image"] == "perceiver-serve:cpu" and "nvidia.com/gpu" not in base["resources"]["limits"]
+    assert container["resources"]["requests"]["cpu"] == "8"
+    assert {"name": "PERCEIVER_REQUIRE_GPU", "value": "true"} in container["env"]
+    assert not any(e["name"] == "PERCEIVER_REQUIRE_GPU" for e in base["env"])
 
 
 def test_ports_and_probes_match_the_image():
