@@ -126,18 +126,21 @@ class FlopCounter(TorchDispatchMode):
         return out
 
 
-def matmul_peak(dtype: torch.dtype, size: int, budget_s: float = 3.0) -> float:
-    """Best GFLOP/s of ``size``² matrix products in ``dtype`` within about ``budget_s`` seconds."""
-    a = torch.randn(size, size).to(dtype)
-    b = torch.randn(size, size).to(dtype)
+def matmul_peak(dtype: torch.dtype, size: int, budget_s: float = 3.0, device: str = "cpu") -> float:
+    """Best GFLOP/s of ``size``² matrix products in ``dtype`` on ``device`` within about ``budget_s`` seconds."""
+    a = torch.randn(size, size).to(device, dtype)
+    b = torch.randn(size, size).to(device, dtype)
+    sync = torch.cuda.synchronize if a.device.type == "cuda" else (lambda: None)
     flops = 2 * size**3
     best = math.inf
     deadline = time.perf_counter() + budget_s
     with torch.inference_mode():
         torch.nn.functional.linear(a, b)  # warm-up (and the oneDNN path for reduced precision)
+        sync()
         while True:
             start = time.perf_counter()
             torch.nn.functional.linear(a, b)
+            sync()
             best = min(best, time.perf_counter() - start)
             if time.perf_counter() > deadline:
                 break

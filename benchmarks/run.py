@@ -34,8 +34,8 @@ DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 class Models:
     """The models of the current checkpoint, kept while consecutive cases share it."""
 
-    def __init__(self, quick: bool, say: Progress) -> None:
-        self.quick, self.say = quick, say
+    def __init__(self, quick: bool, say: Progress, device: str = "cpu") -> None:
+        self.quick, self.say, self.device = quick, say, device
         self.head: str | None = None
         self.loaded: dict[str, torch.nn.Module] = {}
 
@@ -50,7 +50,8 @@ class Models:
         if key not in self.loaded:
             directory = checkpoint_dir(head_spec(head, self.quick))
             self.say(f"  loading {key} from {directory.name}")
-            self.loaded[key] = load_reference(directory) if impl == "ref" else load_model(directory, dtype=dtype)
+            model = load_reference(directory) if impl == "ref" else load_model(directory, dtype=dtype)
+            self.loaded[key] = model.to(self.device)
         return self.loaded[key]
 
 
@@ -66,20 +67,35 @@ def probe(case: Case, impl: str, quick: bool, threads: int) -> dict[str, Any]:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def to_device(value: Any, device: str | torch.device) -> Any:
+    """``value`` with every tensor in it (dicts, lists, tuples) on ``device``."""
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, dict):
+        return {k: to_device(v, device) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(to_device(v, device) for v in value)
+    return value
+
+
 def run_case(case: Case, models: Models, quick: bool, reps: int | None, memory: bool, threads: int,
              peaks: dict[str, float], say: Progress) -> dict[str, Any]:
     config = case_config(case, quick)
     ref_model = models.get(case.head, "ref", "float32")
     our_model = models.get(case.head, "ours", case.ours_dtype)
-    inputs = case.inputs(config)
+    device = torch.device(models.device)
+    inputs = to_device(case.inputs(config), device)
     outputs: dict[str, Any] = {}
     marks: dict[str, list[dict[str, float]]] = {"ref": [], "ours": []}
 
     def runner(impl: str, model: torch.nn.Module, fn):
         def run():
             m = Marks()
-            with torch.inference_mode():
+            # The device as default: tensors a case makes as it runs (indices, masks) land beside the model.
+            with torch.inference_mode(), device:
                 outputs[impl] = fn(model, inputs, m, None)
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)  # time the device's work, not the launches
             marks[impl].append(m.points)
         return run
 
@@ -95,7 +111,7 @@ def run_case(case: Case, models: Models, quick: bool, reps: int | None, memory: 
         "note": case.note, "units": case.num_units(config),
         "ref": timings["ref"].to_dict(), "ours": timings["ours"].to_dict(),
         "speedup": timings["ref"].median / timings["ours"].median,
-        **compare(case, outputs["ref"], outputs["ours"]),
+        **compare(case, to_device(outputs["ref"], "cpu"), to_device(outputs["ours"], "cpu")),
     }
     for impl in ("ref", "ours"):
         names = {name for points in marks[impl] for name in points}
@@ -219,6 +235,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--reps", type=int, default=None, help="override every case's repetitions")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu",
+                        help="where both implementations run (cpu, cuda, cuda:N); off the CPU the per-process "
+                             "memory probes, which measure host RSS, are skipped")
     parser.add_argument("--no-memory", dest="memory", action="store_false",
                         help="skip the per-process memory and FLOP probes")
     parser.add_argument("--probe-only", action="store_true",
@@ -232,6 +251,10 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [n for n in names if n not in CASES_BY_NAME]
     if unknown:
         parser.error(f"unknown case(s) {unknown}; known: {list(CASES_BY_NAME)}")
+    if args.device != "cpu":
+        if args.device.startswith("cuda") and not torch.cuda.is_available():
+            parser.error(f"--device {args.device}: CUDA is not available here")
+        args.memory = False
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     say = Progress()
@@ -240,11 +263,13 @@ def main(argv: list[str] | None = None) -> int:
     started = datetime.datetime.now().isoformat(timespec="seconds")
     say("measuring the matmul peak")
     size, budget = (256, 0.3) if args.quick else (2048, 3.0)
-    peaks = {"float32": measure.matmul_peak(torch.float32, size, budget),
-             "bfloat16": measure.matmul_peak(torch.bfloat16, size // 4, budget),
-             "float16": measure.matmul_peak(torch.float16, size // 4, budget)}
+    low = size if args.device != "cpu" else size // 4  # CPUs without native bf16/fp16 are slow at it
+    peaks = {"float32": measure.matmul_peak(torch.float32, size, budget, args.device),
+             "bfloat16": measure.matmul_peak(torch.bfloat16, low, budget, args.device),
+             "float16": measure.matmul_peak(torch.float16, low, budget, args.device)}
     say("  " + ", ".join(f"{k}: {v:.1f} GFLOP/s" for k, v in peaks.items()))
-    payload: dict[str, Any] = {"started": started, "quick": args.quick, "environment": report.environment(),
+    payload: dict[str, Any] = {"started": started, "quick": args.quick, "device": args.device,
+                               "environment": report.environment(),
                                "matmul_peak_gflops": peaks, "results": []}
     kept: list[dict[str, Any]] = []
     if args.update and (args.out / "results.json").exists():
@@ -257,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
         payload["environment"], payload["matmul_peak_gflops"] = previous["environment"], previous["matmul_peak_gflops"]
         payload["matmul_peak_gflops_update"] = peaks
     commit = report.git_commit()
-    models = Models(args.quick, say)
+    models = Models(args.quick, say, args.device)
     cases = [CASES_BY_NAME[n] for n in names]
     for i, case in enumerate(cases, 1):
         say(f"[{i}/{len(cases)}] {case.name}: {case.title}")

@@ -23,3 +23,15 @@ def process():
 def rest(process):
     with httpx.Client(base_url=process.url, timeout=60) as client:
         yield client
+
+
+def pytest_collection_modifyitems(config, items):
+    """``gpu``-marked tests run only where CUDA is available."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

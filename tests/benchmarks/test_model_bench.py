@@ -107,3 +107,13 @@ def test_flop_counter_counts_products_convolutions_and_fused_attention(inference
         torch.nn.functional.scaled_dot_product_attention(q, k, v)
         torch.nn.functional.conv2d(torch.randn(1, 3, 8, 8), torch.randn(4, 3, 3, 3))
     assert counter.flops == 2 * (2 * 8 * 16 * 4) + 2 * 2 * 5 * 7 * (8 + 8) + 2 * (4 * 6 * 6) * 27
+
+
+def test_device_option_refuses_cuda_where_there_is_none_and_moves_nested_inputs(capsys):
+    from benchmarks.run import main, to_device
+
+    with pytest.raises(SystemExit) as exited:
+        main(["--quick", "--device", "cuda", "--cases", "text-short"])
+    assert exited.value.code == 2 and "CUDA is not available here" in capsys.readouterr().err
+    moved = to_device({"ids": torch.ones(2), "pair": (torch.zeros(1), 3), "chunks": 8}, "meta")
+    assert moved["ids"].is_meta and moved["pair"][0].is_meta and moved["pair"][1] == 3 and moved["chunks"] == 8
