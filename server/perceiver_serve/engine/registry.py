@@ -52,10 +52,11 @@ class ServedModel:
             info["reason"] = self.reason
         if self.spec:
             info.update(device=self.device or self.spec.device, requested_device=self.spec.device,
-                        dtype=self.spec.dtype, tf32=self.spec.tf32,
-                        batching=self.spec.batching.model_dump(), options=self.spec.options)
+                        dtype=self.spec.dtype, batching=self.spec.batching.model_dump(), options=self.spec.options)
             if self.device_fallback:
                 info["device_fallback"] = self.device_fallback
+            if self.spec.tf32:
+                info["tf32"] = True
         if self.model is not None:
             info.update(architecture=self.model.architecture, load_seconds=round(self.load_seconds or 0.0, 3),
                         dtype=self.model.precision, requested_dtype=self.spec.dtype, geometry=self.runner.geometry())

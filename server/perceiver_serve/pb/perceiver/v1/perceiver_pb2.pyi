@@ -148,7 +148,7 @@ class BatchingConfig(_message.Message):
     def __init__(self, max_batch_size: _Optional[int] = ..., max_delay_ms: _Optional[float] = ..., max_queue: _Optional[int] = ..., timeout_ms: _Optional[float] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "task", "state", "reason", "device", "dtype", "batching", "options", "architecture", "labels", "load_seconds", "requested_dtype", "compile", "precision_check", "labels_url", "geometry")
+    __slots__ = ("name", "task", "state", "reason", "device", "dtype", "batching", "options", "architecture", "labels", "load_seconds", "requested_dtype", "compile", "precision_check", "labels_url", "geometry", "requested_device", "device_fallback", "tf32")
     NAME_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -165,6 +165,9 @@ class ModelInfo(_message.Message):
     PRECISION_CHECK_FIELD_NUMBER: _ClassVar[int]
     LABELS_URL_FIELD_NUMBER: _ClassVar[int]
     GEOMETRY_FIELD_NUMBER: _ClassVar[int]
+    REQUESTED_DEVICE_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FALLBACK_FIELD_NUMBER: _ClassVar[int]
+    TF32_FIELD_NUMBER: _ClassVar[int]
     name: str
     task: str
     state: str
@@ -181,7 +184,10 @@ class ModelInfo(_message.Message):
     precision_check: PrecisionCheck
     labels_url: str
     geometry: _struct_pb2.Struct
-    def __init__(self, name: _Optional[str] = ..., task: _Optional[str] = ..., state: _Optional[str] = ..., reason: _Optional[str] = ..., device: _Optional[str] = ..., dtype: _Optional[str] = ..., batching: _Optional[_Union[BatchingConfig, _Mapping]] = ..., options: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., architecture: _Optional[str] = ..., labels: _Optional[int] = ..., load_seconds: _Optional[float] = ..., requested_dtype: _Optional[str] = ..., compile: _Optional[bool] = ..., precision_check: _Optional[_Union[PrecisionCheck, _Mapping]] = ..., labels_url: _Optional[str] = ..., geometry: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
+    requested_device: str
+    device_fallback: str
+    tf32: bool
+    def __init__(self, name: _Optional[str] = ..., task: _Optional[str] = ..., state: _Optional[str] = ..., reason: _Optional[str] = ..., device: _Optional[str] = ..., dtype: _Optional[str] = ..., batching: _Optional[_Union[BatchingConfig, _Mapping]] = ..., options: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., architecture: _Optional[str] = ..., labels: _Optional[int] = ..., load_seconds: _Optional[float] = ..., requested_dtype: _Optional[str] = ..., compile: _Optional[bool] = ..., precision_check: _Optional[_Union[PrecisionCheck, _Mapping]] = ..., labels_url: _Optional[str] = ..., geometry: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., requested_device: _Optional[str] = ..., device_fallback: _Optional[str] = ..., tf32: _Optional[bool] = ...) -> None: ...
 
 class PrecisionCheck(_message.Message):
     __slots__ = ("precision", "argmax_agreement", "rows", "max_abs_diff")
