@@ -83,6 +83,10 @@ class ModelInfo(Answer):
     state: str = Field(description="loading, ready or failed.")
     reason: str | None = None
     device: str | None = None
+    requested_device: str | None = Field(None, description="The device model.toml asks for: auto, cpu, cuda or cuda:N.")
+    device_fallback: str | None = Field(
+        None, description="Why a model that asked for a GPU runs on the CPU (device auto, CUDA unavailable).")
+    tf32: bool | None = Field(None, description="model.toml lets CUDA float32 products use TF32.")
     dtype: str | None = None
     batching: BatchingConfig | None = None
     options: dict[str, Any] | None = None
