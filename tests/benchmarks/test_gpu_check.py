@@ -14,6 +14,7 @@ import torch
 
 from benchmarks import gpu_check, loadgen
 from perceiver_serve.engine import ModelRepository
+from perceiver_serve.tasks import TASKS
 
 from . import ROOT
 
@@ -36,7 +37,7 @@ def test_without_cuda_it_exits_2_and_writes_nothing(tmp_path):
 
 def test_the_server_repository_is_valid(tmp_path):
     root = gpu_check.repository(tmp_path / "repository", "cpu", "auto", quick=True)
-    repository = ModelRepository.scan(root)
+    repository = ModelRepository.scan(root, TASKS)
     assert not repository.problems
     assert {(s.name, s.task, s.device, s.dtype) for s in repository.specs} == {
         ("text-mid", "text-classification", "cpu", "auto"), ("image", "image-classification", "cpu", "auto"),

@@ -5,7 +5,6 @@ warm-up runs on the worker thread (a video model decodes in it), TF32 is a per-m
 from __future__ import annotations
 
 import logging
-import shutil
 import subprocess
 import sys
 import threading
@@ -16,6 +15,7 @@ import torch
 from perceiver_serve.engine import ModelRegistry, ModelRepository
 from perceiver_serve.engine.devices import WorkerStream, configure_tf32, resolve_device
 from perceiver_serve.server import EXIT_NO_GPU
+from perceiver_serve.tasks import TASKS
 from perceiver_serve.tasks.video import VideoRunner
 
 from ..models.repository import REPOSITORY
@@ -87,7 +87,7 @@ def test_models_shows_the_fallback_and_warm_up_decodes_video_on_the_worker_threa
         return real_run(self, payloads)
 
     monkeypatch.setattr(VideoRunner, "run", run)
-    registry = ModelRegistry(ModelRepository.scan(_repository(tmp_path, ("video-autoencoder", "auto"))))
+    registry = ModelRegistry(ModelRepository.scan(_repository(tmp_path, ("video-autoencoder", "auto")), TASKS))
     registry.load_all()
     try:
         served = registry.get("video-autoencoder")
