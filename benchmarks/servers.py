@@ -25,11 +25,20 @@ ROOT = Path(__file__).resolve().parent.parent
 DEMO_MODELS = ROOT / "models"
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    """A TCP port on loopback that nothing listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A TCP port on loopback that nothing listens on right now, and that this process has not
+    handed out before: servers started together (REST and gRPC ports of several) bind only
+    after loading, and the kernel may offer a just-released port again in the meantime."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def _toml_value(value: Any) -> str:
