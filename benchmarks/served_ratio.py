@@ -15,6 +15,7 @@ import argparse
 import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -39,24 +40,36 @@ LEVELS = (16, 32)
 
 
 def _served(server: Service, variants: list[str], rounds: int, requests: int, duration: float,
-            say: report.Progress) -> dict[str, dict[int, list[dict[str, Any]]]]:
+            say: report.Progress) -> tuple[dict[str, dict[int, list[dict[str, Any]]]], dict[str, float]]:
+    """Each variant's load levels per round, and the server's CPU seconds per answered request.
+
+    CPU time per request hardly depends on what else runs on the machine, so beside the
+    throughput (which does) it tells whether the server does more work per item than its model.
+    """
+    import psutil
+
     from .server_bench import loadgen
 
+    process = psutil.Process(server.process.pid)
     served: dict[str, dict[int, list[dict[str, Any]]]] = {v: {c: [] for c in LEVELS} for v in variants}
-    targets = [arg for v in variants for arg in ("--target", f"{v}={server.url}#text-{v}")]
+    cpu, answered = dict.fromkeys(variants, 0.0), dict.fromkeys(variants, 0)
     for r in range(rounds):
         say(f"  round {r + 1}/{rounds}: {', '.join(variants)} at {LEVELS} clients")
-        result = loadgen(["sweep", "--endpoint", "text", *targets, "--levels", ",".join(map(str, LEVELS)),
-                          "--requests", str(requests), "--duration", str(duration)],
-                         timeout=len(variants) * len(LEVELS) * (duration + 60) + 60)
         for v in variants:
+            before = sum(process.cpu_times()[:2])
+            result = loadgen(["sweep", "--endpoint", "text", "--target", f"{v}={server.url}#text-{v}",
+                              "--levels", ",".join(map(str, LEVELS)), "--requests", str(requests),
+                              "--duration", str(duration)], timeout=len(LEVELS) * (duration + 60) + 60)
+            cpu[v] += sum(process.cpu_times()[:2]) - before
             for c, level in zip(LEVELS, result["results"][v]):
                 served[v][c].append(level)
-    return served
+                answered[v] += level["ok"]
+    return served, {v: cpu[v] / answered[v] if answered[v] else float("nan") for v in variants}
 
 
-def isolated(checkpoint: Path, variant: str, threads: int, budget_s: float) -> dict[int, float]:
-    """Items/s of the variant alone on the load generator's texts, at each batch size of LEVELS."""
+def isolated(checkpoint: Path, variant: str, threads: int, budget_s: float) -> tuple[dict[int, float], float]:
+    """Items/s of the variant alone on the load generator's texts at each batch size of LEVELS, and its
+    CPU seconds per item (all sizes together)."""
     import torch
     from perceiver_serve.modeling import ByteTokenizer, load_model
 
@@ -66,12 +79,21 @@ def isolated(checkpoint: Path, variant: str, threads: int, budget_s: float) -> d
     settings = VARIANTS[variant]
     model = load_model(checkpoint, dtype=settings["dtype"], compile=settings.get("compile", False))
     tokenizer = ByteTokenizer()
-    rates = {}
+    batches = {size: tokenizer.batch([tokenizer.encode(TEXTS[i % len(TEXTS)]) for i in range(size)])
+               for size in LEVELS}
+    rates, items = {}, 0
     with torch.inference_mode():
-        for size in LEVELS:
-            ids, mask = tokenizer.batch([tokenizer.encode(TEXTS[i % len(TEXTS)]) for i in range(size)])
-            rates[size] = items_per_second(lambda: model(ids, mask), size, budget_s)  # noqa: B023 - called at once
-    return rates
+        for ids, mask in batches.values():
+            model(ids, mask)  # compiled variants compile here, outside the CPU count
+        cpu = time.process_time()
+        for size, (ids, mask) in batches.items():
+
+            def forward() -> None:
+                nonlocal items
+                model(ids, mask)  # noqa: B023 - called within this iteration
+                items += size  # noqa: B023
+            rates[size] = items_per_second(forward, size, budget_s)
+    return rates, (time.process_time() - cpu) / items
 
 
 def measure(variants: list[str], quick: bool, threads: int, rounds: int, say: report.Progress) -> dict[str, Any]:
@@ -87,19 +109,20 @@ def measure(variants: list[str], quick: bool, threads: int, rounds: int, say: re
         try:
             say(f"starting perceiver-serve with {', '.join(models)} (compiled variants warm every shape first)")
             server.wait_ready(timeout=1800)
-            served = _served(server, variants, rounds, requests, duration, say)
+            served, served_cpu = _served(server, variants, rounds, requests, duration, say)
         finally:
             exit_code = server.stop()
     rows = []
     for v in variants:
         say(f"  {v} alone, batches of {LEVELS}")
-        alone = isolated(checkpoint, v, threads, 0.5 if quick else 5.0)
+        alone, alone_cpu = isolated(checkpoint, v, threads, 0.5 if quick else 5.0)
         for c in LEVELS:
             rps = [level["throughput_rps"] for level in served[v][c]]
             batches = [level["mean_batch_size"] for level in served[v][c] if level["mean_batch_size"]]
             rows.append({"variant": v, "concurrency": c, "served_rps": rps, "served_median": statistics.median(rps),
                          "mean_batch": statistics.mean(batches) if batches else None, "isolated": alone[c],
-                         "ratio": statistics.median(rps) / alone[c],
+                         "ratio": statistics.median(rps) / alone[c], "served_cpu_ms_per_request": 1000 * served_cpu[v],
+                         "isolated_cpu_ms_per_item": 1000 * alone_cpu,
                          "failed": sum(level["failed"] for level in served[v][c])})
     return {"model": spec.name, "config": spec.config, "batching": BATCHING, "rounds": rounds,
             "requests_per_level": requests, "rows": rows, "server_exit_code": exit_code}
@@ -109,14 +132,18 @@ def markdown(result: dict[str, Any]) -> str:
     rows = [[r["variant"], str(r["concurrency"]),
              f"{r['served_median']:.1f} ({', '.join(f'{x:.1f}' for x in r['served_rps'])})",
              "–" if r["mean_batch"] is None else f"{r['mean_batch']:.1f}", f"{r['isolated']:.1f}",
-             f"**{r['ratio']:.0%}**", str(r["failed"])] for r in result["rows"]]
+             f"**{r['ratio']:.0%}**", f"{r['served_cpu_ms_per_request']:.1f} / {r['isolated_cpu_ms_per_item']:.1f}",
+             str(r["failed"])] for r in result["rows"]]
     return (f"## Served vs isolated: `{result['model']}` in every variant\n\n"
             f"One server holds every variant (`max_batch_size = {result['batching']['max_batch_size']}`, "
             f"`max_delay_ms = {result['batching']['max_delay_ms']}`); {result['rounds']} rounds of at most "
             f"{result['requests_per_level']} requests per level, variants interleaved. Isolated: the same model "
-            "alone in the benchmark process, batches of as many texts as there are clients.\n\n"
+            "alone in the benchmark process, batches of as many texts as there are clients. CPU ms: the server "
+            "process's CPU time per answered request (both levels) against the model's alone per item; unlike "
+            "throughput it hardly depends on other load on the machine.\n\n"
             + report.markdown_table(["variant", "clients", "served req/s, median (rounds)", "mean batch",
-                                     "isolated items/s", "served / isolated", "failed"], rows))
+                                     "isolated items/s", "served / isolated", "CPU ms served / isolated", "failed"],
+                                    rows))
 
 
 def main(argv: list[str] | None = None) -> int:

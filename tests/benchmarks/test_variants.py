@@ -44,4 +44,5 @@ def test_served_ratio_quick(tmp_path):
     for row in result["rows"]:
         assert row["failed"] == 0 and row["served_median"] > 0 and row["isolated"] > 0
         assert row["ratio"] == pytest.approx(row["served_median"] / row["isolated"])
+        assert row["served_cpu_ms_per_request"] > 0 and row["isolated_cpu_ms_per_item"] > 0
     assert "served / isolated" in (tmp_path / "served_ratio.md").read_text()
