@@ -203,6 +203,10 @@ def attend(
         mask = bias if mask is None else bias.masked_fill(~mask, float("-inf"))
     scale = 1.0 / math.sqrt(qk_dim) if scale is None else scale
     scores = q.shape[0] * q.shape[1] * q.shape[2] * k.shape[2]
+    if torch.compiler.is_compiling():
+        # Inductor fuses the attention itself, and fails to lower the zero-padded fused kernel for some
+        # dynamic shapes (LoweringException in its SDPA layout constraint, seen at batch 16 × 402 bytes).
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
     qk_width, v_width = qk_dim, v_dim
     if qk_dim != v_dim and scores > FUSED_SCORES_THRESHOLD:
         qk_width = v_width = max(qk_dim, v_dim)
