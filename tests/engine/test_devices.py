@@ -115,3 +115,25 @@ def test_tf32_is_on_only_when_every_gpu_model_asks(caplog):
         assert not configure_tf32({})
     finally:
         configure_tf32({})
+
+
+def test_a_windows_decode_chunks_reuse_one_latents_tensor(monkeypatch):
+    """The model's memo of prepared latents goes by tensor identity (no device sync), so the
+    runner hands it the same stacked tensor for every chunk of the same windows."""
+    from perceiver_serve.modeling import load_model
+    from perceiver_serve.tasks.video import DecodeChunk, VideoOptions
+
+    model = load_model(REPOSITORY / "video-autoencoder" / "checkpoint")
+    runner = VideoRunner(model, VideoOptions())
+    seen = []
+    real_decode = model.decode
+    monkeypatch.setattr(model, "decode", lambda latents, *a, **k: seen.append(latents) or real_decode(latents, *a, **k))
+    with torch.inference_mode():
+        (window,) = runner.run(runner.warmup_payloads()[:1])
+        other = window.clone()
+        chunks = [DecodeChunk(window, torch.arange(s, s + 50), torch.zeros(0, dtype=torch.long)) for s in (0, 50)]
+        for chunk in chunks:
+            runner.run([chunk])
+        runner.run([DecodeChunk(other, torch.arange(50), torch.zeros(0, dtype=torch.long))])
+        runner.run([chunks[0], DecodeChunk(other, torch.arange(50), torch.zeros(0, dtype=torch.long))])
+    assert seen[0] is seen[1] and seen[2] is not seen[1] and seen[3].shape[0] == 2
