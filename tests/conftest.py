@@ -3,6 +3,7 @@ import os
 import httpx
 import pytest
 
+from .reactive import reactive_models
 from .support import running
 
 # Tests run on small CPUs next to other work: keep torch to the cores we have, deterministic.
@@ -11,11 +12,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 
-# -- one real process for the suite: `perceiver-serve serve` with REST and gRPC on the demo models --
+# -- one real process for the suite: `perceiver-serve serve` with REST and gRPC on the reactive
+# test models (tests/reactive.py) --------------------------------------------------------------
 
 @pytest.fixture(scope="session")
 def process():
-    with running(grpc=True) as proc:
+    with running(grpc=True, repository=reactive_models()) as proc:
         yield proc
 
 

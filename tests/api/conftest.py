@@ -12,13 +12,14 @@ from PIL import Image
 
 from perceiver_serve.modeling import load_model
 
-from ..support import DEMO_MODELS, running
+from ..reactive import reactive_models
+from ..support import running
 
 
 @pytest.fixture(scope="session")
 def server():
-    """The real server (uvicorn, demo repository) on a free loopback port, for the whole session."""
-    with running() as proc:
+    """The real server (uvicorn, the reactive test models) on a free loopback port, for the whole session."""
+    with running(repository=reactive_models()) as proc:
         yield proc
 
 
@@ -28,11 +29,11 @@ def client(server):
         yield c
 
 
-def demo_model_dir(task: str) -> Path:
-    """The checkpoint of the demo model serving ``task`` (the default one)."""
+def model_dir(task: str) -> Path:
+    """The checkpoint of the test model serving ``task``."""
     import tomllib
 
-    for toml in sorted(DEMO_MODELS.glob("*/model.toml")):
+    for toml in sorted(reactive_models().glob("*/model.toml")):
         spec = tomllib.loads(toml.read_text())
         if spec["task"] == task:
             return toml.parent / spec["source"]
@@ -41,12 +42,12 @@ def demo_model_dir(task: str) -> Path:
 
 @pytest.fixture(scope="session")
 def direct():
-    """Demo models loaded in the test process, for computing answers without the server."""
+    """The server's models loaded in the test process, for computing answers without the server."""
     cache: dict[str, torch.nn.Module] = {}
 
     def get(task: str):
         if task not in cache:
-            cache[task] = load_model(demo_model_dir(task))
+            cache[task] = load_model(model_dir(task))
         return cache[task]
 
     return get
@@ -69,6 +70,10 @@ def dumps(obj) -> bytes:
     return json.dumps(obj).encode()
 
 
+#: Probabilities are float32 softmax outputs in [0, 1]; server and direct runs differ by rounding only.
+PROB_TOLERANCE = 1e-5
+
+
 def assert_top_k(predictions: list[dict], probs: np.ndarray, index_key: str = "index", k: int | None = None) -> None:
     """Server top-k equals the direct computation, robust to near-ties between candidates.
 
@@ -80,7 +85,7 @@ def assert_top_k(predictions: list[dict], probs: np.ndarray, index_key: str = "i
     assert k is None or len(predictions) == k
     assert len(set(indices)) == len(indices)
     for i, score in zip(indices, scores):
-        assert abs(score - probs[i]) <= 1e-5
+        assert abs(score - probs[i]) <= PROB_TOLERANCE
     assert all(a >= b - 1e-7 for a, b in zip(scores, scores[1:]))
     rest = np.delete(probs, indices)
-    assert rest.size == 0 or rest.max() <= scores[-1] + 1e-5
+    assert rest.size == 0 or rest.max() <= scores[-1] + PROB_TOLERANCE

@@ -11,6 +11,7 @@ from PIL import Image
 from perceiver_serve.media.flow_formats import from_flo
 from perceiver_serve.modeling import flow_patches
 
+from ..numerics import FP32, assert_close, assert_distinct
 from .conftest import error_of, png_bytes
 
 rng = np.random.default_rng(11)
@@ -59,8 +60,11 @@ def test_large_frames_equal_reference_tiling(client, direct, frames):
     got = np.load(io.BytesIO(r.content), allow_pickle=False)
     assert got.shape == (84, 132, 2) and got.dtype == np.float32
     expected = reference_flow(model, *frames)
-    assert np.abs(expected).max() > 0
-    assert np.abs(got - expected).max() <= 1e-4
+    assert_close(got, expected, FP32, "the served flow")
+    first, second = frames
+    assert_distinct(expected, reference_flow(model, second, first), FP32, "frames swapped")
+    assert_distinct(expected, reference_flow(model, first, first), FP32, "frame 2 ignored")
+    assert_distinct(expected, reference_flow(model, *frames, scale=20.0 / 1.04), FP32, "flow scaled by 1/1.04")
 
 
 def test_all_formats_round_trip(client, frames):
@@ -80,13 +84,20 @@ def test_frames_smaller_than_a_tile_are_padded(client, direct):
     model = direct("optical-flow")
     th, tw = model.config.train_size
     small = rng.integers(0, 256, (th - 10, tw - 20, 3), dtype=np.uint8)
-    r = post_flow(client, small, small)
+    other = np.roll(small, (1, 2), axis=(0, 1))
+    r = post_flow(client, small, other)
     assert r.status_code == 200
     got = np.load(io.BytesIO(r.content))
-    padded = np.pad(np.stack([small, small]), ((0, 0), (0, 10), (0, 20), (0, 0)), mode="edge")
-    with torch.no_grad():
-        expected = model(flow_patches(torch.from_numpy(padded[None])))[0].numpy()[: th - 10, : tw - 20] * 20
-    assert got.shape == (th - 10, tw - 20, 2) and np.abs(got - expected).max() <= 1e-4
+
+    def direct_flow(mode: str) -> np.ndarray:
+        padded = np.pad(np.stack([small, other]), ((0, 0), (0, 10), (0, 20), (0, 0)), mode=mode)
+        with torch.no_grad():
+            return model(flow_patches(torch.from_numpy(padded[None])))[0].numpy()[: th - 10, : tw - 20] * 20
+
+    expected = direct_flow("edge")
+    assert got.shape == (th - 10, tw - 20, 2)
+    assert_close(got, expected, FP32, "the flow of a padded frame pair")
+    assert_distinct(expected, direct_flow("constant"), FP32, "zero padding instead of edge repetition")
 
 
 @pytest.mark.parametrize(

@@ -6,15 +6,20 @@ import torch
 
 from perceiver_serve.modeling import ByteTokenizer
 
-from .conftest import assert_top_k, error_of
+from ..numerics import FP32, assert_close, assert_distinct, distinguishable
+from .conftest import PROB_TOLERANCE, assert_top_k, error_of
 
 TEXTS = ["I loved this film.", "Terrible, would not watch again!", "ünïcödé ☃ text", "x"]
 
 
-def direct_probs(model, text: str) -> np.ndarray:
+def direct_logits(model, text: str) -> np.ndarray:
     ids = torch.tensor([ByteTokenizer(model.config.max_position_embeddings).encode(text)])
     with torch.no_grad():
-        return torch.softmax(model(ids).double(), -1).numpy()[0]
+        return model(ids).double().numpy()[0]
+
+
+def direct_probs(model, text: str) -> np.ndarray:
+    return torch.softmax(torch.from_numpy(direct_logits(model, text)), -1).numpy()
 
 
 def test_classify_one_text_equals_direct_pipeline(client, direct):
@@ -33,13 +38,17 @@ def test_classify_one_text_equals_direct_pipeline(client, direct):
 
 def test_classify_many_texts_in_order(client, direct):
     model = direct("text-classification")
-    r = client.post("/classify/text", json={"texts": TEXTS, "top_k": 1})
+    r = client.post("/classify/text", json={"texts": TEXTS, "top_k": 1, "return_logits": True})
     assert r.status_code == 200
     results = r.json()["results"]
     assert len(results) == len(TEXTS)
-    for text, result in zip(TEXTS, results):
+    expected = np.stack([direct_logits(model, text) for text in TEXTS])
+    assert distinguishable(expected, FP32 * np.abs(expected).max()) == 1.0  # an answer in the wrong place shows
+    for text, want, result in zip(TEXTS, expected, results):
         assert_top_k(result["predictions"], direct_probs(model, text), k=1)
-        assert "logits" not in result
+        assert_close(result["logits"], want, FP32, text)
+    r = client.post("/classify/text", json={"texts": TEXTS, "top_k": 1})
+    assert all("logits" not in result for result in r.json()["results"])
 
 
 def test_classify_plain_text_body(client):
@@ -106,6 +115,9 @@ def test_fill_mask_spans_equal_direct_pipeline(client, direct):
     assert r.status_code == 200, r.text
     body = r.json()
     probs = direct_fill(model, text.encode(), [4, 5, 16])
+    for p in (4, 5, 16):  # the byte before or after would be told apart
+        assert_distinct(probs[p + 1][6:], probs[p][6:], PROB_TOLERANCE, f"position {p} decoded one early")
+        assert_distinct(probs[p + 1][6:], probs[p + 2][6:], PROB_TOLERANCE, f"position {p} decoded one late")
     assert [m["position"] for m in body["masked"]] == [4, 5, 16]
     filled = bytearray(text.encode())
     for m in body["masked"]:
@@ -122,6 +134,7 @@ def test_fill_mask_markers(client, direct):
     assert [m["position"] for m in masked] == [7, 11]
     assert [m["original"] for m in masked] == [None, None]  # a marker stood for no byte of the text
     probs = direct_fill(direct("fill-mask"), b"Hello w rld ", [7, 11])
+    assert_distinct(probs[8][6:], probs[7][6:], PROB_TOLERANCE, "the neighbouring position")
     assert_top_k(masked[0]["predictions"], probs[8][6:], index_key="byte", k=1)
     assert_top_k(masked[1]["predictions"], probs[12][6:], index_key="byte", k=1)
 

@@ -27,7 +27,7 @@ def stub(channel):
     return perceiver_pb2_grpc.PerceiverStub(channel)
 
 
-# -- in this process: an API key, a 1 MiB message limit, the video, text and flow demo models -------
+# -- in this process: an API key, a 1 MiB message limit, the video, text and flow test models -------
 
 def settings_for(root, **overrides) -> Settings:
     return Settings(model_repository=root, host="127.0.0.1", grpc_port=0, api_key=API_KEY,

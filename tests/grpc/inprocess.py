@@ -16,7 +16,7 @@ from perceiver_serve.api.state import ServerState
 from perceiver_serve.server import build_state
 from perceiver_serve.settings import Settings
 
-from ..support import DEMO_MODELS
+from ..reactive import reactive_models
 
 VIDEO_OPTIONS = """
 chunks_per_window = 8
@@ -28,10 +28,10 @@ max_frames_per_stream = 64
 
 
 def write_repository(root: Path, *names: str) -> Path:
-    """Demo models (by default the video and text ones), the video one with a small frame limit."""
+    """Reactive test models (by default the video and text ones), the video one with a small frame limit."""
     for name in names or ("video-autoencoder", "text-sentiment"):
         options = VIDEO_OPTIONS if name == "video-autoencoder" else ""
-        source = DEMO_MODELS / name
+        source = reactive_models() / name
         text = (source / "model.toml").read_text()
         text = text.replace('source = "checkpoint"', f'source = "{source / "checkpoint"}"')
         text = text.split("[options]")[0] + "[options]\n" + options

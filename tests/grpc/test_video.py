@@ -17,7 +17,7 @@ from PIL import Image
 from perceiver_serve.modeling import load_model, video_frames
 from perceiver_serve.pb.perceiver.v1 import perceiver_pb2 as pb
 
-from ..support import DEMO_MODELS
+from ..reactive import reactive_models
 from .conftest import AUTH
 
 MODEL = "video-autoencoder"
@@ -72,7 +72,7 @@ def plain_stream(frames: int, chunks: int, seed: int = 0):
 
 @pytest.fixture(scope="module")
 def model():
-    return load_model(DEMO_MODELS / MODEL / "checkpoint")
+    return load_model(reactive_models() / MODEL / "checkpoint")
 
 
 def direct_windows(model, pictures: list[np.ndarray], audio: np.ndarray) -> list[dict[str, np.ndarray]]:

@@ -104,7 +104,9 @@ class FlowTiler:
               width: int) -> np.ndarray:
         """Weighted average of tile flows, cropped to the original ``height × width``."""
         th, tw = self.tile
-        weights = self.weights()[..., None]
+        # In float64 every product of a float32 flow and a small integer weight is exact, so
+        # where all tiles agree (a constant field, a ramp) the average gives back that value exactly.
+        weights = self.weights()[..., None].astype(np.float64)
         full_h, full_w = max(height, th), max(width, tw)
         total = np.zeros((full_h, full_w, 2), dtype=np.float64)
         count = np.zeros((full_h, full_w, 1), dtype=np.float64)

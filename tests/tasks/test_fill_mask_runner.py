@@ -1,0 +1,57 @@
+"""FillMaskRunner on its own: each item of a padded batch gets the probabilities at its own masked positions."""
+
+import numpy as np
+import pytest
+import torch
+
+from perceiver_serve.modeling import ByteTokenizer, load_model
+from perceiver_serve.tasks.text import FillMaskRunner, MaskedText, TextOptions
+
+from ..numerics import FP32, assert_close, assert_distinct
+from ..reactive import reactive_models
+
+
+@pytest.fixture(scope="module")
+def runner() -> FillMaskRunner:
+    return FillMaskRunner(load_model(reactive_models() / "language-mlm" / "checkpoint"), TextOptions())
+
+
+def masked(runner: FillMaskRunner, text: bytes, positions: list[int]) -> MaskedText:
+    """``text`` with the bytes at ``positions`` masked; positions count the [CLS] token, as the runner's do."""
+    ids = runner.tokenizer.encode(text)
+    for p in positions:
+        ids[p] = ByteTokenizer.MASK
+    return MaskedText(ids, positions)
+
+
+def direct(runner: FillMaskRunner, item: MaskedText) -> np.ndarray:
+    """Probabilities at every position of the item, run alone and unpadded."""
+    with torch.no_grad():
+        return torch.softmax(runner.model(torch.tensor([item.ids])).double(), -1).numpy()[0]
+
+
+def test_each_item_gets_its_own_positions_in_order(runner):
+    items = [
+        masked(runner, b"The quick brown fox jumps", [5, 6, 17]),
+        masked(runner, b"over the lazy dog", [2]),  # shorter: padded, and fewer positions
+        masked(runner, b"Pack my box with five dozen liquor jugs.", [30, 1, 12, 13]),  # not in order
+    ]
+    results = runner.run(items)
+    assert len(results) == len(items)
+    for item, got in zip(items, results):
+        assert got.shape == (len(item.positions), runner.model.config.vocab_size)
+        alone = direct(runner, item)
+        assert_close(got, alone[item.positions], FP32, f"{item.positions}")
+        for row, p in enumerate(item.positions):  # the neighbouring positions would show
+            assert_distinct(alone[p], alone[p - 1], FP32, f"position {p} against {p - 1}")
+            assert_distinct(alone[p], alone[p + 1], FP32, f"position {p} against {p + 1}")
+            np.testing.assert_allclose(got[row].sum(), 1.0, rtol=1e-5)
+
+
+def test_a_batch_equals_its_items_run_one_by_one(runner):
+    items = [masked(runner, b"abcdefgh", [3, 4]), masked(runner, b"a much longer text than the first", [7])]
+    together = runner.run(items)
+    for item, got in zip(items, together):
+        (alone,) = runner.run([item])
+        assert_close(got, alone, FP32)
+    assert_distinct(together[0][0], together[1][0], FP32, "the other item's answer")
