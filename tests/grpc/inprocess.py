@@ -92,6 +92,13 @@ class InProcessServer:
     def served(self, name: str):
         return self.state.registry.models[name]
 
+    def tasks_named(self, qualname: str) -> int:
+        """How many tasks on the server's event loop run a coroutine function of this ``__qualname__``."""
+        async def count() -> int:
+            return sum(1 for task in asyncio.all_tasks() if getattr(task.get_coro(), "__qualname__", "") == qualname)
+
+        return asyncio.run_coroutine_threadsafe(count(), self._loop).result(30)
+
     def metric(self, name: str, labels: dict[str, str]) -> float:
         value = self.state.metrics.registry.get_sample_value(name, labels)
         return 0.0 if value is None else value

@@ -6,7 +6,9 @@ import logging
 import re
 import shutil
 import subprocess
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import numpy as np
@@ -173,14 +175,55 @@ def test_the_client_deadline_becomes_the_task_deadline(local, monkeypatch):
     assert 15 < seen[0] <= 21 and seen[1] is None
 
 
-def test_a_passed_deadline_is_deadline_exceeded(local, monkeypatch):
+def test_a_passed_deadline_is_deadline_exceeded(local, inproc, monkeypatch):
     async def slow(*args, **kwargs):
         import asyncio
 
         await asyncio.sleep(5)
 
     monkeypatch.setattr("perceiver_serve.tasks.text.classify_texts", slow)
+    labels = {"model": "text-sentiment", "endpoint": "ClassifyText", "protocol": "grpc", "status": "DEADLINE_EXCEEDED"}
+    before = inproc.metric("perceiver_requests_total", labels)
     assert code_of(local.ClassifyText, TEXT, metadata=AUTH, timeout=0.2).code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    # That status came from the client's own timer; the server must have seen the deadline too.
+    until(lambda: inproc.metric("perceiver_requests_total", labels) == before + 1, "the server's status")
+
+
+def test_a_deadline_passed_in_the_queue_is_reported_by_the_server(local, inproc, monkeypatch):
+    """The model's own timeout_ms expires while the item waits: the status and x-error-code come from the server."""
+    served = inproc.served("text-sentiment")
+    monkeypatch.setattr(served.batcher, "limits", served.batcher.limits.model_copy(update={"timeout_ms": 200}))
+    release, busy = threading.Event(), threading.Event()
+    run = served.runner.run
+
+    def held(payloads):
+        busy.set()
+        release.wait(30)
+        return run(payloads)
+
+    monkeypatch.setattr(served.runner, "run", held)
+    labels = {"model": "text-sentiment", "endpoint": "ClassifyText", "protocol": "grpc", "status": "DEADLINE_EXCEEDED"}
+    before = inproc.metric("perceiver_requests_total", labels)
+    with ThreadPoolExecutor(2) as pool:
+        first = pool.submit(local.ClassifyText, TEXT, metadata=AUTH, timeout=60)
+        assert busy.wait(30)
+        queued = time.monotonic()
+        # No client deadline: the server's comes from the model's timeout_ms (a client's would replace it).
+        second = pool.submit(code_of, local.ClassifyText, pb.ClassifyTextRequest(texts=["waits"]), metadata=AUTH)
+        until(lambda: time.monotonic() > queued + 0.5 and served.batcher.queue_depth >= 1, "the second request queued")
+        release.set()
+        assert first.result(60).results
+        error = second.result(60)
+    assert error.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert dict(error.trailing_metadata())["x-error-code"] == "deadline_exceeded"
+    until(lambda: inproc.metric("perceiver_requests_total", labels) == before + 1, "the server's status")
+
+
+def until(condition, what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"{what}: not after {timeout:.0f} s"
+        time.sleep(0.02)
 
 
 # -- TLS ---------------------------------------------------------------------------------------------------

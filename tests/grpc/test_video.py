@@ -17,6 +17,7 @@ from PIL import Image
 from perceiver_serve.modeling import load_model, video_frames
 from perceiver_serve.pb.perceiver.v1 import perceiver_pb2 as pb
 
+from ..numerics import FP32, assert_close, distinguishable
 from ..reactive import reactive_models
 from .conftest import AUTH
 
@@ -24,6 +25,7 @@ MODEL = "video-autoencoder"
 FRAMES_PER_WINDOW, SIZE, SAMPLES_PER_FRAME, RATE = 4, 32, 64, 1600
 SAMPLES_PER_WINDOW = FRAMES_PER_WINDOW * SAMPLES_PER_FRAME
 MAX_FRAMES = 64  # max_frames_per_stream of the in-process repository
+PRODUCER, READER = "reconstruct.<locals>.produce", "reconstruct.<locals>.read"  # the stream's tasks
 
 
 def clip(frames: int, seed: int = 0, height: int = 40, width: int = 48) -> tuple[list[np.ndarray], np.ndarray]:
@@ -136,12 +138,14 @@ def reconstruct_and_compare(stub, model, seed: int) -> None:
     assert (started.grid.frames, started.grid.height, started.grid.width) == (FRAMES_PER_WINDOW, SIZE, SIZE)
     expected = direct_windows(model, pictures, audio)
     assert len(windows) == len(expected) == 3
+    for kind in ("image", "audio"):  # a chunk placed in another window would show
+        assert distinguishable(np.stack([w[kind] for w in expected]), FP32 * np.abs(expected[0][kind]).max()) == 1.0
     for index, (got, want) in enumerate(zip(windows, expected)):
         padded = index == 2
         assert [c.chunk for c in got["chunks"]] == [0, 1, 2]
         assert all(c.padded == padded for c in got["chunks"])
-        np.testing.assert_allclose(got["image"], want["image"], atol=1e-4, rtol=0)
-        np.testing.assert_allclose(got["audio"], want["audio"], atol=1e-4, rtol=0)
+        assert_close(got["image"], want["image"], FP32, f"window {index} image")
+        assert_close(got["audio"], want["audio"], FP32, f"window {index} audio")
         labels = got["labels"]
         assert (labels.window, labels.padded, labels.real_frames) == (index, padded, 2 if padded else 4)
         best = np.lexsort((np.arange(len(want["probs"])), -want["probs"]))[:3]
@@ -212,6 +216,9 @@ def test_cancelling_stops_decoding(local, inproc):
     stopped = settled(lambda: runner.decoded_chunks)  # work already in a batch finishes, then nothing
     assert stopped - before < 16 * 65 // 2, "decoding ran on after the cancel"
     assert inproc.metric("perceiver_inflight_requests", {"protocol": "grpc"}) == 0
+    # The backlog bound alone would also stop decoding; the stream's tasks must be gone, not parked.
+    for task in PRODUCER, READER:
+        assert settled(lambda: inproc.tasks_named(task)) == 0, f"{task} still runs after the cancel"
     assert inproc.metric("perceiver_requests_total", {"model": MODEL, "endpoint": "ReconstructVideo",
                                                       "protocol": "grpc", "status": "CANCELLED"}) >= 1
 

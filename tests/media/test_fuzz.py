@@ -125,3 +125,34 @@ def test_from_flo(data):
     except INPUT_ERRORS:
         return
     assert flow.dtype == np.float32 and flow.ndim == 3 and flow.shape[2] == 2
+
+
+# -- the valid inputs the fuzzing starts from must decode: a decoder refusing everything fails here --
+
+@pytest.mark.parametrize("data", IMAGES, ids=range(len(IMAGES)))
+def test_every_seed_image_decodes(data):
+    picture = decode_image(data, LIMITS)
+    assert picture.mode == "RGB" and picture.width * picture.height > 0
+    frame1, frame2 = decode_frame_pair(data, data, LIMITS)
+    assert frame1.shape == frame2.shape == (picture.height, picture.width, 3)
+    assert np.array_equal(frame1, np.asarray(picture))
+
+
+@pytest.mark.parametrize("data", SOUNDS, ids=range(len(SOUNDS)))
+def test_every_seed_sound_decodes(data):
+    samples = decode_audio(data, LIMITS, sample_rate=RATE)
+    assert_clean_audio(samples)
+    assert np.abs(samples).max() > 0.01  # the tone, not silence
+
+
+@pytest.mark.parametrize("channels", [1, 2, 3])
+def test_valid_pcm_decodes(channels):
+    frames = np.linspace(-0.5, 0.5, 96, dtype=np.float32)
+    samples = pcm_from_f32le(np.repeat(frames, channels).astype("<f4").tobytes(), LIMITS, sample_rate=RATE,
+                             channels=channels)
+    np.testing.assert_allclose(samples, frames, rtol=1e-6)
+
+
+def test_the_seed_flow_decodes():
+    (data,) = FLO
+    assert np.array_equal(from_flo(data), np.arange(24, dtype=np.float32).reshape(3, 4, 2))

@@ -1,7 +1,7 @@
 """The Grafana dashboard and the Prometheus config: structure, and PromQL that parses.
 
 promtool (Debian package `prometheus`) checks the config, the alert rules, and every
-dashboard query with Grafana's variables filled in; without it those tests skip.
+dashboard query with Grafana's variables filled in; without it those tests skip (and fail in CI).
 """
 
 from __future__ import annotations
