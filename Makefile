@@ -32,7 +32,7 @@ endef
 SERVE_STAMP := $(VENV)/.serve-$(TORCH)
 DEV_STAMP := $(VENV)/.dev-$(TORCH)
 
-.PHONY: install install-serve run test bench bench-model bench-server bench-quick proto lock lock-upgrade clean
+.PHONY: install install-serve run test mutants bench bench-model bench-server bench-quick proto lock lock-upgrade clean
 
 $(SERVE_STAMP): requirements/serve-$(TORCH).txt requirements/torch-cpu.txt pyproject.toml
 	$(call install_lock,requirements/serve-$(TORCH).txt)
@@ -50,6 +50,10 @@ run: $(SERVE_STAMP)
 
 test: $(DEV_STAMP)
 	$(PY) -m pytest -q
+
+# The curated mutation suite (tests/mutants): each planted bug must fail its tests (~10 min on 2 cores).
+mutants: $(DEV_STAMP)
+	$(PY) -m tests.mutants
 
 # Both benchmarks; results (JSON, markdown, PNG) go to benchmarks/results/.
 bench: bench-model bench-server

@@ -12,6 +12,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 
+# Under `make mutants` (tests/mutants) a failure is the expected outcome: report the first
+# failing example without shrinking it, and keep it out of hypothesis' example database.
+if os.environ.get("PERCEIVER_MUTANT"):
+    from hypothesis import Phase, settings
+
+    settings.register_profile("mutants", phases=(Phase.explicit, Phase.generate), database=None)
+    settings.load_profile("mutants")
+
 # -- one real process for the suite: `perceiver-serve serve` with REST and gRPC on the reactive
 # test models (tests/reactive.py) --------------------------------------------------------------
 

@@ -1,0 +1,212 @@
+"""The curated mutants: bugs planted one at a time, each with the tests that must catch it.
+
+Every entry replaces one exact, unique piece of ``server/perceiver_serve`` (so a mutant whose
+code moved fails loudly instead of silently testing nothing) and names the fastest tests that
+kill it. ``make mutants`` runs them all; ``tests/mutants/test_catalogue.py`` checks in every
+``make test`` that each replacement still applies.
+
+The first eleven are issue 20's: six that once survived the suite, five it always caught.
+"""
+
+from __future__ import annotations
+
+from .mutate import Mutant
+
+TEXT_API = "tests/api/test_text.py"
+FLOW_API = "tests/api/test_flow.py"
+TILER = "tests/tasks/test_flow_tiler.py"
+FILL_MASK_RUNNER = "tests/tasks/test_fill_mask_runner.py"
+VIDEO = "tests/grpc/test_video.py"
+PARITY = "tests/modeling/test_parity.py::test_float32_outputs_match_transformers"
+
+MUTANTS: tuple[Mutant, ...] = (
+    # -- survivors of the first mutation run (issue 20) ------------------------------------------
+    Mutant(
+        "fill-mask-decodes-the-byte-before", "tasks/text.py",
+        "MaskedText(ids, [p + 1 for p in positions])", "MaskedText(ids, [p for p in positions])",
+        (f"{TEXT_API}::test_fill_mask_spans_equal_direct_pipeline",),
+    ),
+    Mutant(
+        "flow-frames-swapped", "tasks/flow.py",
+        "off_loop(tiler.split, frame1, frame2)", "off_loop(tiler.split, frame2, frame1)",
+        (f"{FLOW_API}::test_large_frames_equal_reference_tiling",),
+    ),
+    Mutant(
+        "flow-frame-2-ignored", "tasks/flow.py",
+        "off_loop(tiler.split, frame1, frame2)", "off_loop(tiler.split, frame1, frame1)",
+        (f"{FLOW_API}::test_large_frames_equal_reference_tiling",),
+    ),
+    Mutant(
+        "flow-head-scaled-by-1-over-1.04", "modeling/decoders.py",
+        "return self.decoder(queries, latents) / self.rescale_factor",
+        "return self.decoder(queries, latents) / (self.rescale_factor * 1.04)",
+        (f"{PARITY}[PerceiverForOpticalFlow-safetensors]",),
+    ),
+    Mutant(
+        "video-producer-never-cancelled", "tasks/video.py",
+        "        for task in (reader, producer):\n            task.cancel()\n"
+        "        await asyncio.gather(reader, producer, return_exceptions=True)",
+        "        reader.cancel()\n        await asyncio.gather(reader, return_exceptions=True)",
+        (f"{VIDEO}::test_cancelling_stops_decoding",),
+    ),
+    Mutant(
+        "passed-deadline-reported-as-cancelled", "api/grpc.py",
+        'status = "DEADLINE_EXCEEDED" if remaining is not None and remaining <= 0 else "CANCELLED"',
+        'status = "CANCELLED"',
+        ("tests/grpc/test_service.py::test_a_passed_deadline_is_deadline_exceeded",),
+    ),
+    # -- caught from the start (issue 20) ---------------------------------------------------------
+    Mutant(
+        "deadline-check-removed", "engine/batcher.py",
+        "elif now > item.deadline:", "elif False:",
+        ("tests/engine/test_batcher.py::test_expired_items_are_never_computed",),
+    ),
+    Mutant(
+        "expired-item-still-computed", "engine/batcher.py",
+        "                ))\n            else:\n                live.append(item)",
+        "                ))\n                live.append(item)\n            else:\n                live.append(item)",
+        ("tests/engine/test_batcher.py::test_expired_items_are_never_computed",),
+    ),
+    Mutant(
+        "text-attention-mask-dropped", "tasks/text.py",
+        "skip the mask entirely\n        return ids.to(device), mask.to(device)",
+        "skip the mask entirely\n        return ids.to(device), None",
+        (f"{TEXT_API}::test_classify_many_texts_in_order",),
+    ),
+    Mutant(
+        "flow-blend-weight-sign-flipped", "tasks/flow.py",
+        "wy = np.minimum(np.arange(th) + 1, th - np.arange(th))",
+        "wy = np.minimum(np.arange(th) + 1, np.arange(th) - th)",
+        (f"{TILER}::test_weights_are_positive_symmetric_and_peak_in_the_middle",),
+    ),
+    Mutant(
+        "grpc-drain-without-grace", "api/grpc.py",
+        "deadline = time.monotonic() + grace", "deadline = time.monotonic()",
+        ("tests/grpc/test_drain.py::test_stream_in_flight_finishes_when_the_server_drains",),
+    ),
+    # -- tiling and blending ----------------------------------------------------------------------
+    Mutant(
+        "tiles-not-flush-with-the-border", "tasks/flow.py",
+        "starts = list(range(0, size - tile, tile - self.min_overlap)) + [size - tile]",
+        "starts = list(range(0, size - tile, tile - self.min_overlap)) + [size - tile - 1]",
+        (f"{TILER}::test_tiles_cover_the_frame_inside_its_border_with_the_overlap",),
+    ),
+    Mutant(
+        "tile-overlap-ignored", "tasks/flow.py",
+        "starts = list(range(0, size - tile, tile - self.min_overlap)) + [size - tile]",
+        "starts = list(range(0, size - tile, tile)) + [size - tile]",
+        (f"{TILER}::test_tiles_cover_the_frame_inside_its_border_with_the_overlap",),
+    ),
+    Mutant(
+        "blend-weight-zero-at-the-edge", "tasks/flow.py",
+        "wx = np.minimum(np.arange(tw) + 1, tw - np.arange(tw))",
+        "wx = np.minimum(np.arange(tw), tw - np.arange(tw))",
+        (f"{TILER}::test_weights_are_the_distance_to_the_tile_edge",),
+    ),
+    Mutant(
+        "blend-divides-by-the-tile-count", "tasks/flow.py",
+        "count[y:y + th, x:x + tw] += weights", "count[y:y + th, x:x + tw] += 1",
+        (f"{TILER}::test_a_constant_field_survives_the_blend",),
+    ),
+    Mutant(
+        "blend-crops-the-wrong-corner", "tasks/flow.py",
+        "return (total / count)[:height, :width].astype(np.float32)",
+        "return (total / count)[-height:, -width:].astype(np.float32)",
+        (f"{TILER}::test_a_linear_ramp_survives_the_blend",),
+    ),
+    Mutant(
+        "small-frames-padded-with-zeros", "tasks/flow.py",
+        'mode="edge")', 'mode="constant")',
+        (f"{TILER}::test_split_cuts_tiles_of_both_frames_in_order",),
+    ),
+    # -- flow scaling and patches -----------------------------------------------------------------
+    Mutant(
+        "flow-scale-not-applied", "tasks/flow.py",
+        ".float() * self.options.flow_scale", ".float()",
+        (f"{FLOW_API}::test_large_frames_equal_reference_tiling",),
+    ),
+    Mutant(
+        "flow-patch-neighbourhood-transposed", "modeling/processing.py",
+        ".permute(0, 4, 5, 1, 2, 3)", ".permute(0, 5, 4, 1, 2, 3)",
+        ("tests/modeling/test_processing.py::test_flow_patches_follow_the_deepmind_layout",),
+    ),
+    # -- position encodings -----------------------------------------------------------------------
+    Mutant(
+        "fourier-frequencies-up-to-the-resolution", "modeling/position.py",
+        "torch.linspace(1.0, res / 2, self.num_bands", "torch.linspace(1.0, res, self.num_bands",
+        (f"{PARITY}[PerceiverForImageClassificationFourier-safetensors]",),
+    ),
+    Mutant(
+        "fourier-grid-spans-0-to-1", "modeling/position.py",
+        "torch.linspace(-1.0, 1.0, n,", "torch.linspace(0.0, 1.0, n,",
+        (f"{PARITY}[PerceiverForImageClassificationFourier-safetensors]",),
+    ),
+    Mutant(
+        "subsampled-points-placed-as-a-whole-grid", "modeling/position.py",
+        "return -1 + 2 * coords / sizes", "return -1 + 2 * coords / (sizes - 1)",
+        (f"{PARITY}[PerceiverForMultimodalAutoencoding-safetensors]",),
+    ),
+    # -- masks and padding ------------------------------------------------------------------------
+    Mutant(
+        "key-mask-inverted", "modeling/kernels.py",
+        "mask = None if key_mask is None else key_mask[:, None, None, :]",
+        "mask = None if key_mask is None else ~key_mask[:, None, None, :]",
+        ("tests/modeling/test_decoding.py::test_unpadded_text_equals_padded_text",),
+    ),
+    Mutant(
+        "padding-mask-one-short", "modeling/processing.py",
+        "mask[row, : len(seq)] = 1", "mask[row, : len(seq) - 1] = 1",
+        ("tests/modeling/test_processing.py::test_batch_padding_equals_perceiver_tokenizer",),
+    ),
+    Mutant(
+        "fill-mask-padding-rows-kept", "tasks/text.py",
+        "return [probs[i, : len(p.positions)] for i, p in enumerate(payloads)]",
+        "return [probs[i] for i, p in enumerate(payloads)]",
+        (f"{FILL_MASK_RUNNER}::test_each_item_gets_its_own_positions_in_order",),
+    ),
+    Mutant(
+        "fill-mask-position-padding-first", "tasks/text.py",
+        "p.positions + [p.positions[0]] * (longest - len(p.positions))",
+        "[p.positions[0]] * (longest - len(p.positions)) + p.positions",
+        (f"{FILL_MASK_RUNNER}::test_each_item_gets_its_own_positions_in_order",),
+    ),
+    # -- decode order, label and window mapping ---------------------------------------------------
+    Mutant(
+        "fill-mask-rows-in-reverse", "tasks/text.py",
+        "for row, position in zip(probs, positions):", "for row, position in zip(probs[::-1], positions):",
+        (f"{TEXT_API}::test_fill_mask_spans_equal_direct_pipeline",),
+    ),
+    Mutant(
+        "top-k-worst-first", "tasks/common.py",
+        "np.lexsort((candidates, -scores[candidates]))", "np.lexsort((candidates, scores[candidates]))",
+        (f"{TEXT_API}::test_classify_one_text_equals_direct_pipeline",),
+    ),
+    Mutant(
+        "labels-shifted-by-one", "tasks/common.py",
+        "Prediction(labels[i], i, score)", "Prediction(labels[(i + 1) % len(labels)], i, score)",
+        (f"{TEXT_API}::test_classify_one_text_equals_direct_pipeline",),
+    ),
+    Mutant(
+        "every-window-numbered-0", "tasks/video.py",
+        "decode_window(served, window, index, real, settings)", "decode_window(served, window, 0, real, settings)",
+        (f"{VIDEO}::test_streamed_reconstruction_equals_whole_window_decode",),
+    ),
+    Mutant(
+        "audio-chunk-start-in-patches", "tasks/video.py",
+        'a0 * spp, out.get("audio")', 'a0, out.get("audio")',
+        (f"{VIDEO}::test_streamed_reconstruction_equals_whole_window_decode",),
+    ),
+    # -- batching ---------------------------------------------------------------------------------
+    Mutant(
+        "video-batch-key-ignores-the-chunk-size", "tasks/video.py",
+        'return ("decode", len(payload.image_points), len(payload.audio_points), payload.label)',
+        'return ("decode", payload.label)',
+        (f"{VIDEO}::test_concurrent_streams_each_equal_their_direct_decode",),
+    ),
+    Mutant(
+        "out-of-memory-split-drops-a-half", "engine/batcher.py",
+        "            self._run(batch[:half])\n            self._run(batch[half:])\n",
+        "            self._run(batch[:half])\n",
+        ("tests/engine/test_batcher.py::test_out_of_memory_splits_the_batch_and_retries",),
+    ),
+)

@@ -1,0 +1,86 @@
+"""Apply a :class:`Mutant` to a copy of the package, and run the tests that must kill it.
+
+The working tree is never touched: ``server/perceiver_serve`` is copied to a temporary
+directory, the mutant's replacement is made there, and pytest runs in a subprocess with
+that copy first on ``PYTHONPATH`` (ahead of the editable install), so the servers the tests
+start import the mutated code too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+PACKAGE = ROOT / "server" / "perceiver_serve"
+
+
+@dataclasses.dataclass(frozen=True)
+class Mutant:
+    """A bug planted by replacing ``old`` (which must occur exactly once) in ``path`` by ``new``."""
+
+    name: str
+    path: str  # relative to server/perceiver_serve
+    old: str
+    new: str
+    tests: tuple[str, ...]  # pytest node ids (relative to the repository root) that must fail
+
+    def mutated(self, source: str) -> str:
+        count = source.count(self.old)
+        if count != 1:
+            raise StaleMutant(f"{self.name}: {self.old!r} occurs {count} times in {self.path}, not once: "
+                              "the code moved; update the mutant in tests/mutants/catalogue.py")
+        return source.replace(self.old, self.new)
+
+
+class StaleMutant(Exception):
+    pass
+
+
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+    mutant: Mutant
+    killed: bool
+    returncode: int
+    seconds: float
+    output: str
+
+
+def copy_package(into: Path) -> Path:
+    """A pristine copy of the package under ``into``; returns the directory to put on ``PYTHONPATH``."""
+    shutil.copytree(PACKAGE, into / "perceiver_serve", ignore=shutil.ignore_patterns("__pycache__"))
+    return into
+
+
+def run_mutant(mutant: Mutant, timeout: float = 600.0) -> Outcome:
+    """Run the mutant's tests against a mutated copy; killed means pytest reported failing tests (exit 1)."""
+    import time
+
+    with tempfile.TemporaryDirectory(prefix=f"mutant-{mutant.name}-") as tmp:
+        site = copy_package(Path(tmp))
+        target = site / "perceiver_serve" / mutant.path
+        target.write_text(mutant.mutated(target.read_text(encoding="utf-8")), encoding="utf-8")
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")])),
+               "PYTHONDONTWRITEBYTECODE": "1", "PERCEIVER_MUTANT": mutant.name}
+        command = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
+                   "--no-header", *mutant.tests]
+        started = time.perf_counter()
+        try:
+            done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+            code, output = done.returncode, done.stdout + done.stderr
+        except subprocess.TimeoutExpired as exc:
+            code, output = -1, f"timed out after {timeout:.0f} s\n{exc.stdout or ''}"
+        return Outcome(mutant, code == 1, code, time.perf_counter() - started, output)
+
+
+def imported_from(site: Path) -> Path:
+    """Where a subprocess with ``site`` on ``PYTHONPATH`` imports the package from (the copy, or the runner is broken)."""
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    out = subprocess.run([sys.executable, "-c", "import perceiver_serve; print(perceiver_serve.__file__)"],
+                         cwd=ROOT, env=env, capture_output=True, text=True, check=True).stdout
+    return Path(out.strip())
