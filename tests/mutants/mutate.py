@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -58,9 +60,7 @@ def copy_package(into: Path) -> Path:
 
 
 def run_mutant(mutant: Mutant, timeout: float = 600.0) -> Outcome:
-    """Run the mutant's tests against a mutated copy; killed means pytest reported failing tests (exit 1)."""
-    import time
-
+    """Run the mutant's tests against a mutated copy; see :func:`killed`."""
     with tempfile.TemporaryDirectory(prefix=f"mutant-{mutant.name}-") as tmp:
         site = copy_package(Path(tmp))
         target = site / "perceiver_serve" / mutant.path
@@ -74,8 +74,15 @@ def run_mutant(mutant: Mutant, timeout: float = 600.0) -> Outcome:
             done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
             code, output = done.returncode, done.stdout + done.stderr
         except subprocess.TimeoutExpired as exc:
-            code, output = -1, f"timed out after {timeout:.0f} s\n{exc.stdout or ''}"
-        return Outcome(mutant, code == 1, code, time.perf_counter() - started, output)
+            partial = exc.stdout.decode(errors="replace") if isinstance(exc.stdout, bytes) else exc.stdout or ""
+            code, output = -1, f"timed out after {timeout:.0f} s\n{partial}"
+        return Outcome(mutant, killed(code, output), code, time.perf_counter() - started, output)
+
+
+def killed(returncode: int, output: str) -> bool:
+    """pytest reported failing tests (exit 1); or it reported one (an ``F`` in its progress line)
+    and the process then died of a signal, as a mutant that leaks a task can make grpc do at exit."""
+    return returncode == 1 or (returncode < 0 and re.search(r"(?m)^[.sxXE]*F", output) is not None)
 
 
 def imported_from(site: Path) -> Path:
