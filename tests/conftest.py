@@ -3,7 +3,6 @@ import os
 import httpx
 import pytest
 
-from .reactive import reactive_models
 from .support import running
 
 # Tests run on small CPUs next to other work: keep torch to the cores we have, deterministic.
@@ -20,12 +19,13 @@ if os.environ.get("PERCEIVER_MUTANT"):
     settings.register_profile("mutants", phases=(Phase.explicit, Phase.generate), database=None)
     settings.load_profile("mutants")
 
-# -- one real process for the suite: `perceiver-serve serve` with REST and gRPC on the reactive
-# test models (tests/reactive.py) --------------------------------------------------------------
+
+# -- one real process for the suite: `perceiver-serve serve` with REST and gRPC on the demo models --
+# (what a user runs; the tests that compare answers with direct computations use tests/reactive.py)
 
 @pytest.fixture(scope="session")
 def process():
-    with running(grpc=True, repository=reactive_models()) as proc:
+    with running(grpc=True) as proc:
         yield proc
 
 
