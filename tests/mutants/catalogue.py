@@ -50,7 +50,7 @@ MUTANTS: tuple[Mutant, ...] = (
         (f"{VIDEO}::test_cancelling_stops_decoding",),
     ),
     Mutant(
-        "passed-deadline-reported-as-cancelled", "api/grpc.py",
+        "passed-deadline-reported-as-cancelled", "api/grpc/calls.py",
         'status = "DEADLINE_EXCEEDED" if remaining is not None and remaining <= 0 else "CANCELLED"',
         'status = "CANCELLED"',
         ("tests/grpc/test_service.py::test_a_passed_deadline_is_deadline_exceeded",),
@@ -80,7 +80,7 @@ MUTANTS: tuple[Mutant, ...] = (
         (f"{TILER}::test_weights_are_positive_symmetric_and_peak_in_the_middle",),
     ),
     Mutant(
-        "grpc-drain-without-grace", "api/grpc.py",
+        "grpc-drain-without-grace", "api/grpc/server.py",
         "deadline = time.monotonic() + grace", "deadline = time.monotonic()",
         ("tests/grpc/test_drain.py::test_stream_in_flight_finishes_when_the_server_drains",),
     ),
