@@ -39,3 +39,20 @@ def fix_mmap_threshold(threshold_bytes: int) -> bool:
     if not done:
         log.warning("could not fix the malloc mmap threshold at %d bytes", threshold_bytes)
     return done
+
+
+def trim_heap() -> bool:
+    """Hand the heap's free pages back to the system (glibc ``malloc_trim``), after a model is freed.
+
+    Weights below the mmap threshold (norms, biases, small layers) live in the heap; once a
+    model is dropped their pages are free but still resident until trimmed. False where the
+    C library has no ``malloc_trim``.
+    """
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        malloc_trim = libc.malloc_trim
+    except (OSError, AttributeError):
+        return False
+    malloc_trim.argtypes, malloc_trim.restype = (ctypes.c_size_t,), ctypes.c_int
+    malloc_trim(0)
+    return True

@@ -77,10 +77,18 @@ class PrecisionCheck(Answer):
     max_abs_diff: float
 
 
+class VersionState(Answer):
+    version: str
+    state: str
+    reason: str | None = None
+
+
 class ModelInfo(Answer):
     name: str
     task: str | None = None
-    state: str = Field(description="loading, ready or failed.")
+    version: str | None = Field(None, description="The version of the copy described (\"1\" without versions).")
+    state: str = Field(description="loading, ready, failed, unloading (in-flight requests finishing) or "
+                                   "unavailable (unloaded, or not loaded at start).")
     reason: str | None = None
     device: str | None = None
     requested_device: str | None = Field(None, description="The device model.toml asks for: auto, cpu, cuda or cuda:N.")
@@ -98,6 +106,7 @@ class ModelInfo(Answer):
     compile: bool | None = None
     precision_check: PrecisionCheck | None = None
     geometry: dict[str, Any] | None = Field(None, description="The task's shapes, once the model is loaded.")
+    versions: list[VersionState] = Field(default_factory=list, description="Every version loaded (or failing).")
 
 
 class ModelList(Answer):

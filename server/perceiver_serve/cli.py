@@ -21,6 +21,14 @@ _FLAGS: list[tuple[str, dict]] = [
                            help="HTTP/1.1 implementation (default auto: httptools where installed)")),
     ("--grpc-port", dict(type=int, help="gRPC port (default 50051; -1 disables)")),
     ("--api-key", dict(help="require 'Authorization: Bearer KEY' on model routes")),
+    ("--admin-key", dict(help="require 'Authorization: Bearer KEY' on model control (the API key alone is "
+                              "refused there)")),
+    ("--model-control", dict(choices=["none", "explicit", "poll"],
+                             help="none (default): models change only on restart; explicit: the repository "
+                                  "API loads, reloads and unloads; poll: the repository on disk does too")),
+    ("--repository-poll-s", dict(type=float, help="with --model-control poll: seconds between scans (default 5)")),
+    ("--load-model", dict(action="append", help="with --model-control explicit/poll: load only this model at "
+                                                 "start (repeatable)")),
     ("--max-body-mb", dict(type=float, help="largest REST body in MiB (default 64)")),
     ("--grpc-max-message-mb", dict(type=float, help="largest gRPC message in MiB (default 64)")),
     ("--max-image-pixels", dict(type=int, help="largest decoded image in pixels (default 40M)")),

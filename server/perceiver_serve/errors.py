@@ -138,6 +138,25 @@ class InferenceFailed(ServeError):
     grpc_status = "INTERNAL"
 
 
+class LoadFailed(ServeError):
+    """A load or reload asked for over the repository API did not bring the model up.
+
+    The files on disk are at fault, not the request's form; any previous copy keeps serving.
+    """
+
+    code = "load_failed"
+    http_status = 400
+    grpc_status = "FAILED_PRECONDITION"
+
+
+class ModelControlDisabled(ServeError):
+    """A load or unload on a server started without ``--model-control explicit|poll``."""
+
+    code = "model_control_disabled"
+    http_status = 404
+    grpc_status = "UNIMPLEMENTED"
+
+
 class PortUnavailable(OSError):
     """A port the server was told to listen on cannot be bound (in use, or not permitted).
 

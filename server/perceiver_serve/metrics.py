@@ -75,10 +75,16 @@ class Metrics:
             ["model", "reason"], registry=r,
         )
         self.model_ready = Gauge(
-            "perceiver_model_ready", "1 when the model is loaded, warmed up and serving.", ["model"], registry=r,
+            "perceiver_model_ready", "1 when the model version is loaded, warmed up and serving.",
+            ["model", "version"], registry=r,
         )
         self.model_load_seconds = Gauge(
-            "perceiver_model_load_seconds", "Seconds spent loading and warming up the model.", ["model"], registry=r,
+            "perceiver_model_load_seconds", "Seconds spent loading and warming up the model version.",
+            ["model", "version"], registry=r,
+        )
+        self.model_events = Counter(
+            "perceiver_model_events", "Model loads, reloads and unloads while serving, by outcome.",
+            ["model", "event", "outcome"], registry=r,
         )
         self.decode_bytes_inflight = Gauge(
             "perceiver_decode_bytes_inflight", "Bytes of decoded media (pixels, samples) held now, of the "
@@ -104,10 +110,20 @@ class Metrics:
     def observe_rejected(self, model: str, reason: str) -> None:
         self.rejected.labels(model, reason).inc()
 
-    def observe_model_state(self, model: str, ready: bool, load_seconds: float | None = None) -> None:
-        self.model_ready.labels(model).set(1 if ready else 0)
+    def observe_model_state(self, model: str, version: str, ready: bool, load_seconds: float | None = None) -> None:
+        self.model_ready.labels(model, version).set(1 if ready else 0)
         if load_seconds is not None:
-            self.model_load_seconds.labels(model).set(load_seconds)
+            self.model_load_seconds.labels(model, version).set(load_seconds)
+
+    def forget_model_version(self, model: str, version: str) -> None:
+        for gauge in (self.model_ready, self.model_load_seconds):
+            try:
+                gauge.remove(model, version)
+            except KeyError:  # never reported (not loaded at start)
+                pass
+
+    def observe_model_event(self, model: str, event: str, outcome: str) -> None:
+        self.model_events.labels(model, event, outcome).inc()
 
     def observe_decode_bytes(self, inflight: int) -> None:
         self.decode_bytes_inflight.set(inflight)

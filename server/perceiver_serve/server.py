@@ -27,6 +27,7 @@ from .api.grpc import GrpcServer
 from .api.rest import create_app
 from .api.state import ServerState
 from .engine import ModelRegistry, ModelRepository
+from .engine.polling import RepositoryPoller
 from .engine.registry import FAILED, READY
 from .errors import PortUnavailable
 from .media.budget import DecodeBudget
@@ -58,7 +59,7 @@ def build_state(settings: Settings) -> ServerState:
     allow_pixels(settings.max_image_pixels)
     metrics = Metrics()
     repository = ModelRepository.scan(settings.model_repository, TASKS)  # the engine learns the tasks here
-    registry = ModelRegistry(repository, observer=metrics, progress=log.info)
+    registry = ModelRegistry(repository, observer=metrics, progress=log.info, load_only=settings.models_at_start())
     budget = DecodeBudget(settings.max_decode_bytes, on_change=metrics.observe_decode_bytes,
                           on_reject=metrics.observe_rejected)
     return ServerState(registry, metrics, settings.media_limits(), budget)
@@ -97,6 +98,8 @@ async def serve(settings: Settings) -> int:
     app = create_app(
         state,
         api_key=settings.api_key.get_secret_value() if settings.api_key else None,
+        admin_key=settings.admin_key.get_secret_value() if settings.admin_key else None,
+        model_control=settings.model_control != "none",
         max_body_bytes=settings.max_body_bytes,
         docs=settings.docs,
     )
@@ -151,7 +154,11 @@ async def serve(settings: Settings) -> int:
             exit_code = EXIT_MODEL_FAILED
             state.draining = True
             http.should_exit = True
+        elif poller is not None and not state.draining:
+            poller.start()
+            log.info("following the model repository on disk (every %.1f s)", settings.repository_poll_s)
 
+    poller = RepositoryPoller(state.registry, settings.repository_poll_s) if settings.model_control == "poll" else None
     loading = asyncio.create_task(load())
     try:
         await http.serve(sockets=[rest_socket])
@@ -161,6 +168,8 @@ async def serve(settings: Settings) -> int:
             deadline = drain_deadline or time.monotonic() + settings.grace_period_s
             await grpc_server.stop(max(deadline - time.monotonic(), 0.0))
         await loading
+        if poller is not None:
+            await asyncio.to_thread(poller.stop)
         await asyncio.to_thread(state.registry.stop, settings.grace_period_s)
         log.info("stopped")
     return exit_code

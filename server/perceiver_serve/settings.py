@@ -29,6 +29,16 @@ class Settings(BaseSettings):
         "auto", description="HTTP/1.1 implementation uvicorn runs (auto: httptools where installed, else h11).")
     grpc_port: int = Field(50051, ge=-1, le=65535, description="gRPC port (0 picks a free one, -1 disables).")
     api_key: SecretStr | None = Field(None, description="If set, model routes need 'Authorization: Bearer KEY'.")
+    admin_key: SecretStr | None = Field(None, description="If set, model control (/v2/repository, the gRPC "
+                                        "repository calls) needs 'Authorization: Bearer ADMIN_KEY'; the API key "
+                                        "alone is refused there.")
+    model_control: Literal["none", "explicit", "poll"] = Field(
+        "none", description="none: the models read at start serve until exit; explicit: load, reload and unload "
+                            "through the repository API; poll: also follow the repository on disk.")
+    repository_poll_s: float = Field(5.0, gt=0, le=3600, description="With --model-control poll: seconds between "
+                                     "scans; files must stay unchanged this long before they are loaded.")
+    load_model: list[str] = Field(default_factory=list, description="With --model-control explicit or poll: load "
+                                  "only these models at start (repeatable; explicit without it loads none).")
     max_body_mb: float = Field(64.0, gt=0, description="Largest REST request body, in MiB.")
     grpc_max_message_mb: float = Field(64.0, gt=0, description="Largest gRPC message, in MiB.")
     max_image_pixels: int = Field(40_000_000, gt=0, description="Largest decoded image, in pixels.")
@@ -53,7 +63,7 @@ class Settings(BaseSettings):
         4.0, ge=0, le=32, description="glibc: allocations from this size up are returned to the system when "
                                       "freed (bounds memory creep under varied batches; 0 leaves glibc's default).")
 
-    @field_validator("api_key", mode="before")
+    @field_validator("api_key", "admin_key", mode="before")
     @classmethod
     def _empty_key_is_no_key(cls, value: object) -> object:
         return None if value in ("", None) else value
@@ -63,6 +73,18 @@ class Settings(BaseSettings):
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("--tls-cert and --tls-key go together")
         return self
+
+    @model_validator(mode="after")
+    def _load_model_needs_control(self) -> "Settings":
+        if self.load_model and self.model_control == "none":
+            raise ValueError("--load-model needs --model-control explicit or poll")
+        return self
+
+    def models_at_start(self) -> list[str] | None:
+        """The models to load at start; ``None``: every model of the repository."""
+        if self.model_control == "explicit" or self.load_model:
+            return list(self.load_model)
+        return None
 
     @property
     def max_body_bytes(self) -> int:

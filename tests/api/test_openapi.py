@@ -23,6 +23,8 @@ def _valid_value(path: str, parameter: dict):
     options = schema.get("anyOf", [schema])
     if parameter["name"] == "model":
         return DEFAULT_MODELS[path]
+    if parameter["name"] == "version":  # every demo model is one version, "1"
+        return "1"
     for option in options:
         if "enum" in option:
             return option["enum"][-1]

@@ -6,6 +6,7 @@ and a rejected request is answered before its body is read.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
@@ -51,7 +52,7 @@ def new_request_id(offered: str | None) -> str:
 
 
 class RequestContext:
-    """Request id in and out, the in-flight gauge, per-request metrics and an access log line."""
+    """Request id in and out, the in-flight gauge, per-request metrics, an access log line, model leases."""
 
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
@@ -63,6 +64,8 @@ class RequestContext:
             return
         request_id = new_request_id(_header(scope, b"x-request-id"))
         scope.setdefault("state", {})["request_id"] = request_id
+        # The models this request resolved, held (registry leases) until its answer is sent.
+        scope["state"]["leases"] = leases = contextlib.ExitStack()
         status, responded = 500, False
         started = time.perf_counter()
 
@@ -73,7 +76,7 @@ class RequestContext:
                 message["headers"] = [*message.get("headers", ()), (b"x-request-id", request_id.encode())]
             await send(message)
 
-        with self.metrics.track_inflight("rest"):
+        with self.metrics.track_inflight("rest"), leases:
             try:
                 await self.app(scope, receive, send_with_id)
             except Exception:  # a bug: answer 500 with the request id, log it, keep serving
@@ -97,19 +100,31 @@ class ApiKeyAuth:
     """Every path needs ``Authorization: Bearer <key>`` except an exact allow-list of open ones.
 
     Deny by default: unknown paths, other spellings ("/Health/live", "/health/live/") and every
-    method are covered, so there is no route variant that skips the check.
+    method are covered, so there is no route variant that skips the check. Paths under
+    ``admin_prefix`` (model control) take the admin key when one is set, and then the API key
+    alone is refused; without an admin key they take the API key like every other path.
     """
 
-    def __init__(self, app: ASGIApp, api_key: str, open_paths: frozenset[str]) -> None:
+    def __init__(self, app: ASGIApp, api_key: str | None, open_paths: frozenset[str],
+                 admin_key: str | None = None, admin_prefix: str = "/v2/repository") -> None:
         self.app = app
-        self.expected = bearer_credential(api_key)
+        self.expected = bearer_credential(api_key) if api_key else None
+        self.admin = bearer_credential(admin_key) if admin_key else self.expected
         self.open_paths = open_paths
+        self.admin_prefix = admin_prefix
+
+    def _expected(self, path: str) -> bytes | None:
+        if path == self.admin_prefix or path.startswith(self.admin_prefix + "/"):
+            return self.admin
+        return None if path in self.open_paths else self.expected
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] not in self.open_paths:
+        expected = self._expected(scope["path"]) if scope["type"] == "http" else None
+        if expected is not None:
             offered = _header(scope, b"authorization")
-            if not offers_credential(offered.encode("latin-1") if offered is not None else None, self.expected):
-                await send_error(send, 401, "unauthenticated", "missing or wrong API key (Authorization: Bearer …)",
+            if not offers_credential(offered.encode("latin-1") if offered is not None else None, expected):
+                which = "admin key" if expected is not self.expected else "API key"
+                await send_error(send, 401, "unauthenticated", f"missing or wrong {which} (Authorization: Bearer …)",
                                  [(b"www-authenticate", b"Bearer")])
                 return
         await self.app(scope, receive, send)

@@ -27,6 +27,7 @@ from ..metrics import EXPOSITION_CONTENT_TYPE
 from ..tasks import TASKS, Call, Task
 from .docs import DOC_PATHS, install_docs
 from .errors import install_error_handlers
+from .repository import add_repository_routes
 from .middleware import ApiKeyAuth, BodyLimit, RequestContext
 from .state import ServerState
 
@@ -210,7 +211,9 @@ def _add_task_route(app: FastAPI, task: Task) -> None:
     async def handle(request: Request) -> Response:
         body = await read_request(request, task)
         serve: ServerState = request.app.state.serve
-        served = serve.registry.resolve(task.name, body.model)
+        # Leased until the answer is sent: a reload or unload lets this request finish on its copy.
+        lease = serve.registry.lease(task.name, body.model, getattr(body, "version", None))
+        served = request.scope["state"]["leases"].enter_context(lease)
         request.scope["state"]["model"] = served.name
         if task.response is not None:
             result = await until_disconnect(request, execute(served, body, Call(serve.limits, serve.budget)))
@@ -236,8 +239,8 @@ def _add_task_route(app: FastAPI, task: Task) -> None:
 
 # -- the app --------------------------------------------------------------------------------------
 
-def create_app(state: ServerState, *, api_key: str | None = None, max_body_bytes: int = 64 << 20,
-               docs: bool = True) -> FastAPI:
+def create_app(state: ServerState, *, api_key: str | None = None, admin_key: str | None = None,
+               model_control: bool = False, max_body_bytes: int = 64 << 20, docs: bool = True) -> FastAPI:
     app = FastAPI(
         title="perceiver-serve",
         version="0.1.0",
@@ -268,6 +271,8 @@ def create_app(state: ServerState, *, api_key: str | None = None, max_body_bytes
              summary="The label names of a classifier, in index order")
     async def get_labels(request: Request, name: str) -> JSONResponse:
         return JSONResponse({"model": name, "labels": request.app.state.serve.registry.get(name).label_names()})
+
+    add_repository_routes(app, ERRORS, control=model_control)
 
     @app.get("/health/live", summary="The process is up")
     async def live() -> JSONResponse:
@@ -307,8 +312,9 @@ def create_app(state: ServerState, *, api_key: str | None = None, max_body_bytes
 
     # Added innermost first: request context (ids, metrics) → API key → body limit → routes.
     app.add_middleware(BodyLimit, limit=max_body_bytes)
-    if api_key:
+    if api_key or admin_key:
         # The doc pages are open only where they exist: without them, their paths are as guarded as any.
-        app.add_middleware(ApiKeyAuth, api_key=api_key, open_paths=OPEN_PATHS | (DOC_PATHS if docs else frozenset()))
+        app.add_middleware(ApiKeyAuth, api_key=api_key, admin_key=admin_key,
+                           open_paths=OPEN_PATHS | (DOC_PATHS if docs else frozenset()))
     app.add_middleware(RequestContext, metrics=state.metrics)
     return app

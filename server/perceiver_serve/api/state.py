@@ -22,4 +22,10 @@ class ServerState:
     def models_json(self) -> dict[str, Any]:
         """Every model with its state: REST's ``/models`` and gRPC's ``ListModels`` answer."""
         registry = self.registry
-        return {"models": [m.describe() for m in registry.models.values()], "defaults": registry.defaults}
+        models = []
+        for name, served in registry.models.items():
+            versions = registry.versions.get(name, {})
+            models.append({**served.describe(), "versions": [
+                {"version": v, "state": copy.state, **({"reason": copy.reason} if copy.reason else {})}
+                for v, copy in sorted(versions.items(), key=lambda item: int(item[0]))]})
+        return {"models": models, "defaults": registry.defaults}

@@ -116,6 +116,9 @@ class GrpcTransport:
                 del info[key]
             if "labels_url" not in info:  # a label count only for models that answer with labels
                 info.pop("labels", None)
+            for version in info.get("versions", []):
+                if not version.get("reason"):
+                    version.pop("reason", None)
         return ModelList.model_validate(models)
 
     async def health(self) -> Health:

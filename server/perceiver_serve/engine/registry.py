@@ -1,32 +1,43 @@
-"""The registry of served models: load, warm up, track state, hand out ready models.
+"""The registry of served models: load, warm up, track state, lend ready models to requests.
 
 Each model is loaded, checked against its task, run once on a warm-up batch and only then
 marked ready with its own batcher and device worker. A model that fails at any step is
 marked failed with the reason and the others carry on; the server is ready when every
-model is.
+model meant to serve is.
+
+Models change while the server runs (``load``, ``unload``): a reload builds and warms a new
+copy beside the one serving, and requests switch only once it is ready. Requests hold the
+copy they resolved through :meth:`ModelRegistry.lease`, so a replaced or unloaded copy
+finishes the work it has and is freed (worker stopped, weights dropped) when its last lease
+ends, never before and never later.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import gc
 import logging
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
 from pydantic import ValidationError
 
-from ..errors import ModelNotFound, NotReady
+from ..allocator import trim_heap
+from ..errors import ModelNotFound, NotReady, ServeError
 from ..modeling import PerceiverTaskModel, load_model
 from .batcher import BatchObserver, DynamicBatcher
 from .devices import asked_for_gpu, configure_tf32, resolve_device
-from .repository import ModelRepository, ModelSpec, describe_validation_error
+from .repository import ModelRepository, ModelSpec, RepositoryError, SpecProblem, describe_validation_error
 from .warmup import warm_up
 
 log = logging.getLogger(__name__)
 
 LOADING, READY, FAILED = "loading", "ready", "failed"
+UNLOADING, UNAVAILABLE = "unloading", "unavailable"  # refused to new requests; in-flight ones finish
 
 
 @dataclasses.dataclass(eq=False)
@@ -41,13 +52,17 @@ class ServedModel:
     device: str | None = None
     device_fallback: str | None = None  # why the model runs on the CPU although it asked for a GPU
     load_seconds: float | None = None
+    version: str = "1"
+    leases: int = 0  # requests holding this copy now
+    retired: bool = False  # replaced or unloaded: freed as its last lease ends
+    freed: threading.Event = dataclasses.field(default_factory=threading.Event)
 
     @property
     def task(self) -> str | None:
         return self.spec.task if self.spec else None
 
     def describe(self) -> dict[str, Any]:
-        info: dict[str, Any] = {"name": self.name, "task": self.task, "state": self.state}
+        info: dict[str, Any] = {"name": self.name, "version": self.version, "task": self.task, "state": self.state}
         if self.reason:
             info["reason"] = self.reason
         if self.spec:
@@ -80,21 +95,33 @@ class ServedModel:
 
 class ModelRegistry:
     def __init__(self, repository: ModelRepository, observer: BatchObserver | None = None,
-                 progress: Callable[[str], None] | None = None) -> None:
+                 progress: Callable[[str], None] | None = None, load_only: Iterable[str] | None = None) -> None:
+        """``load_only``: the names to load at start (``--load-model``); ``None`` loads every model."""
         self.repository = repository
         self.observer = observer
         self.progress = progress or log.info
-        self.models: dict[str, ServedModel] = {}
-        for spec in repository.specs:
-            self.models[spec.name] = ServedModel(spec.name, spec)
-        for problem in repository.problems:
-            self.models[problem.name] = ServedModel(problem.name, None, FAILED, problem.message)
+        self.models: dict[str, ServedModel] = {}  # per name: the copy answering requests that name no version
+        self.versions: dict[str, dict[str, ServedModel]] = {}  # per name: every version loaded, by version
         self.defaults: dict[str, str] = {}
-        for spec in sorted(repository.specs, key=lambda s: (not s.default, s.name)):
-            self.defaults.setdefault(spec.task, spec.name)
+        self._lock = threading.Lock()  # models, defaults and every copy's leases change under it
+        self._changing: dict[str, threading.Lock] = {}  # one load/unload of a name at a time
+        self._releases: list[threading.Thread] = []
+        chosen = None if load_only is None else set(load_only)
+        if chosen is not None:
+            known = {spec.name for spec in repository.specs} | {problem.name for problem in repository.problems}
+            if unknown := sorted(chosen - known):
+                raise RepositoryError(f"--load-model {', '.join(unknown)}: no such model in {repository.root}")
+        for spec in repository.specs:
+            self.models[spec.name] = ServedModel(spec.name, spec, LOADING if chosen is None or spec.name in chosen
+                                                 else UNAVAILABLE)
         for problem in repository.problems:
-            log.error("model %r cannot be served: %s", problem.name, problem.message)
-            self._report(self.models[problem.name])
+            if chosen is None or problem.name in chosen:
+                self.models[problem.name] = ServedModel(problem.name, None, FAILED, problem.message)
+                log.error("model %r cannot be served: %s", problem.name, problem.message)
+        self._choose_defaults()
+        for served in self.models.values():
+            if served.state != UNAVAILABLE:
+                self._report(served)
 
     # -- lifecycle ------------------------------------------------------------------------------
     def load_all(self) -> None:
@@ -103,7 +130,10 @@ class ModelRegistry:
         configure_tf32({m.name: m.spec.tf32 for m in pending if m.spec and asked_for_gpu(m.spec.device)})
         for position, served in enumerate(pending, start=1):
             self.progress(f"[{position}/{len(pending)}] loading model {served.name!r} ({served.task})")
-            self._load(served)
+            try:
+                self.load(served.name)
+            except ServeError as exc:  # its folder went away since the scan
+                served.state, served.reason = FAILED, str(exc)
 
     def _load(self, served: ServedModel) -> None:
         spec = served.spec
@@ -118,7 +148,7 @@ class ModelRegistry:
             placement = resolve_device(spec.device)
             served.device, served.device_fallback = placement.device, placement.fallback
             say = lambda message: self.progress(f"{served.name}: {message}")  # noqa: E731
-            model = load_model(spec.checkpoint_dir(), device=served.device, dtype=spec.dtype, progress=say,
+            model = load_model(spec.checkpoint_dir(served.version), device=served.device, dtype=spec.dtype, progress=say,
                                compile=spec.compile)
             if model.architecture not in definition.architectures:
                 raise ValueError(
@@ -139,7 +169,8 @@ class ModelRegistry:
         served.model, served.runner, served.batcher = model, runner, batcher
         served.load_seconds = time.monotonic() - started
         served.state = READY
-        self.progress(f"model {served.name!r} ready on {served.device} in {served.load_seconds:.1f} s")
+        self.progress(f"model {served.name!r} version {served.version} ready on {served.device} in "
+                      f"{served.load_seconds:.1f} s")
         self._report(served)
 
     def gpu_models_on_cpu(self) -> list[str]:
@@ -148,20 +179,172 @@ class ModelRegistry:
             return []
         return sorted(m.name for m in self.models.values() if m.spec is not None and asked_for_gpu(m.spec.device))
 
+    def load(self, name: str) -> ServedModel:
+        """Load ``name`` from disk, or reload it; blocking (run it off the event loop).
+
+        Each version the model's policy picks is built beside the copy serving it, which keeps
+        answering until the new copy is warm; then new requests go to the new copy and the
+        old one is freed once the requests holding it are done. A version whose new copy
+        fails keeps its old copy serving, with the failure as its ``reason``; versions the
+        policy no longer picks are unloaded. Returns the copy that now answers requests naming
+        no version (the newest ready one); its state and reason say how this load went.
+        """
+        entry = self.repository.read(name)  # refuses names outside the repository
+        with self._changing_lock(name):
+            held = dict(self.versions.get(name, {}))
+            if isinstance(entry, ModelSpec):
+                try:
+                    wanted = entry.versions()
+                except (OSError, ValueError) as exc:
+                    entry = SpecProblem(name, entry.toml_path, str(exc))
+            fresh: dict[str, ServedModel] = {}
+            if isinstance(entry, SpecProblem):
+                log.error("model %r cannot be served: %s", name, entry.message)
+            else:
+                for version in wanted:
+                    fresh[version] = self._load_version(entry, version, held)
+            with self._lock:
+                serving = self._switch(name, entry, fresh, held)
+                self._choose_defaults()
+            return serving
+
+    def _load_version(self, spec: ModelSpec, version: str, held: dict[str, ServedModel]) -> ServedModel:
+        copy = ServedModel(spec.name, spec, LOADING, version=version)
+        if not any(c.state == READY for c in held.values()):
+            with self._lock:
+                self.models[spec.name] = copy  # shown as loading: nothing else serves the name meanwhile
+        event = "reload" if version in held else "load"
+        self.progress(f"{event}ing model {spec.name!r} version {version} ({spec.task})")
+        self._load(copy)
+        self._count(spec.name, event, copy.state == READY)
+        return copy
+
+    def _switch(self, name: str, entry: ModelSpec | SpecProblem, fresh: dict[str, ServedModel],
+                held: dict[str, ServedModel]) -> ServedModel:
+        """Called under ``_lock``: new requests go to the fresh copies that came up; the rest is retired."""
+        serving: dict[str, ServedModel] = {}
+        for version, copy in fresh.items():
+            old = held.pop(version, None)
+            if copy.state != READY and old is not None and old.state == READY:
+                old.reason = f"reload failed, still serving the previous copy: {copy.reason}"
+                serving[version] = old
+                continue
+            serving[version] = copy
+            if old is not None:
+                self._retire(old)
+        if isinstance(entry, SpecProblem):  # a broken model.toml: whatever serves keeps serving
+            for old in held.values():
+                old.reason = f"reload failed, still serving the previous copy: {entry.message}"
+            serving, held = held, {}
+        for version, old in held.items():  # versions the policy no longer picks
+            self.progress(f"unloading model {name!r} version {version}: version_policy no longer picks it")
+            old.state = UNLOADING
+            self._retire(old)
+            self._count(name, "unload", True)
+        self.versions[name] = serving
+        ready = [c for c in serving.values() if c.state == READY]
+        candidates = ready or list(serving.values())
+        if candidates:
+            self.models[name] = max(candidates, key=lambda c: int(c.version))
+        else:
+            self.models[name] = ServedModel(name, None, FAILED, entry.message)  # type: ignore[union-attr]
+        return self.models[name]
+
+    def unload(self, name: str) -> ServedModel:
+        """Refuse new requests for every version of ``name`` at once; in-flight ones finish, then each is freed."""
+        self.repository.folder(name)  # the same name check as load, whether or not the folder still exists
+        with self._changing_lock(name):
+            current = self.models.get(name)
+            if current is None:
+                raise ModelNotFound(f"no model named {name!r} is loaded")
+            with self._lock:
+                copies = {id(c): c for c in (current, *self.versions.pop(name, {}).values())}
+                in_flight = sum(c.leases for c in copies.values())
+                for copy in copies.values():
+                    if copy.state != UNAVAILABLE:
+                        copy.state = UNLOADING
+                    if not copy.retired:
+                        self._retire(copy)
+                self._choose_defaults()
+            self.progress(f"unloading model {name!r} ({in_flight} requests in flight)")
+            self._count(name, "unload", True)
+            return current
+
+    def _changing_lock(self, name: str) -> threading.Lock:
+        with self._lock:
+            return self._changing.setdefault(name, threading.Lock())
+
+    def _retire(self, served: ServedModel) -> None:
+        """Called under ``_lock``: free ``served`` now if no request holds it, else at its last release."""
+        served.retired = True
+        if served.leases == 0:
+            self._free(served)
+
+    def _free(self, served: ServedModel) -> None:
+        """Stop the copy's worker (its queue is empty: no request holds it) and drop its weights.
+
+        Runs on a thread of its own: stopping joins the worker, which may still be finishing a
+        batch whose caller went away, and the event loop must not wait for that.
+        """
+        def release() -> None:
+            if served.batcher is not None:
+                served.batcher.stop()
+            had_model = served.model is not None
+            served.model = served.runner = served.batcher = None
+            gc.collect()
+            trim_heap()
+            with self._lock:
+                if served.state == UNLOADING:
+                    served.state = UNAVAILABLE
+                if self.models.get(served.name) is served and not self.repository.holds(served.name):
+                    del self.models[served.name]  # its folder is gone: nothing left to list
+                    self.versions.pop(served.name, None)
+                    self._choose_defaults()
+            if had_model:
+                self.progress(f"model {served.name!r} version {served.version} released")
+            if self.versions.get(served.name, {}).get(served.version) in (None, served):
+                self._forget(served)  # no copy of this version serves any more: its series go
+            served.freed.set()
+
+        thread = threading.Thread(target=release, name=f"release:{served.name}", daemon=True)
+        self._releases = [t for t in self._releases if t.is_alive()] + [thread]
+        thread.start()
+
+    def _choose_defaults(self) -> None:
+        """Called under ``_lock``: each task's model for requests that name none (``default = true`` first)."""
+        candidates = [m.spec for m in self.models.values() if m.spec is not None and m.state not in (UNLOADING,
+                                                                                                    UNAVAILABLE)]
+        self.defaults = {}
+        for spec in sorted(candidates, key=lambda s: (not s.default, s.name)):
+            self.defaults.setdefault(spec.task, spec.name)
+
     def _report(self, served: ServedModel) -> None:
         if self.observer is not None and hasattr(self.observer, "observe_model_state"):
-            self.observer.observe_model_state(served.name, served.state == READY, served.load_seconds)
+            self.observer.observe_model_state(served.name, served.version, served.state == READY, served.load_seconds)
+
+    def _forget(self, served: ServedModel) -> None:
+        """A version unloaded on purpose has no readiness to report (an alert on ready == 0 stays quiet)."""
+        if self.observer is not None and hasattr(self.observer, "forget_model_version"):
+            self.observer.forget_model_version(served.name, served.version)
+
+    def _count(self, name: str, event: str, succeeded: bool) -> None:
+        if self.observer is not None and hasattr(self.observer, "observe_model_event"):
+            self.observer.observe_model_event(name, event, "success" if succeeded else "failure")
 
     def stop(self, timeout: float | None = None) -> None:
         """Finish queued work on every model and stop their workers."""
-        for served in self.models.values():
+        for served in list(self.models.values()):
             if served.batcher is not None:
                 served.batcher.stop(timeout)
+        for thread in self._releases:
+            thread.join(timeout)
 
     # -- lookups ------------------------------------------------------------------------------
     @property
     def ready(self) -> bool:
-        return bool(self.models) and all(m.state == READY for m in self.models.values())
+        """Every model meant to serve is ready (one unloaded on purpose does not count)."""
+        meant = [m for m in self.models.values() if m.state not in (UNLOADING, UNAVAILABLE)]
+        return bool(self.models) and all(m.state == READY for m in meant)
 
     def get(self, name: str) -> ServedModel:
         try:
@@ -169,13 +352,23 @@ class ModelRegistry:
         except KeyError:
             raise ModelNotFound(f"no model named {name!r}") from None
 
-    def resolve(self, task: str, name: str | None = None) -> ServedModel:
-        """The ready model that serves ``task``: the named one, or the task's default."""
+    def resolve(self, task: str, name: str | None = None, version: str | None = None) -> ServedModel:
+        """The ready model that serves ``task``: the named one, or the task's default; its newest ready
+        version, or the one asked for."""
         if name is None:
             if task not in self.defaults:
                 raise ModelNotFound(f"no model in this repository serves {task}", code="no_model_for_task")
             name = self.defaults[task]
         served = self.get(name)
+        if version is not None and served.state not in (UNLOADING, UNAVAILABLE):
+            versions = self.versions.get(name, {})
+            if version not in versions:
+                raise ModelNotFound(f"model {name!r} has no version {version[:40]!r} loaded (loaded: "
+                                    f"{', '.join(sorted(versions, key=int)) or 'none'})", code="version_not_found")
+            served = versions[version]
+        if served.state in (UNLOADING, UNAVAILABLE):
+            raise ModelNotFound(f"model {name!r} is not loaded (unloaded or never loaded); load it with "
+                                f"POST /v2/repository/models/{name}/load")
         if served.task != task:
             if served.task is None:
                 raise NotReady(f"model {name!r} is not available: {served.reason}")
@@ -185,3 +378,21 @@ class ModelRegistry:
         if served.state == FAILED:
             raise NotReady(f"model {name!r} failed to load: {served.reason}")
         return served
+
+    @contextlib.contextmanager
+    def lease(self, task: str, name: str | None = None, version: str | None = None) -> Iterator[ServedModel]:
+        """The model for a request, held until the request is done with it.
+
+        A copy replaced or unloaded meanwhile keeps serving its lease holders and is freed
+        when the last of them leaves the ``with`` block.
+        """
+        with self._lock:
+            served = self.resolve(task, name, version)
+            served.leases += 1
+        try:
+            yield served
+        finally:
+            with self._lock:
+                served.leases -= 1
+                if served.retired and served.leases == 0:
+                    self._free(served)

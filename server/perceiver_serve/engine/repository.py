@@ -20,14 +20,21 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
+from ..errors import InvalidInput, ModelNotFound
 from .tasks import TaskTable
 
 log = logging.getLogger(__name__)
 
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 HF_SCHEME = "hf://"
+
+
+class InvalidModelName(InvalidInput):
+    """A control request named something that cannot be a model folder."""
+
+    code = "invalid_model_name"
 
 
 class RepositoryError(ValueError):
@@ -43,15 +50,33 @@ class BatchingConfig(BaseModel):
     timeout_ms: float = Field(60_000, gt=0, le=3_600_000, description="Default per-request deadline.")
 
 
+class LatestVersions(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    latest: int = Field(ge=1, le=1000, description="Serve the N highest-numbered versions.")
+
+
+class SpecificVersions(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    specific: list[int] = Field(min_length=1, max_length=1000, description="Serve exactly these versions.")
+
+
 class ModelSpec(BaseModel):
-    """One validated ``model.toml``."""
+    """One validated ``model.toml``.
+
+    The checkpoint is either ``source`` (one version, "1"), or, when the folder holds numbered
+    subfolders (``<name>/1/``, ``<name>/2/``, … each a checkpoint in Hugging Face layout, as
+    in Triton's repository), those versions, served as ``version_policy`` says.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str
     toml_path: Path
     task: str
-    source: str = Field(min_length=1)
+    source: str | None = Field(None, min_length=1, description="Required unless the folder has version folders.")
+    version_policy: Literal["all"] | LatestVersions | SpecificVersions = LatestVersions(latest=1)
     device: str = "auto"
     dtype: Literal["float32", "bfloat16", "float16", "int8", "auto"] = "float32"
     compile: bool = False
@@ -75,14 +100,52 @@ class ModelSpec(BaseModel):
             return value
         raise ValueError("must be 'auto', 'cpu', 'cuda' or 'cuda:N'")
 
+    @model_validator(mode="after")
+    def _source_or_versions(self) -> "ModelSpec":
+        if self.source is None and not self.numbered_versions():
+            raise ValueError("source: Field required (a checkpoint directory or hf:// id), unless the model's "
+                             "folder holds numbered version folders (1/, 2/, …)")
+        return self
+
     @property
     def is_remote(self) -> bool:
-        return self.source.startswith(HF_SCHEME)
+        return self.source is not None and self.source.startswith(HF_SCHEME)
 
-    def checkpoint_dir(self) -> Path:
-        """The local checkpoint directory, fetching ``hf://`` sources first."""
+    def numbered_versions(self) -> list[int]:
+        """The numbered subfolders (Triton's version layout), lowest first."""
+        folder = self.toml_path.parent
+        if not folder.is_dir():
+            return []
+        return sorted(int(p.name) for p in folder.iterdir() if p.is_dir() and p.name.isdigit() and p.name[0] != "0")
+
+    def versions(self) -> list[str]:
+        """The versions to serve, lowest first: the numbered subfolders that ``version_policy`` picks.
+
+        Without numbered subfolders the model has one version, "1", read from ``source``.
+        """
+        found = self.numbered_versions()
+        if not found:
+            return ["1"]
+        policy = self.version_policy
+        if policy == "all":
+            chosen = found
+        elif isinstance(policy, LatestVersions):
+            chosen = found[-policy.latest:]
+        else:
+            if missing := sorted(set(policy.specific) - set(found)):
+                raise FileNotFoundError(f"{self.toml_path}: version_policy.specific names versions with no folder: "
+                                        f"{', '.join(map(str, missing))}")
+            chosen = sorted(set(policy.specific))
+        return [str(v) for v in chosen]
+
+    def checkpoint_dir(self, version: str = "1") -> Path:
+        """The local checkpoint directory of ``version``, fetching ``hf://`` sources first."""
+        numbered = self.toml_path.parent / version
+        if version.isdigit() and numbered.is_dir():
+            return numbered.resolve()
         if self.is_remote:
             return fetch_from_hub(self.source)
+        assert self.source is not None  # the validator saw to it
         path = (self.toml_path.parent / self.source).resolve()
         if not path.is_dir():
             raise FileNotFoundError(f"{self.toml_path}: source directory {self.source!r} does not exist ({path})")
@@ -166,3 +229,29 @@ class ModelRepository:
         if not specs and not problems:
             raise RepositoryError(f"model repository {root} holds no */model.toml")
         return cls(root, tuple(specs), tuple(problems), tasks)
+
+    def folder(self, name: str) -> Path:
+        """The folder of model ``name``: a valid model name is one path component, never ``..``.
+
+        Control requests name models; checking the name against :data:`MODEL_NAME` (one
+        component, no separator, never starting with a dot) keeps every name inside ``root``.
+        """
+        if not MODEL_NAME.fullmatch(name):
+            raise InvalidModelName(f"{name[:80]!r} is not a valid model name (letters, digits, '.', '_', '-'; "
+                                   "starting with a letter or digit; at most 64)")
+        return self.root / name
+
+    def holds(self, name: str) -> bool:
+        """Whether ``name`` has a ``model.toml`` on disk now."""
+        return (self.folder(name) / "model.toml").is_file()
+
+    def read(self, name: str) -> ModelSpec | SpecProblem:
+        """Model ``name`` as it is on disk now (a reload reads it afresh)."""
+        toml_path = self.folder(name) / "model.toml"
+        if not toml_path.is_file():
+            raise ModelNotFound(f"the model repository has no model named {name!r} (no {name}/model.toml)")
+        return read_spec(toml_path, self.tasks)
+
+    def names(self) -> list[str]:
+        """Every folder of the repository holding a ``model.toml`` now."""
+        return sorted(p.parent.name for p in self.root.glob("*/model.toml"))

@@ -84,11 +84,17 @@ def read_state_dict(directory: str | Path) -> dict[str, torch.Tensor]:
 
 
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    """The file's tensors, copied out of safetensors' memory map.
+
+    A mapped tensor reads the file whenever its pages are touched; a served model's weights
+    must not depend on a file that an operator may overwrite while it serves (a rewrite
+    shorter than the mapping kills the process with SIGBUS). One tensor is copied at a time.
+    """
+    from safetensors import SafetensorError, safe_open
 
     try:
-        return load_file(str(path), device="cpu")
+        with safe_open(str(path), framework="pt", device="cpu") as weights:
+            return {key: weights.get_tensor(key).clone() for key in weights.keys()}  # noqa: SIM118 - not a dict
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise CheckpointError(f"{path}: corrupt or truncated safetensors file ({exc})") from None
 

@@ -13,7 +13,7 @@ import dataclasses
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..engine import ServedModel
 from ..errors import InvalidInput, InvalidRequest
@@ -23,9 +23,16 @@ from .common import TaskOptions
 
 
 class RequestSchema(BaseModel):
-    """Base of every task's request: unknown fields are errors and no type is guessed."""
+    """Base of every task's request: unknown fields are errors and no type is guessed.
+
+    Every request may name a model version (``models/<name>/<N>/``); without one it gets the
+    newest ready version of its model.
+    """
 
     model_config = ConfigDict(extra="forbid", strict=True)
+
+    version: str | None = Field(None, pattern=r"^[1-9][0-9]{0,8}$",
+                                description="Model version; default: the newest ready one.")
 
 
 def describe(error: ValidationError) -> str:

@@ -41,9 +41,11 @@ class RpcCall:
     request_id: str
     model: str = ""
     input_ended: bool = False  # a streaming RPC has read the end of its input
+    leases: contextlib.ExitStack = dataclasses.field(default_factory=contextlib.ExitStack)
 
-    def resolve(self, registry: ModelRegistry, task: str, name: str) -> ServedModel:
-        served = registry.resolve(task, name or None)
+    def resolve(self, registry: ModelRegistry, task: str, name: str, version: str = "") -> ServedModel:
+        """The model for this RPC, leased until the RPC ends (a reload or unload lets it finish on its copy)."""
+        served = self.leases.enter_context(registry.lease(task, name or None, version or None))
         self.model = served.name
         return served
 
@@ -114,7 +116,7 @@ class _Rpc:
         failure: tuple[grpc.StatusCode, str, tuple[tuple[str, str], ...]] | None = None
         # Counted and logged before an error status goes out (abort sends it at once), so a
         # client that has its answer sees the RPC in the metrics.
-        with self.metrics.track_inflight("grpc"), self.in_flight.track():
+        with self.metrics.track_inflight("grpc"), self.in_flight.track(), call.leases:
             try:
                 if self.state.draining:
                     raise ShuttingDown("the server is draining; send this request to another replica")

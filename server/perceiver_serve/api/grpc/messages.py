@@ -1,7 +1,7 @@
 """Task fields from a request message, and a reply message from a task's answer dict.
 
 proto3 leaves no trace of an unset plain field, so an empty ``model`` means the task's
-default model, as the .proto says; a dense array in an answer (flow) becomes little-endian
+default model and an empty ``version`` its newest ready version, as the .proto says; a dense array in an answer (flow) becomes little-endian
 float32 bytes.
 """
 
@@ -27,7 +27,7 @@ def fields_of(message: Message) -> dict[str, Any]:
             value = [tuple(getattr(v, f.name) for f in v.DESCRIPTOR.fields) if nested else v for v in value]
         elif field.has_presence and not message.HasField(field.name):
             continue
-        elif field.name == "model" and not value:
+        elif field.name in ("model", "version") and not value:
             continue
         out[field.name] = value
     return out

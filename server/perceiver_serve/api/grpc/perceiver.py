@@ -36,7 +36,7 @@ class PerceiverService:
 
         async def handle(request: Message, call: RpcCall) -> Message:
             body = task.parse(fields_of(request))
-            served = call.resolve(self.state.registry, task.name, body.model)
+            served = call.resolve(self.state.registry, task.name, body.model, body.version or "")
             result = await execute(served, body, Call(self.state.limits, self.state.budget, call.deadline()))
             return to_message(answer(served.name, result), reply, self.max_message_bytes)
 

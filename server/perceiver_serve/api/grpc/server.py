@@ -19,6 +19,8 @@ from ..state import ServerState
 from .calls import InFlight, bind_service
 from .health import HealthService
 from .perceiver import SERVICE, PerceiverService
+from .repository import SERVICE as REPOSITORY_SERVICE
+from .repository import RepositoryService
 
 log = logging.getLogger("perceiver_serve")
 HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
@@ -39,11 +41,16 @@ class GrpcServer:
         api_key = settings.api_key.get_secret_value() if settings.api_key else None
         perceiver = PerceiverService(state, max_message_bytes=limit)
         services = {SERVICE: perceiver.handlers()}
-        self.server.add_generic_rpc_handlers(tuple(
-            bind_service(service, handlers, state, api_key, self.in_flight) for service, handlers in services.items()))
+        bound = [bind_service(service, handlers, state, api_key, self.in_flight)
+                 for service, handlers in services.items()]
+        # Model control takes the admin key when there is one (then the API key alone is refused).
+        admin_key = settings.admin_key.get_secret_value() if settings.admin_key else api_key
+        control = RepositoryService(state, control=settings.model_control != "none")
+        bound.append(bind_service(REPOSITORY_SERVICE, control.handlers(), state, admin_key, self.in_flight))
+        self.server.add_generic_rpc_handlers(tuple(bound))
         names = tuple(service.full_name for service in services)
         health_pb2_grpc.add_HealthServicer_to_server(HealthService(state, names), self.server)
-        reflection.enable_server_reflection((*names, HEALTH_SERVICE, reflection.SERVICE_NAME), self.server)
+        reflection.enable_server_reflection((*names, REPOSITORY_SERVICE.full_name, HEALTH_SERVICE, reflection.SERVICE_NAME), self.server)
         self.port: int | None = None
         self._stopping: asyncio.Future | None = None
 

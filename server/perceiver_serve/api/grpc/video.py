@@ -38,7 +38,7 @@ async def reconstruct_video(state: ServerState, requests: AsyncIterator[pb.Recon
     if first is None or first.WhichOneof("kind") != "config":
         raise InvalidRequest("the stream's first message must carry its config", code="no_config")
     request = VIDEO_AUTOENCODING.parse(fields_of(first.config))
-    served = call.resolve(state.registry, VIDEO_AUTOENCODING.name, request.model)
+    served = call.resolve(state.registry, VIDEO_AUTOENCODING.name, request.model, request.version or "")
     options: VideoOptions = served.runner.options
     settings = stream_settings(request, options)
     model: PerceiverForMultimodalAutoencoding = served.model

@@ -8,28 +8,32 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class ClassifyTextRequest(_message.Message):
-    __slots__ = ("texts", "model", "top_k", "return_logits")
+    __slots__ = ("texts", "model", "top_k", "return_logits", "version")
     TEXTS_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
     RETURN_LOGITS_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
     texts: _containers.RepeatedScalarFieldContainer[str]
     model: str
     top_k: int
     return_logits: bool
-    def __init__(self, texts: _Optional[_Iterable[str]] = ..., model: _Optional[str] = ..., top_k: _Optional[int] = ..., return_logits: _Optional[bool] = ...) -> None: ...
+    version: str
+    def __init__(self, texts: _Optional[_Iterable[str]] = ..., model: _Optional[str] = ..., top_k: _Optional[int] = ..., return_logits: _Optional[bool] = ..., version: _Optional[str] = ...) -> None: ...
 
 class ClassifyImageRequest(_message.Message):
-    __slots__ = ("image", "model", "top_k", "return_logits")
+    __slots__ = ("image", "model", "top_k", "return_logits", "version")
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
     RETURN_LOGITS_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
     image: bytes
     model: str
     top_k: int
     return_logits: bool
-    def __init__(self, image: _Optional[bytes] = ..., model: _Optional[str] = ..., top_k: _Optional[int] = ..., return_logits: _Optional[bool] = ...) -> None: ...
+    version: str
+    def __init__(self, image: _Optional[bytes] = ..., model: _Optional[str] = ..., top_k: _Optional[int] = ..., return_logits: _Optional[bool] = ..., version: _Optional[str] = ...) -> None: ...
 
 class Prediction(_message.Message):
     __slots__ = ("label", "index", "score")
@@ -66,18 +70,20 @@ class ByteSpan(_message.Message):
     def __init__(self, start: _Optional[int] = ..., end: _Optional[int] = ...) -> None: ...
 
 class FillMaskRequest(_message.Message):
-    __slots__ = ("text", "mask_spans", "model", "top_k", "truncate")
+    __slots__ = ("text", "mask_spans", "model", "top_k", "truncate", "version")
     TEXT_FIELD_NUMBER: _ClassVar[int]
     MASK_SPANS_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
     TRUNCATE_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
     text: str
     mask_spans: _containers.RepeatedCompositeFieldContainer[ByteSpan]
     model: str
     top_k: int
     truncate: bool
-    def __init__(self, text: _Optional[str] = ..., mask_spans: _Optional[_Iterable[_Union[ByteSpan, _Mapping]]] = ..., model: _Optional[str] = ..., top_k: _Optional[int] = ..., truncate: _Optional[bool] = ...) -> None: ...
+    version: str
+    def __init__(self, text: _Optional[str] = ..., mask_spans: _Optional[_Iterable[_Union[ByteSpan, _Mapping]]] = ..., model: _Optional[str] = ..., top_k: _Optional[int] = ..., truncate: _Optional[bool] = ..., version: _Optional[str] = ...) -> None: ...
 
 class BytePrediction(_message.Message):
     __slots__ = ("byte", "char", "score")
@@ -110,14 +116,16 @@ class FillMaskResponse(_message.Message):
     def __init__(self, model: _Optional[str] = ..., text: _Optional[str] = ..., masked: _Optional[_Iterable[_Union[MaskedByte, _Mapping]]] = ...) -> None: ...
 
 class EstimateFlowRequest(_message.Message):
-    __slots__ = ("frame1", "frame2", "model")
+    __slots__ = ("frame1", "frame2", "model", "version")
     FRAME1_FIELD_NUMBER: _ClassVar[int]
     FRAME2_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
     frame1: bytes
     frame2: bytes
     model: str
-    def __init__(self, frame1: _Optional[bytes] = ..., frame2: _Optional[bytes] = ..., model: _Optional[str] = ...) -> None: ...
+    version: str
+    def __init__(self, frame1: _Optional[bytes] = ..., frame2: _Optional[bytes] = ..., model: _Optional[str] = ..., version: _Optional[str] = ...) -> None: ...
 
 class EstimateFlowResponse(_message.Message):
     __slots__ = ("model", "height", "width", "flow")
@@ -148,7 +156,7 @@ class BatchingConfig(_message.Message):
     def __init__(self, max_batch_size: _Optional[int] = ..., max_delay_ms: _Optional[float] = ..., max_queue: _Optional[int] = ..., timeout_ms: _Optional[float] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "task", "state", "reason", "device", "dtype", "batching", "options", "architecture", "labels", "load_seconds", "requested_dtype", "compile", "precision_check", "labels_url", "geometry", "requested_device", "device_fallback", "tf32")
+    __slots__ = ("name", "task", "state", "reason", "device", "dtype", "batching", "options", "architecture", "labels", "load_seconds", "requested_dtype", "compile", "precision_check", "labels_url", "geometry", "requested_device", "device_fallback", "tf32", "version", "versions")
     NAME_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -168,6 +176,8 @@ class ModelInfo(_message.Message):
     REQUESTED_DEVICE_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FALLBACK_FIELD_NUMBER: _ClassVar[int]
     TF32_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    VERSIONS_FIELD_NUMBER: _ClassVar[int]
     name: str
     task: str
     state: str
@@ -187,7 +197,19 @@ class ModelInfo(_message.Message):
     requested_device: str
     device_fallback: str
     tf32: bool
-    def __init__(self, name: _Optional[str] = ..., task: _Optional[str] = ..., state: _Optional[str] = ..., reason: _Optional[str] = ..., device: _Optional[str] = ..., dtype: _Optional[str] = ..., batching: _Optional[_Union[BatchingConfig, _Mapping]] = ..., options: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., architecture: _Optional[str] = ..., labels: _Optional[int] = ..., load_seconds: _Optional[float] = ..., requested_dtype: _Optional[str] = ..., compile: _Optional[bool] = ..., precision_check: _Optional[_Union[PrecisionCheck, _Mapping]] = ..., labels_url: _Optional[str] = ..., geometry: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., requested_device: _Optional[str] = ..., device_fallback: _Optional[str] = ..., tf32: _Optional[bool] = ...) -> None: ...
+    version: str
+    versions: _containers.RepeatedCompositeFieldContainer[VersionState]
+    def __init__(self, name: _Optional[str] = ..., task: _Optional[str] = ..., state: _Optional[str] = ..., reason: _Optional[str] = ..., device: _Optional[str] = ..., dtype: _Optional[str] = ..., batching: _Optional[_Union[BatchingConfig, _Mapping]] = ..., options: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., architecture: _Optional[str] = ..., labels: _Optional[int] = ..., load_seconds: _Optional[float] = ..., requested_dtype: _Optional[str] = ..., compile: _Optional[bool] = ..., precision_check: _Optional[_Union[PrecisionCheck, _Mapping]] = ..., labels_url: _Optional[str] = ..., geometry: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., requested_device: _Optional[str] = ..., device_fallback: _Optional[str] = ..., tf32: _Optional[bool] = ..., version: _Optional[str] = ..., versions: _Optional[_Iterable[_Union[VersionState, _Mapping]]] = ...) -> None: ...
+
+class VersionState(_message.Message):
+    __slots__ = ("version", "state", "reason")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    version: str
+    state: str
+    reason: str
+    def __init__(self, version: _Optional[str] = ..., state: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class PrecisionCheck(_message.Message):
     __slots__ = ("precision", "argmax_agreement", "rows", "max_abs_diff")
@@ -225,18 +247,20 @@ class ReconstructVideoRequest(_message.Message):
     def __init__(self, config: _Optional[_Union[StreamConfig, _Mapping]] = ..., media: _Optional[_Union[MediaPiece, _Mapping]] = ...) -> None: ...
 
 class StreamConfig(_message.Message):
-    __slots__ = ("model", "chunks_per_window", "return_image", "return_audio", "top_k")
+    __slots__ = ("model", "chunks_per_window", "return_image", "return_audio", "top_k", "version")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     CHUNKS_PER_WINDOW_FIELD_NUMBER: _ClassVar[int]
     RETURN_IMAGE_FIELD_NUMBER: _ClassVar[int]
     RETURN_AUDIO_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
     model: str
     chunks_per_window: int
     return_image: bool
     return_audio: bool
     top_k: int
-    def __init__(self, model: _Optional[str] = ..., chunks_per_window: _Optional[int] = ..., return_image: _Optional[bool] = ..., return_audio: _Optional[bool] = ..., top_k: _Optional[int] = ...) -> None: ...
+    version: str
+    def __init__(self, model: _Optional[str] = ..., chunks_per_window: _Optional[int] = ..., return_image: _Optional[bool] = ..., return_audio: _Optional[bool] = ..., top_k: _Optional[int] = ..., version: _Optional[str] = ...) -> None: ...
 
 class MediaPiece(_message.Message):
     __slots__ = ("frames", "audio")

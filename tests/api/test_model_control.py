@@ -1,0 +1,329 @@
+"""Model control while serving, against real server processes: load, reload under load, unload,
+broken reloads, the repository poller, keys and names. Every wait is on a state, never a sleep."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from perceiver_serve.pb.perceiver.v1 import perceiver_pb2 as pb
+from perceiver_serve.pb.perceiver.v1 import perceiver_pb2_grpc
+
+from ..support import DEMO_MODELS, grpc_channel, rss_bytes, running
+
+ADMIN, API = "admin-secret", "model-secret"
+OLD = ("old-negative", "old-positive")
+NEW = ("new-negative", "new-positive")
+
+
+def copy_model(root: Path, name: str, source: str = "text-sentiment", labels: tuple[str, ...] | None = None) -> Path:
+    folder = root / name
+    shutil.copytree(DEMO_MODELS / source, folder)
+    if labels:
+        set_labels(folder, labels)
+    return folder
+
+
+def set_labels(folder: Path, labels: tuple[str, ...]) -> None:
+    path = folder / "checkpoint" / "config.json"
+    config = json.loads(path.read_text())
+    config["id2label"] = {str(i): label for i, label in enumerate(labels)}
+    config["label2id"] = {label: i for i, label in enumerate(labels)}
+    path.write_text(json.dumps(config))
+
+
+def wait_for(check, timeout: float = 120.0, what: str = "a state"):
+    """Poll ``check`` until it returns something true; the waiting is on the server's state."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if result := check():
+            return result
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def index(client: httpx.Client, **kwargs) -> dict[str, dict]:
+    answer = client.post("/v2/repository/index", **kwargs)
+    assert answer.status_code == 200, answer.text
+    return {entry["name"]: entry for entry in answer.json()}
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def classify(client: httpx.Client, model: str) -> httpx.Response:
+    return client.post("/classify/text", json={"text": "a fine day", "model": model, "top_k": 2}, headers=bearer(API))
+
+
+def labels_of(answer: httpx.Response) -> tuple[str, ...]:
+    return tuple(sorted(p["label"] for p in answer.json()["results"][0]["predictions"]))
+
+
+@pytest.fixture(scope="module")
+def explicit(tmp_path_factory):
+    root = tmp_path_factory.mktemp("explicit-repo")
+    copy_model(root, "base")
+    with running("--model-control", "explicit", "--load-model", "base", "--api-key", API, "--admin-key", ADMIN,
+                 repository=root, grpc=True) as proc:
+        with httpx.Client(base_url=proc.url, timeout=120) as client:
+            yield root, proc, client
+
+
+def test_explicit_mode_loads_only_the_named_model(explicit):
+    root, _, client = explicit
+    copy_model(root, "idle")
+    states = index(client, headers=bearer(ADMIN))
+    assert states["base"]["state"] == "READY" and states["idle"]["state"] == "UNAVAILABLE"
+    assert index(client, headers=bearer(ADMIN), json={"ready": True}).keys() == {"base"}
+    assert classify(client, "idle").json()["error"]["code"] == "model_not_found"
+
+
+def test_add_load_reload_under_load_and_unload(explicit):
+    root, proc, client = explicit
+    folder = copy_model(root, "added", labels=OLD)
+    loaded = client.post("/v2/repository/models/added/load", headers=bearer(ADMIN))
+    assert loaded.status_code == 200 and loaded.json() == {"name": "added", "state": "READY"}, loaded.text
+    assert labels_of(classify(client, "added")) == tuple(sorted(OLD))
+
+    set_labels(folder, NEW)
+    answers: list[tuple[float, int, tuple[str, ...] | str]] = []  # (sent at, status, labels or error)
+    acknowledged: list[float] = []
+    stop = threading.Event()
+
+    def client_loop() -> None:
+        with httpx.Client(base_url=proc.url, timeout=120) as own:
+            while not stop.is_set():
+                sent = time.monotonic()
+                answer = classify(own, "added")
+                answers.append((sent, answer.status_code,
+                                labels_of(answer) if answer.status_code == 200 else answer.text))
+
+    threads = [threading.Thread(target=client_loop) for _ in range(16)]
+    for thread in threads:
+        thread.start()
+    try:
+        wait_for(lambda: len(answers) >= 32, what="answers before the reload")
+        reload = client.post("/v2/repository/models/added/load", headers=bearer(ADMIN))
+        acknowledged.append(time.monotonic())
+        assert reload.status_code == 200, reload.text
+        wait_for(lambda: sum(sent > acknowledged[0] for sent, _, _ in list(answers)) >= 48,
+                 what="answers after the reload")
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+    failed = [a for a in answers if a[1] != 200]
+    assert not failed, failed[:3]
+    assert {labels for _, _, labels in answers} <= {tuple(sorted(OLD)), tuple(sorted(NEW))}
+    assert any(labels == tuple(sorted(OLD)) for _, _, labels in answers)
+    after = [labels for sent, _, labels in answers if sent > acknowledged[0]]
+    assert after and set(after) == {tuple(sorted(NEW))}
+
+    unloaded = client.post("/v2/repository/models/added/unload", headers=bearer(ADMIN))
+    assert unloaded.status_code == 200 and unloaded.json()["state"] in ("UNLOADING", "UNAVAILABLE")
+    refused = classify(client, "added")
+    assert refused.status_code == 404 and refused.json()["error"]["code"] == "model_not_found"
+    wait_for(lambda: index(client, headers=bearer(ADMIN))["added"]["state"] == "UNAVAILABLE", what="unloaded")
+    listed = {m["name"]: m for m in client.get("/models", headers=bearer(API)).json()["models"]}
+    assert listed["added"]["state"] == "unavailable"
+    assert client.get("/health/ready").status_code == 200  # an unloaded model is not waited for
+    metrics = client.get("/metrics").text
+    assert 'perceiver_model_events_total{event="reload",model="added",outcome="success"} 1.0' in metrics
+    assert 'perceiver_model_events_total{event="unload",model="added",outcome="success"} 1.0' in metrics
+    assert 'perceiver_model_ready{model="added"' not in metrics  # unloaded on purpose: no series to alert on
+    assert "model 'added' version 1 released" in proc.logs()
+
+
+def test_a_broken_reload_keeps_the_old_copy_serving(explicit):
+    root, _, client = explicit
+    folder = copy_model(root, "fragile", labels=OLD)
+    assert client.post("/v2/repository/models/fragile/load", headers=bearer(ADMIN)).status_code == 200
+    weights = folder / "checkpoint" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    set_labels(folder, NEW)
+    failed = client.post("/v2/repository/models/fragile/load", headers=bearer(ADMIN))
+    assert failed.status_code == 400 and failed.json()["error"]["code"] == "load_failed"
+    assert "model.safetensors" in failed.json()["error"]["message"]
+    served = classify(client, "fragile")
+    assert served.status_code == 200 and labels_of(served) == tuple(sorted(OLD))
+    entry = index(client, headers=bearer(ADMIN))["fragile"]
+    assert entry["state"] == "READY" and "reload failed" in entry["reason"]
+    metrics = client.get("/metrics").text
+    assert 'perceiver_model_events_total{event="reload",model="fragile",outcome="failure"} 1.0' in metrics
+
+
+@pytest.mark.parametrize("route", ["/v2/repository/index", "/v2/repository/models/base/load",
+                                   "/v2/repository/models/base/unload"])
+def test_control_needs_the_admin_key(explicit, route):
+    _, _, client = explicit
+    for headers in ({}, bearer(API), bearer("wrong"), {"Authorization": ADMIN}):
+        answer = client.post(route, headers=headers)
+        assert answer.status_code == 401 and answer.json()["error"]["code"] == "unauthenticated", headers
+    assert client.post("/classify/text", json={"text": "x"}, headers=bearer(ADMIN)).status_code == 401
+    assert index(client, headers=bearer(ADMIN))["base"]["state"] == "READY"
+
+
+@pytest.mark.parametrize("name", ["..", ".hidden", "..%2F..%2Fetc", "%2Fetc%2Fpasswd", "a%5Cb", "x" * 65,
+                                  "..%2Fexplicit-repo0%2Fbase"])
+def test_names_stay_inside_the_repository(explicit, name):
+    _, _, client = explicit
+    for action in ("load", "unload"):
+        answer = client.post(f"/v2/repository/models/{name}/{action}", headers=bearer(ADMIN))
+        assert answer.status_code in (400, 404), answer.text
+        assert answer.json()["error"]["code"] in ("invalid_model_name", "not_found", "model_not_found")
+    assert index(client, headers=bearer(ADMIN)).keys() >= {"base"}
+
+
+def test_without_model_control_the_repository_is_only_listed(server):
+    with httpx.Client(base_url=server.url, timeout=60) as client:
+        states = index(client)
+        assert states and all(entry["state"] == "READY" for entry in states.values())
+        assert client.post("/v2/repository/models/text-sentiment/unload").status_code == 404
+        assert client.post("/v2/repository/models/text-sentiment/load").status_code == 404
+
+
+def test_poll_mode_follows_the_repository(tmp_path):
+    root = tmp_path / "repo"
+    root.mkdir()
+    copy_model(root, "base")
+    with running("--model-control", "poll", "--repository-poll-s", "0.5", "--api-key", API, repository=root) as proc, \
+            httpx.Client(base_url=proc.url, timeout=60, headers=bearer(API)) as client:
+        assert httpx.post(f"{proc.url}/v2/repository/index").status_code == 401  # the API key guards control
+        staging = tmp_path / "staging"
+        staging.mkdir()
+        copy_model(staging, "arrived")
+        shutil.move(staging / "arrived", root / "arrived")
+        wait_for(lambda: index(client).get("arrived", {}).get("state") == "READY", what="the copied-in model")
+        assert classify(client, "arrived").status_code == 200
+
+        shutil.rmtree(root / "arrived")
+        wait_for(lambda: "arrived" not in index(client), what="the deleted model to go")
+        assert classify(client, "arrived").json()["error"]["code"] == "model_not_found"
+
+        # A checkpoint written in small pieces, each soon after the last, is never loaded half-written.
+        slow = copy_model(staging, "slow")
+        weights = (slow / "checkpoint" / "model.safetensors").read_bytes()
+        (slow / "checkpoint" / "model.safetensors").unlink()
+        shutil.move(slow, root / "slow")
+        with open(root / "slow" / "checkpoint" / "model.safetensors", "wb") as out:
+            for start in range(0, len(weights), 8192):
+                out.write(weights[start:start + 8192])
+                out.flush()
+                time.sleep(0.02)  # the writer's pace (well inside the 0.5 s poll interval), not a wait on the server
+        wait_for(lambda: index(client).get("slow", {}).get("state") == "READY", what="the slowly written model")
+        metrics = client.get("/metrics").text
+        assert 'perceiver_model_events_total{event="load",model="slow",outcome="failure"}' not in metrics
+        assert "'slow' failed" not in proc.logs()
+
+
+def test_twenty_reloads_keep_memory_flat(tmp_path):
+    copy_model(tmp_path, "image", source="image-classifier")
+    with running("--model-control", "explicit", "--load-model", "image", repository=tmp_path) as proc, \
+            httpx.Client(base_url=proc.url, timeout=120) as client:
+        rss = []
+        for cycle in range(1, 21):
+            assert client.post("/v2/repository/models/image/load").status_code == 200
+            wait_for(lambda done=cycle: proc.logs().count("model 'image' version 1 released") >= done,
+                     what="the old copy freed")
+            rss.append(rss_bytes(proc.process.pid))
+        assert max(rss) <= rss[0] * 1.10, [round(r / 2**20) for r in rss]
+
+
+def test_versions_newest_by_default_named_on_request_and_dropped_by_policy(explicit):
+    root, proc, client = explicit
+    folder = root / "multi"
+    folder.mkdir()
+    toml = (DEMO_MODELS / "text-sentiment" / "model.toml").read_text().replace('source = "checkpoint"\n', "")
+    (folder / "model.toml").write_text(toml.replace("default = true", 'default = false\nversion_policy = "all"'))
+    for version, labels in (("1", OLD), ("2", NEW)):
+        shutil.copytree(DEMO_MODELS / "text-sentiment" / "checkpoint", folder / version)
+        config = folder / version / "config.json"
+        data = json.loads(config.read_text())
+        data["id2label"] = {str(i): label for i, label in enumerate(labels)}
+        config.write_text(json.dumps(data))
+    assert client.post("/v2/repository/models/multi/load", headers=bearer(ADMIN)).status_code == 200
+    assert labels_of(classify(client, "multi")) == tuple(sorted(NEW))
+    named = client.post("/classify/text", json={"text": "x", "model": "multi", "version": "1", "top_k": 2},
+                        headers=bearer(API))
+    assert labels_of(named) == tuple(sorted(OLD))
+    assert labels_of(client.post("/classify/text?version=1", json={"text": "x", "model": "multi", "top_k": 2},
+                                 headers=bearer(API))) == tuple(sorted(OLD))
+    with grpc_channel(proc.grpc_port) as channel:
+        stub = perceiver_pb2_grpc.PerceiverStub(channel)
+        metadata = (("authorization", f"Bearer {API}"),)
+        first = stub.ClassifyText(pb.ClassifyTextRequest(texts=["x"], model="multi", version="1", top_k=2),
+                                  metadata=metadata)
+        assert sorted(p.label for p in first.results[0].predictions) == sorted(OLD)
+        listed = {m.name: m for m in stub.ListModels(pb.ListModelsRequest(), metadata=metadata).models}
+        assert listed["multi"].version == "2" and [v.version for v in listed["multi"].versions] == ["1", "2"]
+    entries = [e for e in client.post("/v2/repository/index", headers=bearer(ADMIN)).json() if e["name"] == "multi"]
+    assert [(e["version"], e["state"]) for e in entries] == [("1", "READY"), ("2", "READY")]
+
+    (folder / "model.toml").write_text(toml.replace("default = true", "default = false\nversion_policy = { latest = 1 }"))
+    assert client.post("/v2/repository/models/multi/load", headers=bearer(ADMIN)).status_code == 200
+    gone = client.post("/classify/text", json={"text": "x", "model": "multi", "version": "1"}, headers=bearer(API))
+    assert gone.status_code == 404 and gone.json()["error"]["code"] == "version_not_found"
+    assert labels_of(classify(client, "multi")) == tuple(sorted(NEW))
+    wait_for(lambda: [e["version"] for e in client.post("/v2/repository/index", headers=bearer(ADMIN)).json()
+                      if e["name"] == "multi"] == ["2"], what="version 1 to leave the index")
+    bad = client.post("/classify/text", json={"text": "x", "model": "multi", "version": "../1"}, headers=bearer(API))
+    assert bad.status_code == 422
+
+
+def test_grpc_repository_calls(explicit):
+    import grpc
+
+    from perceiver_serve.pb.inference import model_repository_pb2 as repo_pb
+    from perceiver_serve.pb.inference import model_repository_pb2_grpc as repo_grpc
+
+    root, proc, client = explicit
+    copy_model(root, "remote", labels=OLD)
+    with grpc_channel(proc.grpc_port) as channel:
+        stub = repo_grpc.GRPCInferenceServiceStub(channel)
+        admin = (("authorization", f"Bearer {ADMIN}"),)
+        for metadata in ((), (("authorization", f"Bearer {API}"),)):
+            for call, request in ((stub.RepositoryIndex, repo_pb.RepositoryIndexRequest()),
+                                  (stub.RepositoryModelLoad, repo_pb.RepositoryModelLoadRequest(model_name="remote")),
+                                  (stub.RepositoryModelUnload, repo_pb.RepositoryModelUnloadRequest(model_name="base"))):
+                with pytest.raises(grpc.RpcError) as refused:
+                    call(request, metadata=metadata)
+                assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        loaded = stub.RepositoryModelLoad(repo_pb.RepositoryModelLoadRequest(model_name="remote"), metadata=admin)
+        assert loaded.model_name == "remote" and loaded.isLoaded
+        assert labels_of(classify(client, "remote")) == tuple(sorted(OLD))
+        ready = stub.RepositoryIndex(repo_pb.RepositoryIndexRequest(ready=True), metadata=admin)
+        assert {"base", "remote"} <= {m.name for m in ready.models} and {m.state for m in ready.models} == {"READY"}
+        for name in ("../remote", ".remote", ""):
+            with pytest.raises(grpc.RpcError) as bad:
+                stub.RepositoryModelLoad(repo_pb.RepositoryModelLoadRequest(model_name=name), metadata=admin)
+            assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        weights = root / "remote" / "checkpoint" / "model.safetensors"
+        weights.write_bytes(b"not safetensors")
+        with pytest.raises(grpc.RpcError) as broken:
+            stub.RepositoryModelLoad(repo_pb.RepositoryModelLoadRequest(model_name="remote"), metadata=admin)
+        assert broken.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "model.safetensors" in broken.value.details()
+        unloaded = stub.RepositoryModelUnload(repo_pb.RepositoryModelUnloadRequest(model_name="remote"), metadata=admin)
+        assert unloaded.isUnloaded
+        assert classify(client, "remote").status_code == 404
+
+
+def test_grpc_load_needs_model_control(process):
+    import grpc
+
+    from perceiver_serve.pb.inference import model_repository_pb2 as repo_pb
+    from perceiver_serve.pb.inference import model_repository_pb2_grpc as repo_grpc
+
+    with grpc_channel(process.grpc_port) as channel:
+        stub = repo_grpc.GRPCInferenceServiceStub(channel)
+        assert {m.state for m in stub.RepositoryIndex(repo_pb.RepositoryIndexRequest()).models} == {"READY"}
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.RepositoryModelUnload(repo_pb.RepositoryModelUnloadRequest(model_name="text-sentiment"))
+        assert refused.value.code() == grpc.StatusCode.UNIMPLEMENTED
