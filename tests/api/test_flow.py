@@ -3,15 +3,18 @@
 import io
 import itertools
 
+import httpx
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from benchmarks.servers import demo_model, write_repository
 from perceiver_serve.media.flow_formats import from_flo
 from perceiver_serve.modeling import flow_patches
 
 from ..numerics import FP32, assert_close, assert_distinct
+from ..support import running
 from .conftest import error_of, png_bytes
 
 rng = np.random.default_rng(11)
@@ -134,3 +137,24 @@ def test_flow_errors(client, frames, case, status, code):
     else:
         r = client.post("/flow", files=files, data=data)
     assert error_of(r) == (status, code)
+
+
+def test_frames_needing_more_tiles_than_the_queue_holds_are_served(tmp_path):
+    """As 1024×436 frames (345 tiles of 48×64) on the demo model, whose queue holds 256: here
+    a queue of 8 and frames of 49 tiles, so the test stays short. They are admitted in parts."""
+    repository = write_repository(tmp_path, {"optical-flow": demo_model("optical-flow")},
+                                  batching={"max_queue": 8, "max_batch_size": 4, "timeout_ms": 600_000})
+    first = rng.integers(0, 256, (212, 328, 3), dtype=np.uint8)
+    with running(repository=repository) as proc, httpx.Client(base_url=proc.url, timeout=600) as client:
+        assert client.get("/models/optical-flow").json()["geometry"]["max_tiles"] > 49
+        r = post_flow(client, first, np.roll(first, 3, axis=1), fmt="npy")
+        assert r.status_code == 200, r.text
+        assert np.load(io.BytesIO(r.content), allow_pickle=False).shape == (212, 328, 2)
+
+
+def test_frames_over_the_per_request_tile_limit_are_refused_before_tiling(client):
+    limit = client.get("/models/optical-flow").json()["geometry"]["max_tiles"]
+    huge = np.zeros((48, 64 + 44 * limit, 3), dtype=np.uint8)  # limit + 1 tiles in one row
+    r = post_flow(client, huge, huge)
+    assert error_of(r) == (413, "too_large")
+    assert f"at most {limit} per request" in r.json()["error"]["message"]

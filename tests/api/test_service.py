@@ -24,7 +24,7 @@ def test_models_list_every_demo_model(client):
 LABELLED = {"text-classification", "image-classification", "video-autoencoding"}
 GEOMETRY = {"text-classification": {"max_text_bytes"}, "fill-mask": {"max_text_bytes"},
             "image-classification": {"image_size", "crop_size"},
-            "optical-flow": {"tile_size", "tile_overlap", "min_frame_side"},
+            "optical-flow": {"tile_size", "tile_overlap", "min_frame_side", "max_tiles"},
             "video-autoencoding": {"frame_size", "frames_per_window", "sample_rate", "audio_samples_per_frame", "fps"}}
 
 

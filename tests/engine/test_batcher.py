@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from perceiver_serve.engine import BatchingConfig, DynamicBatcher
-from perceiver_serve.errors import DeadlineExceeded, InferenceFailed, QueueFull
+from perceiver_serve.errors import DeadlineExceeded, InferenceFailed, PayloadTooLarge, QueueFull
 from perceiver_serve.modeling import ByteTokenizer, load_model
 from perceiver_serve.tasks.text import TextClassificationRunner, TextOptions
 
@@ -260,3 +260,65 @@ def test_a_failing_warm_up_is_raised_by_start_and_ends_the_worker():
     with pytest.raises(RuntimeError, match="warm-up broke"):
         batcher.start(warm_up=lambda: batcher.runner.run([1]))
     assert not batcher._thread.is_alive()
+
+
+# -- requests larger than the queue (flow tiles of big frames) ----------------------------------------
+
+class QueueWatcher:
+    """Observer recording each queue depth the batcher reports."""
+
+    def __init__(self) -> None:
+        self.depths: list[int] = []
+
+    def observe_queue_depth(self, model, depth):
+        self.depths.append(depth)
+
+    def observe_batch(self, *args):
+        pass
+
+    def observe_rejected(self, *args):
+        pass
+
+
+async def test_a_request_larger_than_the_queue_is_admitted_in_parts():
+    watcher = QueueWatcher()
+    runner = Recorder()
+    batcher = DynamicBatcher("m", runner, limits(max_batch_size=4, max_queue=8, max_delay_ms=0), watcher)
+    batcher.start()
+    try:
+        with pytest.raises(PayloadTooLarge):  # all-or-nothing requests still cannot exceed the queue
+            await batcher.submit_all(list(range(9)))
+        results = await batcher.submit_all(list(range(50)), gradual=True)
+        # Meanwhile another request still finds room: the big one holds at most half the queue.
+        small = await batcher.submit_all([100, 101, 102, 103])
+    finally:
+        batcher.stop()
+    assert results == [2 * i for i in range(50)]
+    assert small == [200, 202, 204, 206]
+    assert max(watcher.depths) <= 8 and all(len(b) <= 4 for b in runner.batches)
+
+
+async def test_a_big_request_leaves_room_for_others_while_it_waits():
+    runner = Recorder(delay=0.05)
+    batcher = started(runner, max_batch_size=2, max_queue=8, max_delay_ms=0)
+    try:
+        big = asyncio.ensure_future(batcher.submit_all(list(range(40)), gradual=True))
+        await asyncio.to_thread(runner.started.wait, 5)
+        assert await batcher.submit_all([1000, 1001, 1002, 1003]) == [2000, 2002, 2004, 2006]  # no 429
+        assert await big == [2 * i for i in range(40)]
+    finally:
+        batcher.stop()
+
+
+async def test_parts_not_admitted_before_the_deadline_fail_and_are_never_computed():
+    runner = Recorder(delay=0.2)
+    batcher = started(runner, max_batch_size=1, max_queue=4, max_delay_ms=0)
+    try:
+        with pytest.raises(DeadlineExceeded, match="not yet admitted"):
+            await batcher.submit_all(list(range(30)), deadline=time.monotonic() + 0.5, gradual=True)
+        await asyncio.sleep(0)
+        assert await batcher.submit(7) == 14
+    finally:
+        batcher.stop()
+    computed = [p for batch in runner.batches for p in batch]
+    assert len(computed) < 30 and 29 not in computed

@@ -113,6 +113,7 @@ class DynamicBatcher:
         self._warm_up: Callable[[], None] | None = None
         self._warmed = threading.Event()
         self._warm_up_error: BaseException | None = None
+        self._room_waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future]] = []  # see _admit_gradually
         self.forward_passes = 0  # batches actually run; tests and benchmarks read it
 
     # -- event-loop side ----------------------------------------------------------------------
@@ -136,19 +137,47 @@ class DynamicBatcher:
         (result,) = await self.submit_all([payload], deadline=deadline)
         return result
 
-    async def submit_all(self, payloads: Sequence[Any], *, deadline: float | None = None) -> list[Any]:
-        """Queue payloads of one request all-or-nothing and wait for all their results.
+    async def submit_all(self, payloads: Sequence[Any], *, deadline: float | None = None,
+                         gradual: bool = False) -> list[Any]:
+        """Queue payloads of one request and wait for all their results.
+
+        Normally all-or-nothing: a request that does not fit the queue's free room now is
+        refused (429), and one of more items than the queue ever holds is refused as too large
+        (413). With ``gradual`` (flow tiles of a large frame pair), a request larger than the
+        whole queue is admitted in parts as the worker frees room, each part at most half the
+        queue so other requests still get in, until its deadline passes (504).
 
         If the caller goes away, or one item fails, the request's other items are dropped
-        (those not yet computed are never computed). A request of more items than the queue
-        holds is refused as too large, since retrying it later could never succeed.
+        (those not yet computed are never computed, those not yet queued never queued).
         """
         loop = asyncio.get_running_loop()
         now = time.monotonic()
         if deadline is None:
             deadline = now + self.limits.timeout_ms / 1000
-        self.check_fits(len(payloads))
+        if not gradual:
+            self.check_fits(len(payloads))
         items = [_Item(p, self.runner.batch_key(p), loop.create_future(), loop, now, deadline) for p in payloads]
+        reason = CANCELLED
+        try:
+            if len(items) <= self.limits.max_queue:
+                self._admit(items)
+            else:
+                await self._admit_gradually(items, deadline)
+            return list(await asyncio.gather(*(item.future for item in items)))
+        except asyncio.CancelledError as exc:
+            if exc.args == (REQUEST_FAILED,):
+                reason = REQUEST_FAILED
+            raise
+        except Exception:
+            reason = REQUEST_FAILED  # one item failed: the others are dropped for it, not by the caller
+            raise
+        finally:
+            for item in items:
+                item.dropped_because = reason  # read by the worker only for the cancelled ones
+                item.future.cancel()  # no-op for settled ones; drops the rest before they run
+
+    def _admit(self, items: list[_Item]) -> None:
+        """Queue all of ``items`` now, or refuse them all (429)."""
         with self._cond:
             if self._stopping:
                 raise ShuttingDown(f"model {self.name!r} is shutting down")
@@ -162,20 +191,44 @@ class DynamicBatcher:
             self._cond.notify()
             depth = len(self._queue)
         self.observer.observe_queue_depth(self.name, depth)
-        reason = CANCELLED
-        try:
-            return list(await asyncio.gather(*(item.future for item in items)))
-        except asyncio.CancelledError as exc:
-            if exc.args == (REQUEST_FAILED,):
-                reason = REQUEST_FAILED
-            raise
-        except Exception:
-            reason = REQUEST_FAILED  # one item failed: the others are dropped for it, not by the caller
-            raise
-        finally:
-            for item in items:
-                item.dropped_because = reason  # read by the worker only for the cancelled ones
-                item.future.cancel()  # no-op for settled ones; drops the rest before they run
+
+    async def _admit_gradually(self, items: list[_Item], deadline: float) -> None:
+        """Queue ``items`` part by part as room frees up, never holding more than half the queue."""
+        loop = asyncio.get_running_loop()
+        share = max(1, self.limits.max_queue // 2)
+        pending = collections.deque(items)
+        while True:
+            with self._cond:
+                if self._stopping:
+                    raise ShuttingDown(f"model {self.name!r} is shutting down")
+                mine = sum(1 for item in items if not item.future.done()) - len(pending)  # queued or running
+                room = min(self.limits.max_queue - len(self._queue), share - mine, len(pending))
+                if room > 0:
+                    self._queue.extend(pending.popleft() for _ in range(room))
+                    self._cond.notify()
+                depth = len(self._queue)
+                if pending:
+                    woken = loop.create_future()
+                    self._room_waiters.append((loop, woken))
+            self.observer.observe_queue_depth(self.name, depth)
+            if not pending:
+                return
+            try:
+                await asyncio.wait_for(woken, deadline - time.monotonic())
+            except TimeoutError:
+                self.observer.observe_rejected(self.name, "deadline")
+                raise DeadlineExceeded(
+                    f"request to model {self.name!r} passed its deadline with {len(pending)} of its {len(items)} "
+                    "work items not yet admitted to the queue") from None
+
+    def _wake_room_waiters(self) -> None:
+        """Called with the lock held, whenever items leave the queue or finish."""
+        waiters, self._room_waiters = self._room_waiters, []
+        for loop, future in waiters:
+            try:
+                loop.call_soon_threadsafe(_settle, future, None)
+            except RuntimeError:  # that event loop is closed: nobody waits there any more
+                pass
 
     def check_fits(self, count: int) -> None:
         """Refuse a request of ``count`` items that the queue could never hold, however empty.
@@ -213,6 +266,8 @@ class DynamicBatcher:
             live = self._drop_dead(batch)
             if live:
                 self._run(live)
+            with self._cond:  # results are settled: requests admitted in parts may send more
+                self._wake_room_waiters()
 
     def _next_batch(self) -> list[_Item] | None:
         limits = self.limits
@@ -231,6 +286,7 @@ class DynamicBatcher:
                 self._cond.wait(remaining)
             chosen = set(map(id, batch))
             self._queue = collections.deque(item for item in self._queue if id(item) not in chosen)
+            self._wake_room_waiters()
             depth = len(self._queue)
         self.observer.observe_queue_depth(self.name, depth)
         return batch

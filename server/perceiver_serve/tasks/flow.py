@@ -22,7 +22,7 @@ import torch
 from pydantic import Field
 
 from ..engine import ServedModel
-from ..errors import InvalidInput
+from ..errors import InvalidInput, PayloadTooLarge
 from ..media.budget import DecodeBudget
 from ..media.flow_formats import FLOW_FORMATS
 from ..media.image import decode_opened_pair, open_frame_pair
@@ -49,6 +49,9 @@ class FlowOptions(TaskOptions):
     decode_chunk: int = Field(16384, ge=1, description="Output pixels decoded per chunk (bounds memory).")
     flow_scale: float = Field(20.0, gt=0, description="Model output × flow_scale = flow in pixels.")
     min_frame_side: int = Field(32, ge=1, description="Smaller frames are refused: padding would dominate them.")
+    max_tiles: int = Field(4096, ge=1, description="Most tiles one frame pair may need; larger pairs are refused "
+                                                   "(413). Pairs of more tiles than the queue holds are admitted in "
+                                                   "parts as room frees up, within the request's deadline.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,7 +134,7 @@ class OpticalFlowRunner:
 
     def geometry(self) -> dict[str, Any]:
         return {"tile_size": list(self.tiler.tile), "tile_overlap": self.options.tile_overlap,
-                "min_frame_side": self.options.min_frame_side}
+                "min_frame_side": self.options.min_frame_side, "max_tiles": self.options.max_tiles}
 
     def run(self, payloads: Sequence[np.ndarray]) -> list[np.ndarray]:
         frames = torch.from_numpy(np.stack(payloads)).to(self.model.device)
@@ -162,7 +165,10 @@ async def estimate_flow(served: ServedModel, first: bytes, second: bytes, limits
     if min(height, width) < smallest:
         raise InvalidInput(f"frames are {width}×{height}; this model needs at least {smallest} pixels on each side",
                            code="frame_too_small")
-    served.batcher.check_fits(tiler.tile_count(height, width))  # before decoding frames that could never be queued
+    tiles_needed = tiler.tile_count(height, width)
+    if tiles_needed > runner.options.max_tiles:  # before decoding frames that would need too many
+        raise PayloadTooLarge(f"frames of {width}×{height} need {tiles_needed} tiles of {tiler.tile[1]}×{tiler.tile[0]}; "
+                              f"model {served.name!r} takes at most {runner.options.max_tiles} per request")
     deadline = request_deadline(served, deadline)
     working = tiler.working_bytes(height, width) + height * width * answer_bytes_per_pixel
     async with budget.hold(working, model=served.name, deadline=deadline,
@@ -171,7 +177,7 @@ async def estimate_flow(served: ServedModel, first: bytes, second: bytes, limits
         height, width = frame1.shape[:2]  # upright: EXIF may have turned both
         tiles, origins = await off_loop(tiler.split, frame1, frame2)
         del frame1, frame2
-        flows = await served.batcher.submit_all(tiles, deadline=deadline)
+        flows = await served.batcher.submit_all(tiles, deadline=deadline, gradual=True)
         del tiles
         return await off_loop(lambda: answer(tiler.blend(flows, origins, height, width)))
 
