@@ -63,9 +63,9 @@ def media(frames=(), audio: pb.Audio | None = None) -> pb.ReconstructVideoReques
 
 
 def plain_stream(frames: int, chunks: int, seed: int = 0):
-    """Config, then the frames four at a time as raw RGB, without audio."""
+    """Config declaring no audio, then the frames four at a time as raw RGB."""
     pictures, _ = clip(frames, seed, SIZE, SIZE)
-    yield config(chunks_per_window=chunks)
+    yield config(chunks_per_window=chunks, audio=pb.StreamConfig.NO_AUDIO)
     for start in range(0, frames, 4):
         yield media([raw_frame(p) for p in pictures[start:start + 4]])
 
@@ -124,15 +124,31 @@ def reassemble(responses) -> tuple[pb.StreamStarted, list[dict]]:
     return started, [windows[i] for i in sorted(windows)]
 
 
-def reconstruct_and_compare(stub, model, seed: int) -> None:
-    pictures, audio = clip(10, seed)  # two whole windows and a padded one of two frames
-    requests = [
-        config(model=MODEL, chunks_per_window=3, top_k=3),
+def interleaved(pictures, audio, fields):
+    return [
+        config(model=MODEL, chunks_per_window=3, top_k=3, **fields),
         media([raw_frame(p) for p in pictures[:3]], raw_audio(audio[:100])),
         media([png_frame(p) for p in pictures[3:7]], raw_audio(audio[100:300])),
         media(audio=raw_audio(audio[300:400])),
         media([raw_frame(p) for p in pictures[7:]], wav_audio(audio[400:])),
     ]
+
+
+def frames_then_audio(pictures, audio, fields):
+    """As the README's example: every frame first, then the audio."""
+    return [config(model=MODEL, chunks_per_window=3, top_k=3, **fields),
+            *(media([raw_frame(p) for p in pictures[i:i + 4]]) for i in range(0, len(pictures), 4)),
+            media(audio=raw_audio(audio[:300])), media(audio=wav_audio(audio[300:]))]
+
+
+def audio_then_frames(pictures, audio, fields):
+    return [config(model=MODEL, chunks_per_window=3, top_k=3, **fields), media(audio=raw_audio(audio)),
+            *(media([png_frame(p) for p in pictures[i:i + 3]]) for i in range(0, len(pictures), 3))]
+
+
+def reconstruct_and_compare(stub, model, seed: int, order=interleaved, **fields) -> None:
+    pictures, audio = clip(10, seed)  # two whole windows and a padded one of two frames
+    requests = order(pictures, audio, fields)
     started, windows = reassemble(stub.ReconstructVideo(iter(requests), metadata=AUTH, timeout=60))
     assert (started.model, started.sample_rate, started.chunks_per_window) == (MODEL, RATE, 3)
     assert (started.grid.frames, started.grid.height, started.grid.width) == (FRAMES_PER_WINDOW, SIZE, SIZE)
@@ -156,6 +172,54 @@ def reconstruct_and_compare(stub, model, seed: int) -> None:
 
 def test_streamed_reconstruction_equals_whole_window_decode(local, model):
     reconstruct_and_compare(local, model, seed=1)
+
+
+@pytest.mark.parametrize("order", [frames_then_audio, audio_then_frames])
+@pytest.mark.parametrize("mode", ["AUDIO_MAY_FOLLOW", "AUDIO_FOLLOWS"])
+def test_frames_and_audio_may_come_in_any_order(local, model, order, mode):
+    reconstruct_and_compare(local, model, seed=4, order=order, audio=getattr(pb.StreamConfig, mode))
+
+
+def test_audio_at_another_rate_is_resampled_on_the_server(local, model):
+    """16 kHz audio, in pieces, as one stream resampled to the model's 1,600 Hz."""
+    import soxr
+
+    pictures, _ = clip(8, 6)
+    fast = np.random.default_rng(6).uniform(-0.5, 0.5, 8 * SAMPLES_PER_FRAME * 10).astype(np.float32)
+    requests = [config(model=MODEL, chunks_per_window=1), media([raw_frame(p) for p in pictures]),
+                media(audio=raw_audio(fast[:3000], 16_000)), media(audio=wav_audio(fast[3000:], 16_000))]
+    _, windows = reassemble(local.ReconstructVideo(iter(requests), metadata=AUTH, timeout=60))
+    expected = direct_windows(model, pictures, soxr.resample(fast, 16_000, RATE, quality="HQ"))
+    assert len(windows) == len(expected) == 2
+    for got, want in zip(windows, expected):
+        assert not got["labels"].padded
+        np.testing.assert_allclose(got["audio"], want["audio"], atol=1e-3, rtol=0)
+
+
+def test_without_audio_declared_windows_are_decoded_as_their_frames_arrive(local):
+    pictures, _ = clip(8, 7, SIZE, SIZE)
+    first_window_done = threading.Event()
+
+    def requests():
+        yield config(chunks_per_window=1, audio=pb.StreamConfig.NO_AUDIO)
+        yield media([raw_frame(p) for p in pictures[:4]])
+        first_window_done.wait(60)  # the stream is still open: the window was cut on its frames alone
+        yield media([raw_frame(p) for p in pictures[4:]])
+
+    kinds = []
+    for message in local.ReconstructVideo(requests(), metadata=AUTH, timeout=60):
+        kinds.append(message.WhichOneof("kind"))
+        if kinds[-1] == "labels":
+            first_window_done.set()
+    assert kinds == ["started"] + ["chunk", "labels"] * 2
+
+
+def test_a_stream_that_may_have_audio_but_sends_none_is_silent(local, model):
+    pictures, _ = clip(4, 8)
+    requests = [config(model=MODEL, chunks_per_window=1), media([raw_frame(p) for p in pictures])]
+    _, (window,) = reassemble(local.ReconstructVideo(iter(requests), metadata=AUTH, timeout=60))
+    (want,) = direct_windows(model, pictures, np.zeros(0, np.float32))
+    np.testing.assert_allclose(window["audio"], want["audio"], atol=1e-4, rtol=0)
 
 
 def test_concurrent_streams_each_equal_their_direct_decode(local, model):
@@ -265,10 +329,16 @@ BAD_STREAMS = {
     "frame that is no format at all": ([config(), media([pb.Frame(encoded=b"hello")])],
                                        grpc.StatusCode.INVALID_ARGUMENT, "unsupported_media_type"),
     "frame without data": ([config(), media([pb.Frame()])], grpc.StatusCode.INVALID_ARGUMENT, "invalid_input"),
-    "audio file at the wrong rate": ([config(), media(frames_of(4), wav_audio(np.zeros(256, np.float32), 16_000))],
-                                     grpc.StatusCode.INVALID_ARGUMENT, "invalid_input"),
-    "raw audio at the wrong rate": ([config(), media(frames_of(4), raw_audio(np.zeros(256, np.float32), 8_000))],
-                                    grpc.StatusCode.INVALID_ARGUMENT, "invalid_input"),
+    "audio at two rates": ([config(), media(frames_of(4), wav_audio(np.zeros(2560, np.float32), 16_000)),
+                            media(audio=raw_audio(np.zeros(256, np.float32)))],
+                           grpc.StatusCode.INVALID_ARGUMENT, "invalid_input"),
+    "resampled audio too short": ([config(), media(frames_of(4), raw_audio(np.zeros(256, np.float32), 8_000))],
+                                  grpc.StatusCode.INVALID_ARGUMENT, "audio_length"),
+    "audio after declaring none": ([config(audio=pb.StreamConfig.NO_AUDIO),
+                                    media(frames_of(4), raw_audio(np.zeros(256, np.float32)))],
+                                   grpc.StatusCode.INVALID_ARGUMENT, "unexpected_audio"),
+    "declared audio never sent": ([config(audio=pb.StreamConfig.AUDIO_FOLLOWS), media(frames_of(4))],
+                                  grpc.StatusCode.INVALID_ARGUMENT, "audio_length"),
     "raw audio without a rate": ([config(), media(frames_of(4), raw_audio(np.zeros(256, np.float32), 0))],
                                  grpc.StatusCode.INVALID_ARGUMENT, "invalid_input"),
     "raw audio of partial samples": ([config(), media(frames_of(4), pb.Audio(raw=pb.RawAudio(
@@ -305,7 +375,8 @@ def test_malformed_stream_message_is_invalid_argument(inproc):
 
 
 def test_chunks_sent_before_a_bad_message_reach_the_client(local):
-    requests = [config(chunks_per_window=2), media(frames_of(4)), media([pb.Frame(encoded=b"junk")])]
+    requests = [config(chunks_per_window=2, audio=pb.StreamConfig.NO_AUDIO), media(frames_of(4)),
+                media([pb.Frame(encoded=b"junk")])]
     kinds = []
     with pytest.raises(grpc.RpcError) as info:
         for message in local.ReconstructVideo(_slowly(requests), metadata=AUTH, timeout=60):
@@ -345,7 +416,7 @@ def test_work_dropped_for_a_refused_stream_is_not_counted_as_cancelled(local, ma
     assert entered.wait(60)
 
     def bad_after_queued():
-        yield config(chunks_per_window=1)
+        yield config(chunks_per_window=1, audio=pb.StreamConfig.NO_AUDIO)
         yield media(frames_of(4))
         deadline = time.monotonic() + 60
         while served.batcher.queue_depth == 0 and time.monotonic() < deadline:  # B's window is queued

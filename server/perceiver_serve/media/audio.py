@@ -8,8 +8,9 @@ Choices every path shares:
 - bytes libsndfile does not recognise as any audio container are a 415
   (``unsupported_media_type``), as are recognised containers outside
   :data:`AUDIO_FORMATS`; a recognised container whose contents are broken is a 400;
-- the rate must equal the model's: we do not resample, because a silent resampler would
-  hide a client's mistake and change what the model hears;
+- the rate must equal the model's where a caller names one; the video stream accepts any
+  rate (``sample_rate=None``) and resamples (:mod:`.resample`), since its clients send what
+  their capture produced and the stream announces the model's rate;
 - several channels are averaged to mono, unless the caller asks for mono input
   (``require_mono=True``) and then they are a 400;
 - NaN or infinite samples are a 400 (they mean a broken producer, not loud audio);
@@ -46,6 +47,10 @@ class OpenedAudio:
     sound: soundfile.SoundFile
 
     @property
+    def rate(self) -> int:
+        return self.sound.samplerate
+
+    @property
     def decoded_bytes(self) -> int:
         # The interleaved float32 read, and the mono mix beside it.
         return self.sound.frames * (self.sound.channels + 1) * 4
@@ -57,19 +62,20 @@ class OpenedAudio:
         return _to_mono(samples)
 
 
-def open_audio(data: bytes, limits: MediaLimits, *, sample_rate: int, require_mono: bool = False) -> OpenedAudio:
-    """Open an audio file and check its rate, channels and length from the header."""
+def open_audio(data: bytes, limits: MediaLimits, *, sample_rate: int | None,
+               require_mono: bool = False) -> OpenedAudio:
+    """Open an audio file and check its rate (unless ``sample_rate`` is None), channels and length from the header."""
     check_byte_count(data, limit=limits.max_audio_bytes, subject="audio")
     with translated_errors("audio"):
         sound = _open_sound(data)
         try:
             if sound.format not in AUDIO_FORMATS:
                 raise UnsupportedMediaType(f"audio is {sound.format}, which is not a supported format ({_SUPPORTED})")
-            if sound.samplerate != sample_rate:
+            if sample_rate is not None and sound.samplerate != sample_rate:
                 raise InvalidInput(f"audio is sampled at {sound.samplerate} Hz, but this model needs {sample_rate} Hz; "
                                    "resample it first")
             check_channels(sound.channels, limits, require_mono=require_mono)
-            check_duration(sound.frames, sample_rate, limits)
+            check_duration(sound.frames, sound.samplerate, limits)
         except BaseException:
             sound.close()
             raise

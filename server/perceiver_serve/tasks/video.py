@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import enum
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -165,12 +166,21 @@ def model_frame(rgb: np.ndarray, size: int, sent: tuple[int, int] | None = None)
     return Frame(sent or rgb.shape[:2], video_frames(rgb[None], size)[0])
 
 
+class AudioMode(enum.Enum):
+    """What a stream's config declares about its audio; windows are cut from it, not from arrivals."""
+
+    MAY_FOLLOW = "may_follow"  # windows wait for their audio; a stream ending with none is silent
+    FOLLOWS = "follows"        # the same, and a stream ending without its audio is refused
+    NONE = "none"              # windows are cut on frames alone; audio is refused
+
+
 @dataclasses.dataclass(frozen=True)
 class StreamSettings:
     chunks_per_window: int
     image: bool = True
     audio: bool = True
     top_k: int = DEFAULT_TOP_K
+    audio_mode: AudioMode = AudioMode.MAY_FOLLOW
 
 
 def check_stream_length(options: VideoOptions, frames: int) -> None:
@@ -182,8 +192,9 @@ def check_stream_length(options: VideoOptions, frames: int) -> None:
 class VideoStream:
     """Accumulates frames and audio of one stream into windows; validates as it goes."""
 
-    def __init__(self, served: ServedModel) -> None:
+    def __init__(self, served: ServedModel, audio_mode: AudioMode = AudioMode.MAY_FOLLOW) -> None:
         self.served = served
+        self.audio_mode = audio_mode
         config = served.model.config
         self.options: VideoOptions = served.runner.options
         self.frames_per_window = config.num_frames
@@ -212,6 +223,9 @@ class VideoStream:
 
     def add_audio(self, samples: np.ndarray) -> None:
         """Add mono float32 samples at the model's sample rate."""
+        if self.audio_mode is AudioMode.NONE:
+            raise InvalidInput("this stream's config declares no audio (NO_AUDIO), but a message carries some",
+                               code="unexpected_audio")
         self.audio_seen = True
         self.audio = np.concatenate([self.audio, samples.astype(np.float32, copy=False)])
         limit = (self.options.max_frames_per_stream + 1) * self.samples_per_frame
@@ -227,9 +241,13 @@ class VideoStream:
         return take
 
     def next_window(self, final: bool = False) -> tuple[EncodeWindow, int] | None:
-        """The next complete window, or at the end of the stream the padded remainder."""
+        """The next complete window, or at the end of the stream the padded remainder.
+
+        A window is complete when its frames have arrived and, unless the config declared no
+        audio, its audio too: the order in which a client sends them does not matter.
+        """
         needed_audio = self.frames_per_window * self.samples_per_frame
-        have_audio = len(self.audio) >= needed_audio or not self.audio_seen or final
+        have_audio = final or self.audio_mode is AudioMode.NONE or len(self.audio) >= needed_audio
         if len(self.frames) >= self.frames_per_window and have_audio:
             frames, self.frames = self.frames[: self.frames_per_window], self.frames[self.frames_per_window:]
             real = self.frames_per_window
@@ -245,7 +263,7 @@ class VideoStream:
     def check_end(self) -> None:
         if self.total_frames == 0:
             raise InvalidInput("the stream carried no frames", code="no_frames")
-        if self.audio_seen:
+        if self.audio_seen or self.audio_mode is AudioMode.FOLLOWS:
             expected = self.total_frames * self.samples_per_frame
             got = (self.windows_cut * self.frames_per_window * self.samples_per_frame) + len(self.audio)
             if abs(got - expected) > self.samples_per_frame:
@@ -292,7 +310,7 @@ async def reconstruct(served: ServedModel, settings: StreamSettings,
     Input is read concurrently with decoding, so windows are processed while the client is
     still sending; at most ``max_undelivered_chunks`` results wait for the consumer.
     """
-    stream = VideoStream(served)
+    stream = VideoStream(served, settings.audio_mode)
     windows: asyncio.Queue = asyncio.Queue(maxsize=1)
     results: asyncio.Queue = asyncio.Queue(maxsize=served.runner.options.max_undelivered_chunks)
     end = object()
@@ -347,11 +365,12 @@ class ReconstructVideoRequest(RequestSchema):
     return_image: bool = True
     return_audio: bool = True
     top_k: TopK = DEFAULT_TOP_K
+    audio: AudioMode = Field(AudioMode.MAY_FOLLOW, description="Whether audio comes with the frames.")
 
 
 def stream_settings(request: ReconstructVideoRequest, options: VideoOptions) -> StreamSettings:
     return StreamSettings(request.chunks_per_window or options.chunks_per_window, image=request.return_image,
-                          audio=request.return_audio, top_k=request.top_k)
+                          audio=request.return_audio, top_k=request.top_k, audio_mode=request.audio)
 
 
 VIDEO_AUTOENCODING = Task(

@@ -17,19 +17,22 @@ import numpy as np
 
 from ...engine import ServedModel
 from ...errors import InvalidInput, InvalidRequest
-from ...media import OpenedAudio, OpenedImage, open_audio, open_image, pcm_from_f32le, rgb_frame_from_raw
+from ...media import OpenedImage, open_audio, open_image, pcm_from_f32le, rgb_frame_from_raw
 from ...media.budget import DecodeBudget
 from ...media.limits import MediaLimits
+from ...media.resample import StreamResampler
 from ...modeling import PerceiverForMultimodalAutoencoding
 from ...pb.perceiver.v1 import perceiver_pb2 as pb
 from ...tasks.common import decode_in_budget, off_loop
-from ...tasks.video import (VIDEO_AUTOENCODING, Chunk, Frame, VideoOptions, WindowLabels, check_stream_length,
-                            model_frame, reconstruct, stream_settings)
+from ...tasks.video import (VIDEO_AUTOENCODING, AudioMode, Chunk, Frame, VideoOptions, WindowLabels,
+                            check_stream_length, model_frame, reconstruct, stream_settings)
 from ..state import ServerState
 from .calls import RpcCall
 from .messages import fields_of
 
 Piece = tuple[list[Frame], np.ndarray | None]
+AUDIO_MODES = {pb.StreamConfig.AUDIO_MAY_FOLLOW: AudioMode.MAY_FOLLOW, pb.StreamConfig.AUDIO_FOLLOWS: AudioMode.FOLLOWS,
+               pb.StreamConfig.NO_AUDIO: AudioMode.NONE}
 
 
 async def reconstruct_video(state: ServerState, requests: AsyncIterator[pb.ReconstructVideoRequest],
@@ -37,7 +40,9 @@ async def reconstruct_video(state: ServerState, requests: AsyncIterator[pb.Recon
     first = await anext(requests, None)
     if first is None or first.WhichOneof("kind") != "config":
         raise InvalidRequest("the stream's first message must carry its config", code="no_config")
-    request = VIDEO_AUTOENCODING.parse(fields_of(first.config))
+    fields = fields_of(first.config)
+    fields["audio"] = AUDIO_MODES[fields["audio"]]
+    request = VIDEO_AUTOENCODING.parse(fields)
     served = call.resolve(state.registry, VIDEO_AUTOENCODING.name, request.model, request.version or "")
     options: VideoOptions = served.runner.options
     settings = stream_settings(request, options)
@@ -64,6 +69,7 @@ class MediaDecoder:
         self.deadline = deadline
         self.options: VideoOptions = served.runner.options
         self.size: int = served.model.config.image_size
+        self.resampler = StreamResampler(self.options.sample_rate)
 
     async def frame(self, frame: pb.Frame, index: int) -> Frame:
         """One frame at the model's size; only it is ever decoded at full size, and under the budget."""
@@ -86,21 +92,25 @@ class MediaDecoder:
             at_model_size, subject=field, deadline=self.deadline)
 
     async def audio(self, audio: pb.Audio) -> np.ndarray:
-        """Mono float32 samples at the model's rate, from a file or from raw PCM that states its rate."""
-        rate = self.options.sample_rate
+        """Mono float32 samples at the model's rate, from a file or from raw PCM that states its rate.
+
+        Audio at another rate is resampled; pieces are decoded one after another, so the
+        stream's resampler sees them in order.
+        """
         kind = audio.WhichOneof("data")
         if kind == "encoded":
             return await decode_in_budget(
-                self.served, self.budget, lambda: open_audio(audio.encoded, self.limits, sample_rate=rate),
-                OpenedAudio.decode, subject="audio", deadline=self.deadline)
+                self.served, self.budget, lambda: open_audio(audio.encoded, self.limits, sample_rate=None),
+                lambda opened: self.resampler(opened.decode(), opened.rate), subject="audio", deadline=self.deadline)
         if kind != "raw":
             raise InvalidInput("audio carries no samples: set raw or encoded")
         raw = audio.raw
-        if raw.sample_rate != rate:
-            stated = f"is sampled at {raw.sample_rate} Hz" if raw.sample_rate else "does not state its sample_rate"
-            raise InvalidInput(f"raw audio {stated}, but this model needs {rate} Hz; resample it first")
-        return await off_loop(lambda: pcm_from_f32le(raw.pcm_f32le, self.limits, sample_rate=rate,
-                                                     channels=raw.channels or 1))
+        if not raw.sample_rate:
+            raise InvalidInput(f"raw audio does not state its sample_rate (this model takes {self.options.sample_rate} "
+                               "Hz; other rates are resampled)")
+        return await off_loop(lambda: self.resampler(
+            pcm_from_f32le(raw.pcm_f32le, self.limits, sample_rate=raw.sample_rate, channels=raw.channels or 1),
+            raw.sample_rate))
 
 
 async def media_pieces(requests: AsyncIterator[pb.ReconstructVideoRequest],
@@ -122,6 +132,9 @@ async def media_pieces(requests: AsyncIterator[pb.ReconstructVideoRequest],
         frames_seen += len(frames)
         audio = await decoder.audio(piece.audio) if piece.HasField("audio") else None
         yield frames, audio
+    held_back = decoder.resampler.flush()
+    if len(held_back):
+        yield [], held_back
 
 
 def _f32le(values: np.ndarray | None) -> bytes:

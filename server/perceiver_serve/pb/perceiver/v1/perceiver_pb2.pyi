@@ -1,5 +1,6 @@
 from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
@@ -247,20 +248,30 @@ class ReconstructVideoRequest(_message.Message):
     def __init__(self, config: _Optional[_Union[StreamConfig, _Mapping]] = ..., media: _Optional[_Union[MediaPiece, _Mapping]] = ...) -> None: ...
 
 class StreamConfig(_message.Message):
-    __slots__ = ("model", "chunks_per_window", "return_image", "return_audio", "top_k", "version")
+    __slots__ = ("model", "chunks_per_window", "return_image", "return_audio", "top_k", "version", "audio")
+    class AudioMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        AUDIO_MAY_FOLLOW: _ClassVar[StreamConfig.AudioMode]
+        AUDIO_FOLLOWS: _ClassVar[StreamConfig.AudioMode]
+        NO_AUDIO: _ClassVar[StreamConfig.AudioMode]
+    AUDIO_MAY_FOLLOW: StreamConfig.AudioMode
+    AUDIO_FOLLOWS: StreamConfig.AudioMode
+    NO_AUDIO: StreamConfig.AudioMode
     MODEL_FIELD_NUMBER: _ClassVar[int]
     CHUNKS_PER_WINDOW_FIELD_NUMBER: _ClassVar[int]
     RETURN_IMAGE_FIELD_NUMBER: _ClassVar[int]
     RETURN_AUDIO_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
+    AUDIO_FIELD_NUMBER: _ClassVar[int]
     model: str
     chunks_per_window: int
     return_image: bool
     return_audio: bool
     top_k: int
     version: str
-    def __init__(self, model: _Optional[str] = ..., chunks_per_window: _Optional[int] = ..., return_image: _Optional[bool] = ..., return_audio: _Optional[bool] = ..., top_k: _Optional[int] = ..., version: _Optional[str] = ...) -> None: ...
+    audio: StreamConfig.AudioMode
+    def __init__(self, model: _Optional[str] = ..., chunks_per_window: _Optional[int] = ..., return_image: _Optional[bool] = ..., return_audio: _Optional[bool] = ..., top_k: _Optional[int] = ..., version: _Optional[str] = ..., audio: _Optional[_Union[StreamConfig.AudioMode, str]] = ...) -> None: ...
 
 class MediaPiece(_message.Message):
     __slots__ = ("frames", "audio")
