@@ -167,7 +167,7 @@ def test_the_credential_check_strips_only_optional_whitespace():
 def test_open_paths_stay_open_and_nothing_else(guarded):
     for path in OPEN:
         assert status_of(guarded, "GET", path) != 401, path
-    for path in ("/redoc", "/nowhere", "/health", "/health/live/x", "/metrics/", "/Metrics"):
+    for path in ("/redoc/", "/docs/assets/other.js", "/nowhere", "/health", "/health/live/x", "/metrics/", "/Metrics"):
         assert status_of(guarded, "GET", path) == 401, path
 
 
