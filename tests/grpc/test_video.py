@@ -282,7 +282,7 @@ def test_cancelling_stops_decoding(local, inproc):
     assert inproc.metric("perceiver_inflight_requests", {"protocol": "grpc"}) == 0
     # The backlog bound alone would also stop decoding; the stream's tasks must be gone, not parked.
     for task in PRODUCER, READER:
-        assert settled(lambda: inproc.tasks_named(task)) == 0, f"{task} still runs after the cancel"
+        assert settled(lambda task=task: inproc.tasks_named(task)) == 0, f"{task} still runs after the cancel"
     assert inproc.metric("perceiver_requests_total", {"model": MODEL, "endpoint": "ReconstructVideo",
                                                       "protocol": "grpc", "status": "CANCELLED"}) >= 1
 

@@ -38,7 +38,6 @@ RUN = [(lang, code) for lang, code, why in blocks(RUNNABLE) if why is None]
 def test_every_block_not_run_says_why():
     skipped = [(why, code) for _, code, why in blocks(RUNNABLE) if why is not None]
     assert all(why.strip() for why, _ in skipped)
-    assert [why.split(" ")[0] for why, _ in skipped] == ["starts", "needs"], skipped  # make run/test; hf download
     assert len(RUN) >= 3
 
 
