@@ -32,7 +32,7 @@ endef
 SERVE_STAMP := $(VENV)/.serve-$(TORCH)
 DEV_STAMP := $(VENV)/.dev-$(TORCH)
 
-.PHONY: install install-serve run test mutants bench bench-model bench-server bench-quick proto lock lock-upgrade clean
+.PHONY: install install-serve run test mutants demo-models bench bench-model bench-server bench-quick proto lock lock-upgrade clean
 
 $(SERVE_STAMP): requirements/serve-$(TORCH).txt requirements/torch-cpu.txt pyproject.toml
 	$(call install_lock,requirements/serve-$(TORCH).txt)
@@ -54,6 +54,10 @@ test: $(DEV_STAMP)
 # The curated mutation suite (tests/mutants): each planted bug must fail its tests (~10 min on 2 cores).
 mutants: $(DEV_STAMP)
 	$(PY) -m tests.mutants
+
+# Train the shipped demo models in models/ on data shipped in wheels, one after another (minutes each).
+demo-models: $(DEV_STAMP)
+	$(PY) scripts/train_demo_models.py
 
 # Both benchmarks; results (JSON, markdown, PNG) go to benchmarks/results/.
 bench: bench-model bench-server

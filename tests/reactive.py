@@ -8,41 +8,42 @@ Drawn with ``STD`` instead, attention is sharp and every input byte, position an
 changes the answer by far more than the tolerances of ``tests.numerics`` (the tests check
 this with ``assert_distinct`` before they trust an equality).
 
-The repository has the demo models' names, tasks, batching and options; only the weights
-differ. It is written once per test session (about a second).
+The repository has the demo models' names, tasks, batching, options and configurations
+(architecture, sizes, labels); only the weights differ. It is written once per test session (about a second).
 """
 
 from __future__ import annotations
 
 import atexit
 import functools
-import json
 import shutil
 import tempfile
 from pathlib import Path
 
-from safetensors.torch import save_file
+from perceiver_serve.modeling import ARCHITECTURES, PerceiverConfig
 
-from perceiver_serve.modeling import ARCHITECTURES
+from .models.repository import checkpoint_of, demo_folders, training_common
 
-from .models.repository import load_script
+#: The demo models' initialiser and checkpoint writer (scripts/demo_training/common.py).
+init_weights, write_checkpoint = training_common().init_weights, training_common().write_checkpoint
 
 #: Weight std of the reactive models (the demo models use 0.02).
 STD = 0.2
 
 
 def write_reactive_repository(root: Path) -> Path:
-    """Every demo model, reactive, as ``root/<name>/{model.toml, checkpoint/}``; returns ``root``."""
-    script = load_script()
-    for demo in script.DEMO_MODELS:
-        model = ARCHITECTURES[demo.architecture](demo.config)
-        script.init_weights(model, demo.seed, std=STD)
-        checkpoint = root / demo.name / "checkpoint"
-        checkpoint.mkdir(parents=True)
-        (checkpoint / "config.json").write_text(json.dumps(demo.config.to_dict(), indent=2, sort_keys=True))
-        state = {key: tensor.contiguous() for key, tensor in model.eval().state_dict().items()}
-        save_file(state, str(checkpoint / "model.safetensors"), metadata={"format": "pt"})
-        (root / demo.name / "model.toml").write_text(script.model_toml(demo))
+    """Every demo model, reactive, as ``root/<name>/{model.toml, checkpoint/}``; returns ``root``.
+
+    Each keeps its committed ``model.toml`` and ``config.json`` (trained or random); the weights
+    are drawn anew, seeded by the model's place in the repository.
+    """
+    for seed, folder in enumerate(demo_folders(), start=1):
+        config = PerceiverConfig.from_file(checkpoint_of(folder) / "config.json")
+        model = ARCHITECTURES[config.architectures[0]](config)
+        init_weights(model, seed, std=STD)
+        (root / folder.name).mkdir(parents=True)
+        shutil.copy(folder / "model.toml", root / folder.name / "model.toml")
+        write_checkpoint(model.eval(), root / folder.name / "checkpoint")
     return root
 
 

@@ -8,8 +8,8 @@ from perceiver_serve.modeling import load_model
 
 from .repository import checkpoint_of, demo_folders
 
-#: Largest difference allowed, relative to the largest output: demo weights are drawn with
-#: std 0.02, so outputs are small (flow is below 1e-3 px) and a plain 1e-4 would prove little.
+#: Largest difference allowed, relative to the largest output (random-weight demo models give
+#: small outputs, flow below 1e-3 px, where a plain 1e-4 would prove little).
 TOLERANCE = 1e-4
 
 
@@ -22,7 +22,8 @@ def _inputs(model, generator):
         ids[1, 25:], mask[1, 25:] = 0, 0
         return dict(inputs=ids, attention_mask=mask), (ids, mask)
     if arch.startswith("PerceiverForImageClassification"):
-        pixels = torch.randn(2, 3, 64, 64, generator=generator)
+        side = config.image_size if arch == "PerceiverForImageClassificationLearned" else 64  # learned positions: one size
+        pixels = torch.randn(2, 3, side, side, generator=generator)
         return dict(inputs=pixels), (pixels,)
     if arch == "PerceiverForOpticalFlow":
         patches = torch.randn(2, 2, 27, *config.train_size, generator=generator)

@@ -8,12 +8,12 @@ import sys
 import pytest
 
 from .repository import (
-    REPOSITORY, TASK_ARCHITECTURES, checkpoint_of, demo_folders, load_script, model_folders, read_toml,
+    REPOSITORY, TASK_ARCHITECTURES, checkpoint_of, demo_folders, load_script, model_folders, random_folders,
+    TRAIN_SCRIPT, read_toml, trained_folders,
 )
 
-#: Bound on a demo checkpoint directory: small enough to commit, big enough for a
-#: 2048-position text model with a few layers.
-MAX_CHECKPOINT_BYTES = 3_000_000
+#: Bound on a demo checkpoint directory: small enough to commit.
+MAX_CHECKPOINT_BYTES = 12_000_000
 
 BATCHING = ("max_batch_size", "max_delay_ms", "max_queue", "timeout_ms")
 
@@ -38,6 +38,12 @@ def _ids(folder):
 def test_every_task_has_one_default_model():
     defaults = collections.Counter(read_toml(f)["task"] for f in model_folders() if read_toml(f).get("default"))
     assert defaults == dict.fromkeys(TASK_ARCHITECTURES, 1)
+
+
+def test_every_demo_model_is_either_trained_or_random():
+    trained, random = {f.name for f in trained_folders()}, {f.name for f in random_folders()}
+    assert not trained & random
+    assert trained | random == set(load_script(TRAIN_SCRIPT).TRAINERS)
 
 
 def test_demo_models_cover_every_task():
@@ -84,9 +90,15 @@ def test_demo_options_agree_with_the_checkpoints():
 def test_regenerating_gives_identical_files(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "transformers", None)  # the generator must not need it
     load_script().main(["--out", str(tmp_path)])
-    assert len(capsys.readouterr().out.splitlines()) == len(demo_folders())
+    assert len(capsys.readouterr().out.splitlines()) == len(random_folders())
     written = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file())
-    committed = sorted(p.relative_to(REPOSITORY) for f in demo_folders() for p in f.rglob("*") if p.is_file())
+    committed = sorted(p.relative_to(REPOSITORY) for f in random_folders() for p in f.rglob("*") if p.is_file())
     assert written == committed
     for path in written:
         assert (tmp_path / path).read_bytes() == (REPOSITORY / path).read_bytes(), path
+
+
+@pytest.mark.parametrize("folder", trained_folders(), ids=_ids)
+def test_trained_model_has_a_model_card(folder):
+    card = (folder / "README.md").read_text()
+    assert "demo model" in card and "## Held-out results" in card and "## Limits" in card
