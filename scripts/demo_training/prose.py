@@ -16,7 +16,6 @@ import re
 import time
 from collections.abc import Iterator
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import io
 import json
+import tomllib
 from pathlib import Path
 
 import httpx
@@ -29,15 +30,23 @@ def client(server):
         yield c
 
 
-def model_dir(task: str) -> Path:
-    """The checkpoint of the test model serving ``task``."""
-    import tomllib
-
+def _spec(task: str) -> tuple[Path, dict]:
     for toml in sorted(reactive_models().glob("*/model.toml")):
         spec = tomllib.loads(toml.read_text())
         if spec["task"] == task:
-            return toml.parent / spec["source"]
+            return toml.parent, spec
     raise LookupError(task)
+
+
+def model_dir(task: str) -> Path:
+    """The checkpoint of the test model serving ``task``."""
+    folder, spec = _spec(task)
+    return folder / spec["source"]
+
+
+def model_options(task: str) -> dict:
+    """The ``[options]`` of the test model serving ``task``."""
+    return _spec(task)[1]["options"]
 
 
 @pytest.fixture(scope="session")

@@ -10,15 +10,15 @@ from PIL import Image
 from perceiver_serve.tasks.image import ImageClassificationRunner, ImageOptions
 
 from ..media.samples import png_with_header
-from .conftest import assert_top_k, demo_options, error_of, png_bytes
+from .conftest import assert_top_k, model_options, error_of, png_bytes
 
 rng = np.random.default_rng(7)
 PHOTO = rng.integers(0, 256, (300, 420, 3), dtype=np.uint8)
 
 
 def direct_probs(model, data: bytes) -> np.ndarray:
-    """The server's pipeline computed here, with the demo model's own options (its size and crop)."""
-    options = ImageOptions(**demo_options("image-classification"))
+    """The server's pipeline computed here, with the model's own options (its size and crop)."""
+    options = ImageOptions(**model_options("image-classification"))
     pixels = ImageClassificationRunner(model, options).processor(Image.open(io.BytesIO(data)).convert("RGB"))
     with torch.no_grad():
         return torch.softmax(model(pixels[None]).double(), -1).numpy()[0]

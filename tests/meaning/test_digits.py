@@ -4,10 +4,10 @@ import pytest
 from demo_training import digits
 
 
-def _accuracy(client, files: list[bytes], labels) -> float:
+def _accuracy(rest, files: list[bytes], labels) -> float:
     right = 0
     for data, label in zip(files, labels):
-        r = client.post("/classify/image", files={"image": ("digit.png", data, "image/png")}, data={"top_k": "1"})
+        r = rest.post("/classify/image", files={"image": ("digit.png", data, "image/png")}, data={"top_k": "1"})
         assert r.status_code == 200, r.text
         right += r.json()["results"][0]["predictions"][0]["label"] == str(label)
     return right / len(files)
@@ -19,12 +19,12 @@ def held_out():
     return images[split:], labels[split:]
 
 
-def test_digits_as_8x8_pngs(client, held_out):
+def test_digits_as_8x8_pngs(rest, held_out):
     images, labels = held_out
     assert len(images) == 360
-    assert _accuracy(client, [digits.png(im) for im in images], labels) >= 0.95
+    assert _accuracy(rest, [digits.png(im) for im in images], labels) >= 0.95
 
 
-def test_digits_upscaled_to_64x64(client, held_out):
+def test_digits_upscaled_to_64x64(rest, held_out):
     images, labels = held_out
-    assert _accuracy(client, [digits.png(im, 64) for im in images], labels) >= 0.90
+    assert _accuracy(rest, [digits.png(im, 64) for im in images], labels) >= 0.90

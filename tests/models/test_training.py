@@ -6,6 +6,7 @@ import pytest
 
 from perceiver_serve.engine.repository import ModelRepository
 from perceiver_serve.modeling import load_model
+from perceiver_serve.tasks import TASKS
 
 from .repository import REPOSITORY, TRAIN_SCRIPT, demo_folders, load_script, read_toml, trained_folders
 
@@ -31,7 +32,7 @@ def test_quick_training_writes_the_committed_kind_of_model(quick_run, committed)
 
 
 def test_every_trainer_writes_a_valid_repository(quick_run):
-    repository = ModelRepository.scan(quick_run)
+    repository = ModelRepository.scan(quick_run, TASKS)
     assert not repository.problems
     assert sorted(spec.name for spec in repository.specs) == sorted(load_script(TRAIN_SCRIPT).TRAINERS)
     assert {spec.task for spec in repository.specs} == {read_toml(f)["task"] for f in demo_folders()}

@@ -22,9 +22,10 @@ import pytest
 import torch
 from PIL import Image
 
-from perceiver_serve.modeling import ByteTokenizer, ImageProcessor, flow_patches
+from perceiver_serve.modeling import ByteTokenizer, flow_patches
+from perceiver_serve.tasks.image import ImageClassificationRunner, ImageOptions
 
-from ..api.conftest import assert_top_k, direct, png_bytes  # noqa: F401 - direct is a fixture
+from ..api.conftest import assert_top_k, direct, model_options, png_bytes  # noqa: F401 - direct is a fixture
 from ..numerics import FP32, FP32_PADDED, assert_close, distinguishable
 from ..support import rss_bytes
 from .conftest import SMALL_QUEUE
@@ -138,7 +139,8 @@ def make_inputs(direct: Callable[[str], torch.nn.Module]) -> Inputs:
                 found.mask_probs[i] = p[positions[i]][ByteTokenizer.NUM_SPECIAL:]
 
         model = direct("image-classification")
-        pixels = torch.stack([ImageProcessor()(Image.open(io.BytesIO(b)).convert("RGB")) for b in images])
+        processor = ImageClassificationRunner(model, ImageOptions(**model_options("image-classification"))).processor
+        pixels = torch.stack([processor(Image.open(io.BytesIO(b)).convert("RGB")) for b in images])
         found.image_logits = model(pixels).numpy()
 
         model = direct("optical-flow")
