@@ -81,7 +81,11 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     Mutant(
         "grpc-drain-without-grace", "api/grpc/server.py",
-        "deadline = time.monotonic() + grace", "deadline = time.monotonic()",
+        "            deadline = time.monotonic() + grace\n"
+        "            while self.in_flight.count and time.monotonic() < deadline:\n"
+        "                await asyncio.sleep(0.05)\n"
+        "            self._stopping = asyncio.ensure_future(self.server.stop(max(deadline - time.monotonic(), 0.5)))",
+        "            self._stopping = asyncio.ensure_future(self.server.stop(0))",
         ("tests/grpc/test_drain.py::test_stream_in_flight_finishes_when_the_server_drains",),
     ),
     # -- tiling and blending ----------------------------------------------------------------------
@@ -201,7 +205,7 @@ MUTANTS: tuple[Mutant, ...] = (
         "video-batch-key-ignores-the-chunk-size", "tasks/video.py",
         'return ("decode", len(payload.image_points), len(payload.audio_points), payload.label)',
         'return ("decode", payload.label)',
-        (f"{VIDEO}::test_concurrent_streams_each_equal_their_direct_decode",),
+        ("tests/tasks/test_video_runner.py::test_chunks_of_different_sizes_queued_together_each_get_their_own_decode",),
     ),
     Mutant(
         "out-of-memory-fails-the-batch-instead-of-splitting", "engine/batcher.py",

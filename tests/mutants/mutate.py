@@ -86,7 +86,7 @@ def killed(returncode: int, output: str) -> bool:
 
 
 def imported_from(site: Path) -> Path:
-    """Where a subprocess with ``site`` on ``PYTHONPATH`` imports the package from (the copy, or the runner is broken)."""
+    """Where a subprocess with ``site`` on ``PYTHONPATH`` imports the package from (must be the copy)."""
     env = {**os.environ, "PYTHONPATH": str(site)}
     out = subprocess.run([sys.executable, "-c", "import perceiver_serve; print(perceiver_serve.__file__)"],
                          cwd=ROOT, env=env, capture_output=True, text=True, check=True).stdout

@@ -75,7 +75,8 @@ def blend_of(tiler: FlowTiler, height: int, width: int, field) -> np.ndarray:
 @given(tilers_and_frames(), st.floats(-300, 300, width=32))
 def test_a_constant_field_survives_the_blend(case, value):
     tiler, height, width = case
-    got, want = blend_of(tiler, height, width, lambda y, x: np.stack([np.full(y.shape, value), -np.full(y.shape, value)], -1))
+    got, want = blend_of(tiler, height, width,
+                         lambda y, x: np.stack([np.full(y.shape, value), -np.full(y.shape, value)], -1))
     assert got.shape == (height, width, 2) and got.dtype == np.float32
     assert np.array_equal(got, want)
 
