@@ -1,7 +1,7 @@
 """Generate the Python gRPC code for the .proto files under ``proto/`` (``make proto``).
 
-``perceiver/v1/perceiver.proto`` is our own contract; ``inference/model_repository.proto`` holds
-the Open Inference Protocol repository calls. protoc writes ``<dir>/<name>_pb2{,_grpc}.py`` (and a
+``perceiver/v1/perceiver.proto`` is our own contract; ``inference/grpc_service.proto`` is the
+Open Inference Protocol's service (inference, metadata, health and the repository calls). protoc writes ``<dir>/<name>_pb2{,_grpc}.py`` (and a
 ``.pyi``) whose stub imports ``from <dir> import …``; the code lives in the package
 ``perceiver_serve.pb``, so that import is rewritten. ``tests/grpc/test_generated.py`` runs this into a temporary directory and
 compares, so the committed code cannot drift from the .proto.
@@ -19,7 +19,7 @@ from grpc_tools import protoc
 
 ROOT = Path(__file__).resolve().parents[1]
 PROTO_DIR = ROOT / "proto"
-PROTOS = ("perceiver/v1/perceiver.proto", "inference/model_repository.proto")
+PROTOS = ("perceiver/v1/perceiver.proto", "inference/grpc_service.proto")
 PACKAGE = "perceiver_serve.pb"
 DEFAULT_OUT = ROOT / "server" / "perceiver_serve" / "pb"
 

@@ -280,8 +280,8 @@ def test_versions_newest_by_default_named_on_request_and_dropped_by_policy(expli
 def test_grpc_repository_calls(explicit):
     import grpc
 
-    from perceiver_serve.pb.inference import model_repository_pb2 as repo_pb
-    from perceiver_serve.pb.inference import model_repository_pb2_grpc as repo_grpc
+    from perceiver_serve.pb.inference import grpc_service_pb2 as repo_pb
+    from perceiver_serve.pb.inference import grpc_service_pb2_grpc as repo_grpc
 
     root, proc, client = explicit
     copy_model(root, "remote", labels=OLD)
@@ -318,8 +318,8 @@ def test_grpc_repository_calls(explicit):
 def test_grpc_load_needs_model_control(process):
     import grpc
 
-    from perceiver_serve.pb.inference import model_repository_pb2 as repo_pb
-    from perceiver_serve.pb.inference import model_repository_pb2_grpc as repo_grpc
+    from perceiver_serve.pb.inference import grpc_service_pb2 as repo_pb
+    from perceiver_serve.pb.inference import grpc_service_pb2_grpc as repo_grpc
 
     with grpc_channel(process.grpc_port) as channel:
         stub = repo_grpc.GRPCInferenceServiceStub(channel)

@@ -20,6 +20,8 @@ from perceiver_serve.api import auth
 from perceiver_serve.api.grpc import calls as grpc_front
 from perceiver_serve.api import middleware
 from perceiver_serve.api.grpc import SERVICE
+from perceiver_serve.pb.inference import grpc_service_pb2 as ipb
+from perceiver_serve.pb.inference import grpc_service_pb2_grpc
 from perceiver_serve.pb.perceiver.v1 import perceiver_pb2 as pb
 from perceiver_serve.pb.perceiver.v1 import perceiver_pb2_grpc
 
@@ -322,3 +324,29 @@ def test_both_ports_serve_tls_only(guarded, secure_stub):
     with socket.create_connection(("127.0.0.1", guarded.http_port), timeout=5) as sock:
         sock.sendall(b"GET /health/live HTTP/1.1\r\nhost: x\r\n\r\n")
         assert not sock.recv(1024).startswith(b"HTTP/1.1 200")
+
+
+def test_the_v2_protocol_is_guarded_but_its_health_probes(guarded):
+    """The Open Inference Protocol's routes and RPCs need the key like the others; its health probes do not."""
+    assert status_of(guarded, "GET", "/v2/health/live") == 200
+    assert status_of(guarded, "GET", "/v2/health/ready") == 503  # open; not ready: the pickled model failed
+    for method, path in (("GET", "/v2"), ("GET", "/v2/models/text-sentiment"), ("GET", "/v2/models/text-sentiment/ready"),
+                         ("POST", "/v2/models/text-sentiment/infer"), ("GET", "/v2/health/live/x"),
+                         ("POST", "/v2/models/text-sentiment/versions/1/infer")):
+        assert status_of(guarded, method, path) == 401, path
+    credentials = grpc.ssl_channel_credentials(root_certificates=guarded.cert.read_bytes())
+    with grpc.secure_channel(f"127.0.0.1:{guarded.grpc_port}", credentials) as channel:
+        _check_v2_rpcs(grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel))
+
+
+def _check_v2_rpcs(inference) -> None:
+    assert inference.ServerLive(ipb.ServerLiveRequest(), timeout=10).live
+    assert not inference.ServerReady(ipb.ServerReadyRequest(), timeout=10).ready  # answered without the key
+    for call, request in ((inference.ModelInfer, ipb.ModelInferRequest(model_name="text-sentiment")),
+                          (inference.ModelMetadata, ipb.ModelMetadataRequest(name="text-sentiment")),
+                          (inference.ModelReady, ipb.ModelReadyRequest(name="text-sentiment")),
+                          (inference.ServerMetadata, ipb.ServerMetadataRequest())):
+        with pytest.raises(grpc.RpcError) as info:
+            call(request, timeout=10)
+        assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert inference.ModelReady(ipb.ModelReadyRequest(name="text-sentiment"), metadata=GRPC_AUTH, timeout=10).ready

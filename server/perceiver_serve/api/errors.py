@@ -1,6 +1,13 @@
-"""Errors on the wire for REST: one JSON shape, ``{"error": {"code", "message"}}``."""
+"""Errors on the HTTP port: one body per protocol, chosen by the path.
+
+REST answers ``{"error": {"code", "message"}}``; the Open Inference Protocol's routes
+(``/v2...``) answer ``{"error": "<message>"}`` as its specification says. Routes, exception
+handlers and the middleware all build their bodies here.
+"""
 
 from __future__ import annotations
+
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -13,13 +20,35 @@ _HTTP_CODES = {400: "bad_request", 401: "unauthenticated", 404: "not_found", 405
                413: "too_large", 415: "unsupported_media_type"}
 
 
-def error_body(code: str, message: str) -> dict[str, dict[str, str]]:
-    """The body of every REST error, whether a route or a middleware answers."""
+V2_PREFIX = "/v2"
+
+
+REST_UNDER_V2 = V2_PREFIX + "/repository"  # model control: our REST contract, under the v2 prefix KServe uses
+
+
+def protocol_of(path: str) -> str:
+    """``oip`` for the Open Inference Protocol's paths, ``rest`` for the others (metrics, logs, errors)."""
+    if path == REST_UNDER_V2 or path.startswith(REST_UNDER_V2 + "/"):
+        return "rest"
+    return "oip" if path == V2_PREFIX or path.startswith(V2_PREFIX + "/") else "rest"
+
+
+def rest_error_body(code: str, message: str) -> dict[str, Any]:
     return {"error": {"code": code, "message": message}}
 
 
-def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse(error_body(code, message), status_code=status, headers=headers)
+def oip_error_body(message: str) -> dict[str, Any]:
+    return {"error": message}
+
+
+def error_body(path: str, code: str, message: str) -> dict[str, Any]:
+    """The body of an error answered on ``path``, whether a route or a middleware answers."""
+    return oip_error_body(message) if protocol_of(path) == "oip" else rest_error_body(code, message)
+
+
+def error_response(request: Request, status: int, code: str, message: str,
+                   headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(error_body(request.url.path, code, message), status_code=status, headers=headers)
 
 
 def _validation_message(exc: RequestValidationError) -> tuple[int, str, str]:
@@ -40,14 +69,14 @@ def install_error_handlers(app: FastAPI) -> None:
         message = exc.message
         if exc.http_status >= 500:
             message = f"{message} (request id {getattr(request.state, 'request_id', '-')})"
-        return error_response(exc.http_status, exc.code, message, exc.headers)
+        return error_response(request, exc.http_status, exc.code, message, exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         status, code, message = _validation_message(exc)
-        return error_response(status, code, message)
+        return error_response(request, status, code, message)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = _HTTP_CODES.get(exc.status_code, "http_error")
-        return error_response(exc.status_code, code, str(exc.detail), getattr(exc, "headers", None))
+        return error_response(request, exc.status_code, code, str(exc.detail), getattr(exc, "headers", None))

@@ -18,7 +18,7 @@ from typing import Any
 from ..errors import PayloadTooLarge
 from ..metrics import Metrics
 from .auth import bearer_credential, offers_credential
-from .errors import error_body
+from .errors import error_body, protocol_of
 
 log = logging.getLogger("perceiver_serve.access")
 
@@ -31,9 +31,9 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
-async def send_error(send: Send, status: int, code: str, message: str,
+async def send_error(scope: Scope, send: Send, status: int, code: str, message: str,
                      headers: Iterable[tuple[bytes, bytes]] = ()) -> None:
-    body = json.dumps(error_body(code, message)).encode()
+    body = json.dumps(error_body(scope["path"], code, message)).encode()
     await send({"type": "http.response.start", "status": status, "headers": [
         (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *headers]})
     await send({"type": "http.response.body", "body": body})
@@ -76,24 +76,25 @@ class RequestContext:
                 message["headers"] = [*message.get("headers", ()), (b"x-request-id", request_id.encode())]
             await send(message)
 
-        with self.metrics.track_inflight("rest"), leases:
+        protocol = protocol_of(scope["path"])
+        with self.metrics.track_inflight(protocol), leases:
             try:
                 await self.app(scope, receive, send_with_id)
             except Exception:  # a bug: answer 500 with the request id, log it, keep serving
                 log.exception("unhandled error in %s %s", scope["method"], scope["path"],
                               extra={"request_id": request_id})
                 if not responded:
-                    await send_error(send_with_id, 500, "internal", f"internal error; request id {request_id}")
+                    await send_error(scope, send_with_id, 500, "internal", f"internal error; request id {request_id}")
             finally:
                 elapsed = time.perf_counter() - started
                 route = scope.get("route")
                 endpoint = getattr(route, "path", None) or "unmatched"
                 model = scope["state"].get("model", "")
-                if endpoint not in ("/metrics", "/health/live", "/health/ready"):
-                    self.metrics.observe_request(model, endpoint, "rest", status, elapsed)
+                if endpoint not in ("/metrics", "/health/live", "/health/ready", "/v2/health/live", "/v2/health/ready"):
+                    self.metrics.observe_request(model, endpoint, protocol, status, elapsed)
                 log.info("%s %s %s %.1fms", scope["method"], scope["path"], status, elapsed * 1000,
                          extra={"request_id": request_id, "model": model, "status": status,
-                                "duration_ms": round(elapsed * 1000, 2), "protocol": "rest"})
+                                "duration_ms": round(elapsed * 1000, 2), "protocol": protocol})
 
 
 class ApiKeyAuth:
@@ -124,7 +125,7 @@ class ApiKeyAuth:
             offered = _header(scope, b"authorization")
             if not offers_credential(offered.encode("latin-1") if offered is not None else None, expected):
                 which = "admin key" if expected is not self.expected else "API key"
-                await send_error(send, 401, "unauthenticated", f"missing or wrong {which} (Authorization: Bearer …)",
+                await send_error(scope, send, 401, "unauthenticated", f"missing or wrong {which} (Authorization: Bearer …)",
                                  [(b"www-authenticate", b"Bearer")])
                 return
         await self.app(scope, receive, send)
@@ -144,10 +145,10 @@ class BodyLimit:
         declared = _header(scope, b"content-length")
         if declared is not None:
             if not declared.isdigit():
-                await send_error(send, 400, "bad_request", "Content-Length is not a number")
+                await send_error(scope, send, 400, "bad_request", "Content-Length is not a number")
                 return
             if int(declared) > self.limit:
-                await send_error(send, 413, "too_large",
+                await send_error(scope, send, 413, "too_large",
                                  f"request body is {declared} bytes; the limit is {self.limit} bytes")
                 return
         seen = 0

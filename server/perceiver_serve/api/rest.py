@@ -29,11 +29,13 @@ from .docs import DOC_PATHS, install_docs
 from .errors import install_error_handlers
 from .repository import add_repository_routes
 from .middleware import ApiKeyAuth, BodyLimit, RequestContext
+from .oip.rest import OPEN_PATHS as V2_OPEN_PATHS
+from .oip.rest import install_v2
 from .state import ServerState
 
 T = TypeVar("T")
 
-OPEN_PATHS = frozenset({"/health/live", "/health/ready", "/metrics"})
+OPEN_PATHS = frozenset({"/health/live", "/health/ready", "/metrics", *V2_OPEN_PATHS})
 
 
 ERRORS = {status: {"model": ErrorResponse} for status in (400, 401, 404, 413, 415, 422, 429, 503, 504)}
@@ -258,6 +260,7 @@ def create_app(state: ServerState, *, api_key: str | None = None, admin_key: str
     routed = [task for task in TASKS.values() if task.rest is not None]
     for task in routed:
         _add_task_route(app, task)
+    install_v2(app)
 
     @app.get("/models", response_model=ModelList, summary="Every model of the repository with its state")
     async def list_models(request: Request) -> JSONResponse:

@@ -10,9 +10,10 @@ with the same messages.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..engine import ServedModel
@@ -52,13 +53,27 @@ class TensorSpec:
     name: str
     datatype: str
     shape: tuple[int | str, ...]
-    optional: bool = False  # an output sent only when the request asks for it by name
+    optional: bool = False  # an input that may be left out; an output sent only when asked for by name
 
 
 @dataclasses.dataclass(frozen=True)
 class Signature:
+    """A task's tensors, and how they map to its requests and from its answers."""
+
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
+    #: The task requests (as fields) that checked input arrays stand for: one, or one per item.
+    requests: Callable[[Mapping[str, np.ndarray]], list[dict[str, Any]]]
+    #: The output arrays, by name, of the answers to those requests.
+    tensors: Callable[[Sequence[Any]], dict[str, np.ndarray]]
+
+
+def utf8(data: bytes, where: str) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidInput(f"{where} is not valid UTF-8 ({exc.reason} at byte {exc.start})",
+                           code="invalid_utf8") from None
 
 
 @dataclasses.dataclass(frozen=True)

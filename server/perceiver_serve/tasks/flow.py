@@ -14,7 +14,7 @@ forward passes.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal, TypeVar
 
 import numpy as np
@@ -25,7 +25,7 @@ from ..engine import ServedModel
 from ..errors import InvalidInput, PayloadTooLarge
 from ..media.budget import DecodeBudget
 from ..media.flow_formats import FLOW_FORMATS
-from ..media.image import decode_opened_pair, open_frame_pair
+from ..media.image import check_image_size, decode_opened_pair, open_frame_pair, rgb_frame_from_raw
 from ..media.limits import MediaLimits
 from ..modeling import PerceiverForOpticalFlow, flow_patches
 from .common import TaskOptions, off_loop, request_deadline
@@ -148,10 +148,18 @@ class OpticalFlowRunner:
         return [np.zeros((2, th, tw, 3), dtype=np.uint8)]
 
 
-async def estimate_flow(served: ServedModel, first: bytes, second: bytes, limits: MediaLimits, budget: DecodeBudget,
-                        deadline: float | None = None, *, answer: Callable[[np.ndarray], T] = _field,
-                        answer_bytes_per_pixel: int = 0) -> T:
-    """``answer`` of the flow ``(H, W, 2)`` float32 in pixels (x then y) from two encoded frames.
+class RawFrame(RequestSchema):
+    """An RGB24 frame as it is, row-major (the v2 protocol's UINT8 ``[H, W, 3]`` tensor)."""
+
+    rgb: bytes
+    height: int
+    width: int
+
+
+async def estimate_flow(served: ServedModel, first: bytes | RawFrame, second: bytes | RawFrame, limits: MediaLimits,
+                        budget: DecodeBudget, deadline: float | None = None, *,
+                        answer: Callable[[np.ndarray], T] = _field, answer_bytes_per_pixel: int = 0) -> T:
+    """``answer`` of the flow ``(H, W, 2)`` float32 in pixels (x then y) from two encoded (or raw) frames.
 
     Flow needs the frames at full size, so the request holds its whole working memory of the
     decode budget, from before the frames are decoded until ``answer`` (which encodes the
@@ -159,8 +167,24 @@ async def estimate_flow(served: ServedModel, first: bytes, second: bytes, limits
     """
     runner: OpticalFlowRunner = served.runner
     tiler = runner.tiler
-    frames = await off_loop(open_frame_pair, first, second, limits)
-    width, height = frames[0].size
+    if isinstance(first, bytes) and isinstance(second, bytes):
+        frames = await off_loop(open_frame_pair, first, second, limits)
+        width, height = frames[0].size
+
+        def decode() -> tuple[np.ndarray, np.ndarray]:
+            return decode_opened_pair(frames)
+    elif isinstance(first, RawFrame) and isinstance(second, RawFrame):
+        height, width = first.height, first.width
+        if (second.height, second.width) != (height, width):
+            raise InvalidInput(f"frame1 is {width}×{height} but frame2 is {second.width}×{second.height}; "
+                               "both frames must be the same size", code="frame_size_mismatch")
+        check_image_size(width, height, limits, field="frame1")
+
+        def decode() -> tuple[np.ndarray, np.ndarray]:
+            return tuple(rgb_frame_from_raw(f.rgb, f.height, f.width, limits, field=name)  # type: ignore[return-value]
+                         for f, name in ((first, "frame1"), (second, "frame2")))
+    else:
+        raise InvalidInput("give both frames encoded, or both raw", code="frame_kinds_differ")
     smallest = runner.options.min_frame_side
     if min(height, width) < smallest:
         raise InvalidInput(f"frames are {width}×{height}; this model needs at least {smallest} pixels on each side",
@@ -173,7 +197,7 @@ async def estimate_flow(served: ServedModel, first: bytes, second: bytes, limits
     working = tiler.working_bytes(height, width) + height * width * answer_bytes_per_pixel
     async with budget.hold(working, model=served.name, deadline=deadline,
                            subject=f"a flow request for {width}×{height} frames"):
-        frame1, frame2 = await off_loop(decode_opened_pair, frames)
+        frame1, frame2 = await off_loop(decode)
         height, width = frame1.shape[:2]  # upright: EXIF may have turned both
         tiles, origins = await off_loop(tiler.split, frame1, frame2)
         del frame1, frame2
@@ -186,8 +210,8 @@ FlowFormat = Literal.__getitem__(tuple(FLOW_FORMATS))
 
 
 class EstimateFlowRequest(RequestSchema):
-    frame1: bytes = Field(description="The first frame, encoded (PNG, JPEG, …).")
-    frame2: bytes = Field(description="The second frame, the same size as the first.")
+    frame1: bytes | RawFrame = Field(description="The first frame, encoded (PNG, JPEG, …).")
+    frame2: bytes | RawFrame = Field(description="The second frame, the same size as the first.")
     model: str | None = None
     format: FlowFormat = Field("npy", description="How REST encodes the answer.")  # type: ignore[valid-type]
 
@@ -200,6 +224,18 @@ async def _estimate(served: ServedModel, request: EstimateFlowRequest, call: Cal
 def flow_json(model: str, flow: np.ndarray) -> dict[str, Any]:
     """The flow and its size; REST encodes ``flow`` in the requested format, gRPC as float32 bytes."""
     return {"model": model, "height": flow.shape[0], "width": flow.shape[1], "flow": flow}
+
+
+def _frames(arrays: Mapping[str, np.ndarray]) -> list[dict[str, Any]]:
+    def raw(frame: np.ndarray) -> RawFrame:
+        return RawFrame(rgb=np.ascontiguousarray(frame).tobytes(), height=frame.shape[0], width=frame.shape[1])
+
+    return [{"frame1": raw(arrays["FRAME1"]), "frame2": raw(arrays["FRAME2"])}]
+
+
+def _flow(results: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
+    (flow,) = results
+    return {"FLOW": flow}
 
 
 OPTICAL_FLOW = Task(
@@ -215,5 +251,7 @@ OPTICAL_FLOW = Task(
     signature=Signature(
         inputs=(TensorSpec("FRAME1", "UINT8", (-1, -1, 3)), TensorSpec("FRAME2", "UINT8", (-1, -1, 3))),
         outputs=(TensorSpec("FLOW", "FP32", (-1, -1, 2)),),
+        requests=_frames,
+        tensors=_flow,
     ),
 )

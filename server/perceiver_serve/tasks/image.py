@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -11,6 +11,7 @@ from pydantic import Field
 
 from ..answers import ClassificationResponse
 from ..engine import ServedModel
+from ..errors import InvalidRequest
 from ..media.budget import DecodeBudget
 from ..media.image import open_image
 from ..media.limits import MediaLimits
@@ -18,7 +19,9 @@ from ..modeling import ImageProcessor, PerceiverForImageClassificationLearned, P
 from .common import (DEFAULT_TOP_K, Classification, TaskOptions, TopK, classification, classifications_json,
                      decode_in_budget)
 from .definition import Call, RequestSchema, RestRoute, Signature, Task, TensorSpec
-from .text import LABEL, LOGITS
+from .text import LABEL, LOGITS, MAX_TEXTS, classification_tensors
+
+MAX_IMAGES = MAX_TEXTS  # items of one v2 request, as for texts
 
 
 class ImageOptions(TaskOptions):
@@ -77,6 +80,14 @@ async def _classify(served: ServedModel, request: ClassifyImageRequest, call: Ca
                                  return_logits=request.return_logits, deadline=call.deadline)]
 
 
+def _images(arrays: Mapping[str, np.ndarray]) -> list[dict[str, Any]]:
+    """One request per image: the batcher puts them back together."""
+    images = arrays["IMAGE"].ravel()
+    if not 1 <= len(images) <= MAX_IMAGES:
+        raise InvalidRequest(f"IMAGE: give 1 to {MAX_IMAGES} images, not {len(images)}")
+    return [{"image": image, "return_logits": True} for image in images]
+
+
 IMAGE_CLASSIFICATION = Task(
     name="image-classification",
     architectures=("PerceiverForImageClassificationLearned", "PerceiverForImageClassificationFourier",
@@ -90,5 +101,6 @@ IMAGE_CLASSIFICATION = Task(
     rest=RestRoute("/classify/image", "Classify an image (multipart field 'image', or a raw image body)",
                    files=("image",), raw=("image/", "image")),
     grpc_method="ClassifyImage",
-    signature=Signature(inputs=(TensorSpec("IMAGE", "BYTES", (-1,)),), outputs=(LOGITS, LABEL)),
+    signature=Signature(inputs=(TensorSpec("IMAGE", "BYTES", (-1,)),), outputs=(LOGITS, LABEL), requests=_images,
+                        tensors=classification_tensors),
 )

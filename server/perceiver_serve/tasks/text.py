@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -22,8 +22,8 @@ from ..errors import InvalidInput, PayloadTooLarge
 from ..modeling import ByteTokenizer, PerceiverTaskModel
 from ..modeling.compiled import bucket_length, length_buckets
 from .common import (DEFAULT_TOP_K, Classification, TaskOptions, TopK, classification, classifications_json,
-                     top_k)
-from .definition import Call, RequestSchema, RestRoute, Signature, Task, TensorSpec
+                     softmax, top_k)
+from .definition import Call, RequestSchema, RestRoute, Signature, Task, TensorSpec, utf8
 
 
 class TextOptions(TaskOptions):
@@ -82,7 +82,7 @@ class MaskedText:
 
 
 class FillMaskRunner(_TextRunner):
-    """Payload: :class:`MaskedText`. Result: probabilities ``(P, vocab)`` at the masked positions."""
+    """Payload: :class:`MaskedText`. Result: logits ``(P, vocab)`` at the masked positions."""
 
     labelled = False  # it predicts bytes; the checkpoint's label table means nothing
 
@@ -92,8 +92,8 @@ class FillMaskRunner(_TextRunner):
         # Items with fewer masked bytes repeat their first position; the extra rows are dropped.
         positions = torch.tensor([p.positions + [p.positions[0]] * (longest - len(p.positions)) for p in payloads])
         latents = self.model.encode(ids, mask)
-        probs = torch.softmax(self.model.decode(latents, positions.to(ids.device)).float(), dim=-1).cpu().numpy()
-        return [probs[i, : len(p.positions)] for i, p in enumerate(payloads)]
+        logits = self.model.decode(latents, positions.to(ids.device)).float().cpu().numpy()
+        return [logits[i, : len(p.positions)] for i, p in enumerate(payloads)]
 
     def warmup_payloads(self) -> list[MaskedText]:
         ids = self.tokenizer.encode("warm-up")
@@ -146,6 +146,7 @@ class MaskedByte:
 class FillMaskResult:
     filled: bytes
     masked: list[MaskedByte]
+    logits: np.ndarray  # (P, vocab) float32, one row per masked byte
 
 
 def apply_mask_markers(text: str) -> tuple[bytes, list[tuple[int, int]]]:
@@ -196,7 +197,8 @@ async def fill_mask(served: ServedModel, text: str, spans: Sequence[Sequence[int
     positions = _masked_positions(data, spans or [])
     for p in positions:
         ids[p + 1] = ByteTokenizer.MASK  # +1: [CLS] comes first
-    probs = await served.batcher.submit(MaskedText(ids, [p + 1 for p in positions]), deadline=deadline)
+    logits = await served.batcher.submit(MaskedText(ids, [p + 1 for p in positions]), deadline=deadline)
+    probs = softmax(logits)
     byte_ids = np.arange(ByteTokenizer.NUM_SPECIAL, probs.shape[-1])
     filled = bytearray(data)
     masked = []
@@ -204,7 +206,7 @@ async def fill_mask(served: ServedModel, text: str, spans: Sequence[Sequence[int
         best = [(i - ByteTokenizer.NUM_SPECIAL, score) for i, score in top_k(row, top, byte_ids)]
         filled[position] = best[0][0]
         masked.append(MaskedByte(position, None if markers else data[position], best))
-    return FillMaskResult(bytes(filled), masked)
+    return FillMaskResult(bytes(filled), masked, logits)
 
 
 
@@ -266,6 +268,33 @@ async def _fill_mask(served: ServedModel, request: FillMaskRequest, call: Call) 
 LOGITS = TensorSpec("LOGITS", "FP32", (-1, "labels"))
 LABEL = TensorSpec("LABEL", "BYTES", (-1,))
 
+
+def classification_tensors(results: Sequence[list[Classification]]) -> dict[str, np.ndarray]:
+    """LOGITS ``(N, labels)`` and LABEL (each item's best label), over every item of every answer."""
+    items = [item for result in results for item in result]
+    labels = np.empty(len(items), dtype=object)
+    labels[:] = [item.predictions[0].label.encode("utf-8") for item in items]
+    return {"LOGITS": np.array([item.logits for item in items], dtype=np.float32), "LABEL": labels}
+
+
+def _texts(arrays: Mapping[str, np.ndarray]) -> list[dict[str, Any]]:
+    texts = [utf8(item, f"TEXT[{i}]") for i, item in enumerate(arrays["TEXT"].ravel())]
+    return [{"texts": texts, "return_logits": True}]
+
+
+def _masked_text(arrays: Mapping[str, np.ndarray]) -> list[dict[str, Any]]:
+    fields: dict[str, Any] = {"text": utf8(arrays["TEXT"].ravel()[0], "TEXT")}
+    if "MASK_SPANS" in arrays:
+        fields["mask_spans"] = [(int(start), int(end)) for start, end in arrays["MASK_SPANS"]]
+    return [fields]
+
+
+def _filled(results: Sequence[FillMaskResult]) -> dict[str, np.ndarray]:
+    (result,) = results
+    text = np.empty(1, dtype=object)
+    text[0] = result.filled
+    return {"TEXT": text, "LOGITS": result.logits.astype(np.float32)}
+
 TEXT_CLASSIFICATION = Task(
     name="text-classification",
     architectures=("PerceiverForSequenceClassification",),
@@ -278,7 +307,8 @@ TEXT_CLASSIFICATION = Task(
     rest=RestRoute("/classify/text", "Classify one or more texts (JSON, or a text/plain body)",
                    raw=("text/plain", "text")),
     grpc_method="ClassifyText",
-    signature=Signature(inputs=(TensorSpec("TEXT", "BYTES", (-1,)),), outputs=(LOGITS, LABEL)),
+    signature=Signature(inputs=(TensorSpec("TEXT", "BYTES", (-1,)),), outputs=(LOGITS, LABEL), requests=_texts,
+                        tensors=classification_tensors),
 )
 
 FILL_MASK = Task(
@@ -293,7 +323,9 @@ FILL_MASK = Task(
     rest=RestRoute("/fill-mask", "Predict masked bytes of a text"),
     grpc_method="FillMask",
     signature=Signature(
-        inputs=(TensorSpec("TEXT", "BYTES", (1,)), TensorSpec("MASK_SPANS", "INT64", (-1, 2))),
+        inputs=(TensorSpec("TEXT", "BYTES", (1,)), TensorSpec("MASK_SPANS", "INT64", (-1, 2), optional=True)),
         outputs=(TensorSpec("TEXT", "BYTES", (1,)), TensorSpec("LOGITS", "FP32", (-1, 262), optional=True)),
+        requests=_masked_text,
+        tensors=_filled,
     ),
 )

@@ -99,8 +99,9 @@ class _Rpc:
     """A grpc behaviour around one handler: everything an RPC does besides its own work."""
 
     def __init__(self, name: str, handler: Handler, request_type: type[Message], streaming: bool,
-                 state: ServerState, api_key: str | None, in_flight: InFlight) -> None:
+                 state: ServerState, api_key: str | None, in_flight: InFlight, protocol: str = "grpc") -> None:
         self.name = name
+        self.protocol = protocol
         self.handler = handler
         self.request_type = request_type
         self.streaming = streaming
@@ -116,7 +117,7 @@ class _Rpc:
         failure: tuple[grpc.StatusCode, str, tuple[tuple[str, str], ...]] | None = None
         # Counted and logged before an error status goes out (abort sends it at once), so a
         # client that has its answer sees the RPC in the metrics.
-        with self.metrics.track_inflight("grpc"), self.in_flight.track(), call.leases:
+        with self.metrics.track_inflight(self.protocol), self.in_flight.track(), call.leases:
             try:
                 if self.state.draining:
                     raise ShuttingDown("the server is draining; send this request to another replica")
@@ -145,10 +146,10 @@ class _Rpc:
                 failure = (grpc.StatusCode.INTERNAL, f"internal error; request id {call.request_id}", ())
             finally:
                 elapsed = time.perf_counter() - started
-                self.metrics.observe_request(call.model, self.name, "grpc", status, elapsed)
+                self.metrics.observe_request(call.model, self.name, self.protocol, status, elapsed)
                 access_log.info("grpc %s %s %.1fms", self.name, status, elapsed * 1000,
                                 extra={"request_id": call.request_id, "model": call.model, "status": status,
-                                       "duration_ms": round(elapsed * 1000, 2), "protocol": "grpc"})
+                                       "duration_ms": round(elapsed * 1000, 2), "protocol": self.protocol})
         code, message, trailers = failure
         await context.abort(code, message, trailing_metadata=(("x-request-id", call.request_id), *trailers))
 
@@ -175,13 +176,21 @@ class _Rpc:
 
 
 def bind_service(service: ServiceDescriptor, handlers: dict[str, Handler], state: ServerState,
-                 api_key: str | None, in_flight: InFlight) -> grpc.GenericRpcHandler:
-    """Every RPC of ``service`` bound to its handler, wrapped in what all RPCs share."""
+                 api_key: str | None, in_flight: InFlight, *, protocol: str = "grpc",
+                 open_methods: frozenset[str] = frozenset()) -> grpc.GenericRpcHandler:
+    """The RPCs of ``service`` named in ``handlers``, each wrapped in what all RPCs share.
+
+    ``open_methods`` answer without the API key (health probes); ``protocol`` labels the metrics.
+    """
+    unknown = set(handlers) - {method.name for method in service.methods}
+    assert not unknown, f"{service.full_name} has no method {unknown}"
     bound = {}
     for method in service.methods:
+        if method.name not in handlers:  # another handler binds it (one service, two keys)
+            continue
         streaming = method.client_streaming
         rpc = _Rpc(method.name, handlers[method.name], message_factory.GetMessageClass(method.input_type), streaming,
-                   state, api_key, in_flight)
+                   state, None if method.name in open_methods else api_key, in_flight, protocol)
         serialize = message_factory.GetMessageClass(method.output_type).SerializeToString
         factory = grpc.stream_stream_rpc_method_handler if streaming else grpc.unary_unary_rpc_method_handler
         bound[method.name] = factory(rpc.handle, request_deserializer=None, response_serializer=serialize)

@@ -7,13 +7,10 @@ are control calls: bound with the admin key when one is set.
 from __future__ import annotations
 
 from ...errors import ModelControlDisabled
-from ...pb.inference import model_repository_pb2 as pb
+from ...pb.inference import grpc_service_pb2 as pb
 from ..repository import load_model, repository_index
 from ..state import ServerState
 from .calls import Handler, RpcCall
-
-SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
-
 
 class RepositoryService:
     def __init__(self, state: ServerState, control: bool) -> None:

@@ -18,8 +18,10 @@ from ...settings import Settings
 from ..state import ServerState
 from .calls import InFlight, bind_service
 from .health import HealthService
+from .inference import OPEN_METHODS as INFERENCE_OPEN_METHODS
+from .inference import SERVICE as INFERENCE_SERVICE
+from .inference import InferenceService
 from .perceiver import SERVICE, PerceiverService
-from .repository import SERVICE as REPOSITORY_SERVICE
 from .repository import RepositoryService
 
 log = logging.getLogger("perceiver_serve")
@@ -40,17 +42,20 @@ class GrpcServer:
         ])
         api_key = settings.api_key.get_secret_value() if settings.api_key else None
         perceiver = PerceiverService(state, max_message_bytes=limit)
-        services = {SERVICE: perceiver.handlers()}
-        bound = [bind_service(service, handlers, state, api_key, self.in_flight)
-                 for service, handlers in services.items()]
+        inference = InferenceService(state, max_message_bytes=limit)
         # Model control takes the admin key when there is one (then the API key alone is refused).
         admin_key = settings.admin_key.get_secret_value() if settings.admin_key else api_key
         control = RepositoryService(state, control=settings.model_control != "none")
-        bound.append(bind_service(REPOSITORY_SERVICE, control.handlers(), state, admin_key, self.in_flight))
-        self.server.add_generic_rpc_handlers(tuple(bound))
-        names = tuple(service.full_name for service in services)
+        self.server.add_generic_rpc_handlers((
+            bind_service(SERVICE, perceiver.handlers(), state, api_key, self.in_flight),
+            bind_service(INFERENCE_SERVICE, inference.handlers(), state, api_key, self.in_flight, protocol="oip",
+                         open_methods=INFERENCE_OPEN_METHODS),
+            # The same service's repository calls, under their own key: a second handler for other methods.
+            bind_service(INFERENCE_SERVICE, control.handlers(), state, admin_key, self.in_flight, protocol="oip"),
+        ))
+        names = (SERVICE.full_name, INFERENCE_SERVICE.full_name)
         health_pb2_grpc.add_HealthServicer_to_server(HealthService(state, names), self.server)
-        reflection.enable_server_reflection((*names, REPOSITORY_SERVICE.full_name, HEALTH_SERVICE, reflection.SERVICE_NAME), self.server)
+        reflection.enable_server_reflection((*names, HEALTH_SERVICE, reflection.SERVICE_NAME), self.server)
         self.port: int | None = None
         self._stopping: asyncio.Future | None = None
 

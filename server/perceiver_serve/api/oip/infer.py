@@ -1,0 +1,180 @@
+"""The Open Inference Protocol's meaning, shared by its REST and gRPC forms.
+
+A model's v2 signature is its task's (:class:`~perceiver_serve.tasks.Signature`). An
+inference request's tensors are checked against it (names, datatypes, ranks, fixed
+dimensions), turned into the task's own requests, validated by the task's schema and run
+through the same batcher as the REST and perceiver.v1 twins; the answers come back as the
+signature's output tensors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Awaitable, Sequence
+from typing import Any
+
+import numpy as np
+
+from ... import __version__
+from ...engine import ModelRegistry, ServedModel
+from ...engine.registry import READY
+from ...errors import InvalidInput, ModelNotFound, NotReady
+from ...tasks import TASKS, Call, Task, TensorSpec
+from ..state import ServerState
+from .tensors import Tensor
+
+SERVER_NAME = "perceiver-serve"
+EXTENSIONS = ("binary_tensor_data",)
+PLATFORM = "pytorch_perceiver"
+MAX_ELEMENTS = 1 << 26  # per tensor: 64 Mi elements, checked before any is decoded
+#: Parameters the protocol itself uses (binary outputs, client bookkeeping); never task fields.
+PROTOCOL_PARAMETERS = frozenset({"binary_data_output", "binary_data", "binary_data_size", "headers", "priority",
+                                 "timeout", "sequence_id", "sequence_start", "sequence_end"})
+
+
+@dataclasses.dataclass(frozen=True)
+class InferRequest:
+    model: str
+    version: str
+    inputs: list[Tensor]
+    parameters: dict[str, Any]
+    outputs: list[str] | None  # the outputs asked for by name; None: the task's default outputs
+    id: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class InferAnswer:
+    model: str
+    outputs: list[Tensor]
+    id: str = ""
+    version: str = "1"
+
+
+def server_metadata() -> dict[str, Any]:
+    return {"name": SERVER_NAME, "version": __version__, "extensions": list(EXTENSIONS)}
+
+
+def server_ready(state: ServerState) -> bool:
+    return state.registry.ready and not state.draining
+
+
+def find_model(registry: ModelRegistry, name: str, version: str = "") -> ServedModel:
+    """The named model (its newest version, or the one asked for) in any state; 404 for an unknown one."""
+    served = registry.get(name)
+    if not version:
+        return served
+    versions = registry.versions.get(name, {})
+    if version not in versions:
+        raise ModelNotFound(f"model {name!r} has no version {version[:40]!r} loaded (loaded: "
+                            f"{', '.join(sorted(versions, key=int)) or 'none'})", code="version_not_found")
+    return versions[version]
+
+
+def model_ready(state: ServerState, name: str, version: str = "") -> bool:
+    return find_model(state.registry, name, version).state == READY and not state.draining
+
+
+def _task(served: ServedModel) -> Task | None:
+    return TASKS.get(served.task) if served.task else None
+
+
+def _dims(spec: TensorSpec, served: ServedModel) -> list[int]:
+    """The spec's shape with model properties filled in (``labels``: -1 until the model is loaded)."""
+    labels = served.model.config.num_labels if served.model is not None else -1
+    return [labels if dim == "labels" else int(dim) for dim in spec.shape]
+
+
+def model_metadata(registry: ModelRegistry, served: ServedModel) -> dict[str, Any]:
+    """Name, versions, platform, tensor signature; the task and labels ride in ``parameters``."""
+    task = _task(served)
+    signature = task.signature if task else None
+    parameters: dict[str, Any] = {"task": served.task or ""}
+    if task is not None and signature is None and task.v2_note:
+        parameters["note"] = task.v2_note
+    if served.model is not None and getattr(served.runner, "labelled", False):
+        parameters["labels"] = served.label_names()
+
+    def tensors(specs: Sequence[TensorSpec]) -> list[dict[str, Any]]:
+        return [{"name": s.name, "datatype": s.datatype, "shape": _dims(s, served)} for s in specs]
+
+    return {
+        "name": served.name, "versions": sorted(registry.versions.get(served.name, {}) or [served.version], key=int),
+        "platform": PLATFORM,
+        "inputs": tensors(signature.inputs) if signature else [],
+        "outputs": tensors(signature.outputs) if signature else [],
+        "parameters": parameters,
+    }
+
+
+def _check_inputs(served: ServedModel, specs: Sequence[TensorSpec], inputs: Sequence[Tensor]) -> dict[str, np.ndarray]:
+    by_name = {spec.name: spec for spec in specs}
+    arrays: dict[str, np.ndarray] = {}
+    for tensor in inputs:
+        spec = by_name.get(tensor.name)
+        if spec is None:
+            raise InvalidInput(f"model {served.name!r} has no input {tensor.name[:64]!r}; its inputs are "
+                               f"{', '.join(by_name)}", code="unknown_input")
+        if tensor.name in arrays:
+            raise InvalidInput(f"input {tensor.name!r} is given twice", code="duplicate_input")
+        if tensor.datatype != spec.datatype:
+            raise InvalidInput(f"input {tensor.name!r} must be {spec.datatype}, not {tensor.datatype}",
+                               code="wrong_datatype")
+        expected = _dims(spec, served)
+        shape = tensor.shape
+        if len(shape) != len(expected) or any(e != -1 and e != d for e, d in zip(expected, shape)):
+            raise InvalidInput(f"input {tensor.name!r} has shape {shape}; this model takes {expected} "
+                               "(-1: any size)", code="wrong_shape")
+        arrays[tensor.name] = tensor.array
+    missing = [spec.name for spec in specs if spec.name not in arrays and not spec.optional]
+    if missing:
+        raise InvalidInput(f"model {served.name!r} needs input {', '.join(missing)}", code="missing_input")
+    return arrays
+
+
+def _requested(served: ServedModel, specs: Sequence[TensorSpec], names: list[str] | None) -> list[TensorSpec]:
+    if names is None:
+        return [spec for spec in specs if not spec.optional]
+    by_name = {spec.name: spec for spec in specs}
+    unknown = [name for name in names if name not in by_name]
+    if unknown:
+        raise InvalidInput(f"model {served.name!r} has no output {unknown[0][:64]!r}; its outputs are "
+                           f"{', '.join(by_name)}", code="unknown_output")
+    return [by_name[name] for name in dict.fromkeys(names)]
+
+
+async def _all(works: Sequence[Awaitable[Any]]) -> list[Any]:
+    """Every answer, or the first failure with the rest cancelled (their queued work is dropped)."""
+    jobs = [asyncio.ensure_future(work) for work in works]
+    try:
+        return await asyncio.gather(*jobs)
+    finally:
+        for job in jobs:
+            job.cancel()
+
+
+async def infer(state: ServerState, request: InferRequest, deadline: float | None = None) -> InferAnswer:
+    served = find_model(state.registry, request.model, request.version)
+    task = _task(served)
+    if served.task is None or task is None:
+        raise NotReady(f"model {served.name!r} is not available: {served.reason}")
+    with state.registry.lease(served.task, served.name, request.version or None) as served:  # ready, or why not
+        return await _infer(state, served, task, request, deadline)
+
+
+async def _infer(state: ServerState, served: ServedModel, task: Task, request: InferRequest,
+                 deadline: float | None) -> InferAnswer:
+    signature = task.signature
+    if signature is None or task.execute is None:
+        raise InvalidInput(f"model {served.name!r} ({served.task}) has no v2 inference: {task.v2_note}",
+                           code="no_v2_signature")
+    arrays = _check_inputs(served, signature.inputs, request.inputs)
+    outputs = _requested(served, signature.outputs, request.outputs)
+    settable = set(task.request.model_fields) - {"model", "version"}
+    parameters = {k: v for k, v in request.parameters.items() if k in settable and k not in PROTOCOL_PARAMETERS}
+    bodies = [task.parse({**parameters, **fields}) for fields in signature.requests(arrays)]
+    call = Call(state.limits, state.budget, deadline)
+    results = await _all([task.execute(served, body, call) for body in bodies])
+    produced = signature.tensors(results)
+    return InferAnswer(served.name, [Tensor(spec.name, spec.datatype, produced[spec.name]) for spec in outputs],
+                       request.id, served.version)
