@@ -255,6 +255,17 @@ def test_versions_newest_by_default_named_on_request_and_dropped_by_policy(expli
     assert labels_of(named) == tuple(sorted(OLD))
     assert labels_of(client.post("/classify/text?version=1", json={"text": "x", "model": "multi", "top_k": 2},
                                  headers=bearer(API))) == tuple(sorted(OLD))
+    # The Open Inference Protocol: /versions/{v} names one, without it the newest answers.
+    tensors = {"inputs": [{"name": "TEXT", "datatype": "BYTES", "shape": [1], "data": ["x"]}]}
+    for path, labels in (("/v2/models/multi/versions/1/infer", OLD), ("/v2/models/multi/infer", NEW),
+                         ("/v2/models/multi/versions/2/infer", NEW)):
+        answer = client.post(path, json=tensors, headers=bearer(API))
+        assert answer.status_code == 200, answer.text
+        label = next(o for o in answer.json()["outputs"] if o["name"] == "LABEL")["data"][0]
+        assert label in labels and answer.json()["model_version"] == path.split("/")[-2].replace("multi", "2")
+    assert client.get("/v2/models/multi", headers=bearer(API)).json()["versions"] == ["1", "2"]
+    assert client.get("/v2/models/multi/versions/1/ready", headers=bearer(API)).status_code == 200
+    assert client.get("/v2/models/multi/versions/3", headers=bearer(API)).status_code == 404
     with grpc_channel(proc.grpc_port) as channel:
         stub = perceiver_pb2_grpc.PerceiverStub(channel)
         metadata = (("authorization", f"Bearer {API}"),)
