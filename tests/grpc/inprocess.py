@@ -30,11 +30,11 @@ max_frames_per_stream = 64
 def write_repository(root: Path, *names: str) -> Path:
     """Reactive test models (by default the video and text ones), the video one with a small frame limit."""
     for name in names or ("video-autoencoder", "text-sentiment"):
-        options = VIDEO_OPTIONS if name == "video-autoencoder" else ""
         source = reactive_models() / name
         text = (source / "model.toml").read_text()
         text = text.replace('source = "checkpoint"', f'source = "{source / "checkpoint"}"')
-        text = text.split("[options]")[0] + "[options]\n" + options
+        if name == "video-autoencoder":  # the others keep their own options (the digits model's crop_size)
+            text = text.split("[options]")[0] + "[options]\n" + VIDEO_OPTIONS
         (root / name).mkdir(parents=True)
         (root / name / "model.toml").write_text(text)
     return root
