@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from .catalogue import MUTANTS
-from .mutate import StaleMutant, copy_package, imported_from, run_mutant
+from .mutate import StaleMutant, copy_package, imported_from, run_mutant, run_tests
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,6 +37,16 @@ def main(argv: list[str] | None = None) -> int:
         if not where.is_relative_to(site):
             print(f"the tests would import {where}, not the mutated copy: mutants cannot run", file=sys.stderr)
             return 1
+        # A test that fails without any mutant would "kill" every mutant: the killing tests must
+        # pass on the unmutated copy first.
+        tests = sorted({test for m in chosen for test in m.tests})
+        code, output, seconds = run_tests(site, tests, "baseline", timeout=1800)
+        if code != 0:
+            print(f"the killing tests fail on the unmutated code (pytest exit status {code}), so no mutant "
+                  "can be judged; their output ends:\n" + "\n".join("    " + line for line in output.splitlines()[-25:]),
+                  flush=True)
+            return 1
+        print(f"baseline: the {len(tests)} killing tests pass on the unmutated code ({seconds:.0f} s)", flush=True)
 
     failures, started = [], time.perf_counter()
     for number, mutant in enumerate(chosen, 1):

@@ -164,8 +164,8 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     Mutant(
         "fill-mask-padding-rows-kept", "tasks/text.py",
-        "return [probs[i, : len(p.positions)] for i, p in enumerate(payloads)]",
-        "return [probs[i] for i, p in enumerate(payloads)]",
+        "return [logits[i, : len(p.positions)] for i, p in enumerate(payloads)]",
+        "return [logits[i] for i, p in enumerate(payloads)]",
         (f"{FILL_MASK_RUNNER}::test_each_item_gets_its_own_positions_in_order",),
     ),
     Mutant(

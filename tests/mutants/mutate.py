@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -59,24 +60,30 @@ def copy_package(into: Path) -> Path:
     return into
 
 
+def run_tests(site: Path, tests: Sequence[str], label: str, timeout: float = 600.0) -> tuple[int, str, float]:
+    """pytest ``tests`` (stopping at the first failure) with the package imported from ``site``:
+    its exit status, its output and the seconds it took."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")])),
+           "PYTHONDONTWRITEBYTECODE": "1", "PERCEIVER_MUTANT": label}
+    command = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "--no-header", *tests]
+    started = time.perf_counter()
+    try:
+        done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+        code, output = done.returncode, done.stdout + done.stderr
+    except subprocess.TimeoutExpired as exc:
+        partial = exc.stdout.decode(errors="replace") if isinstance(exc.stdout, bytes) else exc.stdout or ""
+        code, output = -1, f"timed out after {timeout:.0f} s\n{partial}"
+    return code, output, time.perf_counter() - started
+
+
 def run_mutant(mutant: Mutant, timeout: float = 600.0) -> Outcome:
     """Run the mutant's tests against a mutated copy; see :func:`killed`."""
     with tempfile.TemporaryDirectory(prefix=f"mutant-{mutant.name}-") as tmp:
         site = copy_package(Path(tmp))
         target = site / "perceiver_serve" / mutant.path
         target.write_text(mutant.mutated(target.read_text(encoding="utf-8")), encoding="utf-8")
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")])),
-               "PYTHONDONTWRITEBYTECODE": "1", "PERCEIVER_MUTANT": mutant.name}
-        command = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
-                   "--no-header", *mutant.tests]
-        started = time.perf_counter()
-        try:
-            done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
-            code, output = done.returncode, done.stdout + done.stderr
-        except subprocess.TimeoutExpired as exc:
-            partial = exc.stdout.decode(errors="replace") if isinstance(exc.stdout, bytes) else exc.stdout or ""
-            code, output = -1, f"timed out after {timeout:.0f} s\n{partial}"
-        return Outcome(mutant, killed(code, output), code, time.perf_counter() - started, output)
+        code, output, seconds = run_tests(site, mutant.tests, mutant.name, timeout)
+        return Outcome(mutant, killed(code, output), code, seconds, output)
 
 
 def killed(returncode: int, output: str) -> bool:
