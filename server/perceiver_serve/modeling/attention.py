@@ -15,7 +15,7 @@ from torch import nn
 from . import cross_attention
 from .config import PerceiverConfig
 from .cross_attention import LatentState, Queries
-from .kernels import ONEDNN_MAX_BATCH, Linear, attend
+from .kernels import ONEDNN_MAX_BATCH, Linear, attend, launch_bound
 
 _ACTIVATIONS = {
     "gelu": lambda x: F.gelu(x),
@@ -205,6 +205,14 @@ class PerceiverEncoder(nn.Module):
     def forward(self, latents: torch.Tensor, inputs: torch.Tensor,
                 key_mask: torch.Tensor | None = None) -> torch.Tensor:
         z = self.cross_attention(latents, inputs, key_mask)
+        if z.shape[0] <= ONEDNN_MAX_BATCH or launch_bound(z.device) or torch.compiler.is_compiling():
+            return self._self_attend(z)
+        # On a CPU a big batch runs the latent stack in groups of a small batch's size: every
+        # product keeps the shapes oneDNN already has kernels for (kernels.py), and a group's
+        # activations stay in cache from one layer to the next.
+        return torch.cat([self._self_attend(group) for group in z.split(ONEDNN_MAX_BATCH)])
+
+    def _self_attend(self, z: torch.Tensor) -> torch.Tensor:
         for _ in range(self.num_blocks):
             for layer in self.self_attends:
                 z = layer(z)

@@ -1,0 +1,87 @@
+"""The CPU kernel choices of ``modeling/kernels.py`` give transformers' answers and keep oneDNN's
+shape set bounded.
+
+A batch bigger than ``ONEDNN_MAX_BATCH`` runs its latent stack in groups, and other big latent
+products in row chunks, so oneDNN only ever sees the row counts of batches 1 … ONEDNN_MAX_BATCH
+(each new shape costs it memory for good); unmasked attention with queries narrower than values
+runs as two batched products with an in-place softmax.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from perceiver_serve.modeling import kernels, load_model
+from perceiver_serve.modeling.kernels import ONEDNN_MAX_BATCH
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from .hf_models import build_reference, save_reference
+
+needs_onednn = pytest.mark.skipif(not kernels.ONEDNN_LINEAR, reason="this torch build has no oneDNN linear")
+
+
+class OneDnnRows(TorchDispatchMode):
+    """Records the row count of every product that reaches oneDNN's linear kernel."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows: list[int] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func._schema.name == "mkldnn::_linear_pointwise":
+            self.rows.append(args[0].numel() // args[0].shape[-1])
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.fixture(scope="module")
+def classifier(tmp_path_factory):
+    reference = build_reference("PerceiverForSequenceClassification")
+    directory = save_reference(reference, tmp_path_factory.mktemp("classifier"))
+    return reference, load_model(directory)
+
+
+def _texts(batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(batch)
+    ids = torch.randint(0, 262, (batch, 30), generator=g)
+    lengths = torch.randint(3, 31, (batch,), generator=g)
+    return ids, torch.arange(30)[None] < lengths[:, None]
+
+
+@needs_onednn
+@pytest.mark.parametrize("batch", [ONEDNN_MAX_BATCH + 1, 3 * ONEDNN_MAX_BATCH + 2])
+def test_a_big_batch_matches_transformers_and_reaches_onednn_only_at_small_batch_shapes(classifier, batch):
+    reference, ours = classifier
+    ids, mask = _texts(batch)
+    rows = OneDnnRows()
+    with torch.inference_mode():
+        expected = reference(inputs=ids, attention_mask=mask).logits
+        with rows:
+            got = ours(ids, mask)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+    latents = reference.config.num_latents
+    assert rows.rows, "the latent layers never reached oneDNN"
+    assert max(rows.rows) <= ONEDNN_MAX_BATCH * latents
+    assert {r % latents for r in rows.rows} == {0}
+
+
+@needs_onednn
+@pytest.mark.parametrize("shape", [(5, 16, 24), (3, 7, 24), (70, 24)])
+def test_chunked_onednn_products_equal_f_linear(shape):
+    g = torch.Generator().manual_seed(0)
+    x, w, b = torch.randn(*shape, generator=g), torch.randn(40, 24, generator=g), torch.randn(40, generator=g)
+    rows = OneDnnRows()
+    with torch.inference_mode(), rows:
+        got = kernels.linear(x, w, b, onednn_max_rows=32)
+    torch.testing.assert_close(got, F.linear(x, w, b), rtol=1e-5, atol=1e-5)
+    assert rows.rows and max(rows.rows) <= 32
+
+
+@pytest.mark.parametrize("geometry", [(2, 8, 16, 16, 4, 8), (1, 3, 5, 9, 32, 160), (4, 1, 33, 17, 7, 8)])
+def test_unmasked_attention_with_narrow_queries_equals_sdpa(geometry):
+    b, h, nq, nk, qk, v = geometry
+    g = torch.Generator().manual_seed(sum(geometry))
+    q, k = (torch.randn(b, h, n, qk, generator=g) for n in (nq, nk))
+    values = torch.randn(b, h, nk, v, generator=g)
+    torch.testing.assert_close(kernels.attend(q, k, values), F.scaled_dot_product_attention(q, k, values),
+                               rtol=1e-5, atol=1e-6)
