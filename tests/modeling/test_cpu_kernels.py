@@ -1,10 +1,11 @@
 """The CPU kernel choices of ``modeling/kernels.py`` give transformers' answers and keep oneDNN's
-shape set bounded.
+shape set bounded (each new shape costs it memory for good).
 
 A batch bigger than ``ONEDNN_MAX_BATCH`` runs its latent stack in groups, and other big latent
-products in row chunks, so oneDNN only ever sees the row counts of batches 1 … ONEDNN_MAX_BATCH
-(each new shape costs it memory for good); unmasked attention with queries narrower than values
-runs as two batched products with an in-place softmax.
+products in row chunks, so latent products reach oneDNN only at the row counts of batches
+1 … ONEDNN_MAX_BATCH; products over inputs reach it in chunks of ``ONEDNN_CHUNK_ROWS`` rows, the
+last padded to a multiple of ``ONEDNN_ROW_MULTIPLE``. Unmasked attention with queries narrower
+than values runs as two batched products with an in-place softmax.
 """
 
 from __future__ import annotations
@@ -13,10 +14,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 from perceiver_serve.modeling import kernels, load_model
-from perceiver_serve.modeling.kernels import ONEDNN_MAX_BATCH
+from perceiver_serve.modeling.kernels import ONEDNN_CHUNK_ROWS, ONEDNN_MAX_BATCH, ONEDNN_ROW_MULTIPLE
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from .hf_models import build_reference, save_reference
+
+#: The row counts at which products over inputs or output queries may reach oneDNN.
+BUCKETS = set(range(ONEDNN_ROW_MULTIPLE, ONEDNN_CHUNK_ROWS + 1, ONEDNN_ROW_MULTIPLE))
 
 needs_onednn = pytest.mark.skipif(not kernels.ONEDNN_LINEAR, reason="this torch build has no oneDNN linear")
 
@@ -60,9 +64,9 @@ def test_a_big_batch_matches_transformers_and_reaches_onednn_only_at_small_batch
             got = ours(ids, mask)
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
     latents = reference.config.num_latents
-    assert rows.rows, "the latent layers never reached oneDNN"
-    assert max(rows.rows) <= ONEDNN_MAX_BATCH * latents
-    assert {r % latents for r in rows.rows} == {0}
+    latent_side = [r for r in rows.rows if r <= ONEDNN_MAX_BATCH * latents and r % latents == 0]
+    assert latent_side, "the latent layers never reached oneDNN"
+    assert set(rows.rows) - set(latent_side) <= BUCKETS, "an input-side product reached oneDNN at a new shape"
 
 
 @needs_onednn
@@ -75,6 +79,21 @@ def test_chunked_onednn_products_equal_f_linear(shape):
         got = kernels.linear(x, w, b, onednn_max_rows=32)
     torch.testing.assert_close(got, F.linear(x, w, b), rtol=1e-5, atol=1e-5)
     assert rows.rows and max(rows.rows) <= 32
+
+
+@needs_onednn
+def test_products_of_any_row_count_reach_onednn_at_a_few_shapes_and_equal_f_linear():
+    g = torch.Generator().manual_seed(1)
+    w, b = torch.randn(40, 24, generator=g), torch.randn(40, generator=g)
+    counts = [63, 64, 65, 200, 511, 512, 513, 1024, 1500, 2047]
+    rows = OneDnnRows()
+    for n in counts:
+        x = torch.randn(n, 24, generator=g)
+        with torch.inference_mode(), rows:
+            got = kernels.linear(x, w, b)
+        torch.testing.assert_close(got, F.linear(x, w, b), rtol=1e-5, atol=1e-5)
+    assert rows.rows and set(rows.rows) <= BUCKETS
+    assert len(rows.rows) == sum(-(-n // ONEDNN_CHUNK_ROWS) for n in counts if n >= ONEDNN_ROW_MULTIPLE)
 
 
 @pytest.mark.parametrize("geometry", [(2, 8, 16, 16, 4, 8), (1, 3, 5, 9, 32, 160), (4, 1, 33, 17, 7, 8)])

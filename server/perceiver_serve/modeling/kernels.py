@@ -4,23 +4,29 @@ Attention goes through fused ``scaled_dot_product_attention`` kernels (never a m
 score matrix for large problems), see :func:`attend`.
 
 On x86 CPUs, oneDNN's fp32 matrix-product kernels beat MKL's ``sgemm`` (which ``F.linear``
-uses) on the mid-sized products this model is made of: about 1.2× on 256 × 1280 × 1280 and
-up to 1.9× when the output is narrow (256 × 1280 × 256), on 2 cores. oneDNN is reached
-through the op PyTorch's own compiler uses for CPU linear layers; it is checked against
-``F.linear`` once, and not used if it is missing or disagrees.
+uses): MKL keeps to its AVX2 code on AMD processors, so on an AVX-512 EPYC oneDNN is 2–3×
+faster on one core (220–250 against 60–110 GFLOP/s on this model's 512 × 768 × 256 …
+512 × 1280 × 1280 products). oneDNN is reached through the op PyTorch's own compiler uses for
+CPU linear layers; it is checked against ``F.linear`` once, and not used if it is missing or
+disagrees.
 
 oneDNN builds (and keeps) kernels and buffers for every distinct product shape it meets, so
 a process fed texts of every length grows without end (measured: 490 → 990 MiB over 2,000
 random-length batches), and even one shape per batch size costs memory (the demo text model:
-+80 MiB for batch sizes 1–32; the official one: ~25 MiB per batch size). It is therefore used
-only where shapes are few: :class:`Linear` layers given an ``onednn_max_rows`` — the
-encoder's latent layers, whose rows are batch size × number of latents. A batch bigger than
-:data:`ONEDNN_MAX_BATCH` runs its latent stack in groups of that size (``PerceiverEncoder``),
-and any other big product in chunks of ``onednn_max_rows`` rows, so only the shapes of
-batches 1 … ``ONEDNN_MAX_BATCH`` ever reach oneDNN. Products over inputs or output queries,
-whose row counts follow the request, stay with ``F.linear``. Measured on the mid-size text
-classifier at batch 16 on one core: 1.83× transformers with the groups, 1.19× with MKL
-(ONNX Runtime fp32 in the same run: 1.78×).
++80 MiB for batch sizes 1–32; the official one: ~25 MiB per batch size). Products therefore
+reach it only at a few row counts per weight:
+
+* the encoder's latent layers (:class:`Linear` given an ``onednn_max_rows``), whose rows are
+  batch size × number of latents, at the shapes of batches 1 … :data:`ONEDNN_MAX_BATCH`: a
+  bigger batch runs its latent stack in groups of that size (``PerceiverEncoder``), any other
+  big latent product in chunks of ``onednn_max_rows`` rows;
+* every other product of at least :data:`ONEDNN_ROW_MULTIPLE` rows (inputs, output queries,
+  whose row counts follow the request) in chunks of :data:`ONEDNN_CHUNK_ROWS` rows, the last
+  one zero-padded to a multiple of ``ONEDNN_ROW_MULTIPLE``: at most eight row counts.
+
+Thinner products stay with ``F.linear``. Measured on the mid-size text classifier at batch 16
+on one core: 1.86× transformers with the groups, 1.19× with MKL (ONNX Runtime fp32 in the same
+run: 2.0×).
 """
 
 from __future__ import annotations
@@ -42,6 +48,11 @@ ONEDNN_MIN_ROWS = 16
 
 #: Latent layers use oneDNN for batches up to this size (a bounded set of shapes, see above).
 ONEDNN_MAX_BATCH = 4
+
+#: Other products reach oneDNN in chunks of this many rows, the last one zero-padded to a multiple
+#: of ``ONEDNN_ROW_MULTIPLE``: at most eight row counts per weight, whatever the requests' sizes.
+ONEDNN_CHUNK_ROWS = 512
+ONEDNN_ROW_MULTIPLE = 64
 
 
 def _onednn_linear_works() -> bool:
@@ -104,11 +115,32 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
         and x.device.type == "cpu"
         and weight.dtype == torch.float32
         and not (weight.requires_grad or x.requires_grad)
-        and onednn_max_rows >= ONEDNN_MIN_ROWS
-        and x.numel() >= ONEDNN_MIN_ROWS * x.shape[-1]
     ):
-        return _onednn_linear(x, weight, bias, onednn_max_rows)
+        rows = x.numel() // max(x.shape[-1], 1)
+        if onednn_max_rows >= ONEDNN_MIN_ROWS and rows >= ONEDNN_MIN_ROWS:
+            return _onednn_linear(x, weight, bias, onednn_max_rows)
+        if rows >= ONEDNN_ROW_MULTIPLE:
+            return _onednn_bucketed(x, weight, bias)
     return F.linear(x, weight, bias)
+
+
+def _onednn_bucketed(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """oneDNN's product for any number of rows, computed only at a few row counts per weight: chunks of
+    :data:`ONEDNN_CHUNK_ROWS`, and a last chunk zero-padded up to a multiple of
+    :data:`ONEDNN_ROW_MULTIPLE` (at most 63 rows of extra work). Each chunk's result is copied into
+    one output, so the peak memory stays that of ``F.linear``."""
+    flat = x.reshape(-1, x.shape[-1])
+    rows = flat.shape[0]
+    out = flat.new_empty(rows, weight.shape[0])
+    op = torch.ops.mkldnn._linear_pointwise
+    for start in range(0, rows, ONEDNN_CHUNK_ROWS):
+        chunk = flat[start:start + ONEDNN_CHUNK_ROWS]
+        n = chunk.shape[0]
+        padded = -(-n // ONEDNN_ROW_MULTIPLE) * ONEDNN_ROW_MULTIPLE
+        if padded != n:
+            chunk = F.pad(chunk, (0, 0, 0, padded - n))
+        out[start:start + n] = op(chunk, weight, bias, "none", [], "")[:n]
+    return out.view(*x.shape[:-1], weight.shape[0])
 
 
 def _onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, max_rows: int) -> torch.Tensor:
