@@ -104,3 +104,19 @@ def test_unmasked_attention_with_narrow_queries_equals_sdpa(geometry):
     values = torch.randn(b, h, nk, v, generator=g)
     torch.testing.assert_close(kernels.attend(q, k, values), F.scaled_dot_product_attention(q, k, values),
                                rtol=1e-5, atol=1e-6)
+
+
+@needs_onednn
+def test_compiled_encoders_keep_the_onednn_products(tmp_path, monkeypatch):
+    """Inductor would lower the layers to MKL's sgemm; the products reach oneDNN as one opaque op."""
+    reference = build_reference("PerceiverForSequenceClassification")
+    ours = load_model(save_reference(reference, tmp_path), compile=True)
+    calls = []
+    product = kernels._onednn_product
+    monkeypatch.setattr(kernels, "_onednn_product", lambda *args: calls.append(args[0].shape) or product(*args))
+    ids, mask = _texts(ONEDNN_MAX_BATCH + 3)
+    with torch.inference_mode():
+        got = ours(ids, mask)
+        expected = reference(inputs=ids, attention_mask=mask).logits
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+    assert calls, "the compiled encoder never reached oneDNN"

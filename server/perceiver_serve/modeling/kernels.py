@@ -110,18 +110,37 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
                       onednn_max_rows=onednn_max_rows).to(x.dtype)
     if (
         ONEDNN_LINEAR
-        and not torch.compiler.is_compiling()  # inductor has its own linear kernels, and no lowering for this call
         and x.dtype == torch.float32
         and x.device.type == "cpu"
         and weight.dtype == torch.float32
         and not (weight.requires_grad or x.requires_grad)
     ):
         rows = x.numel() // max(x.shape[-1], 1)
-        if onednn_max_rows >= ONEDNN_MIN_ROWS and rows >= ONEDNN_MIN_ROWS:
-            return _onednn_linear(x, weight, bias, onednn_max_rows)
-        if rows >= ONEDNN_ROW_MULTIPLE:
-            return _onednn_bucketed(x, weight, bias)
+        if (onednn_max_rows >= ONEDNN_MIN_ROWS and rows >= ONEDNN_MIN_ROWS) or rows >= ONEDNN_ROW_MULTIPLE:
+            if torch.compiler.is_compiling():
+                return torch.ops.perceiver_serve.onednn_linear(x, weight, bias, onednn_max_rows)
+            return _onednn_product(x, weight, bias, onednn_max_rows)
     return F.linear(x, weight, bias)
+
+
+def _onednn_product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, max_rows: int) -> torch.Tensor:
+    rows = x.numel() // max(x.shape[-1], 1)
+    if max_rows >= ONEDNN_MIN_ROWS and rows >= ONEDNN_MIN_ROWS:
+        return _onednn_linear(x, weight, bias, max_rows)
+    return _onednn_bucketed(x, weight, bias)
+
+
+@torch.library.custom_op("perceiver_serve::onednn_linear", mutates_args=())
+def _onednn_linear_op(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, max_rows: int) -> torch.Tensor:
+    """The oneDNN product as one opaque op inside ``torch.compile``d code (``compile = true``): inductor
+    would otherwise lower the layer to MKL's ``sgemm``, half as fast on AMD processors, and trace
+    the chunk loops into guards on every row count."""
+    return _onednn_product(x, weight, bias, max_rows)
+
+
+@_onednn_linear_op.register_fake
+def _(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, max_rows: int) -> torch.Tensor:
+    return x.new_empty(*x.shape[:-1], weight.shape[0])
 
 
 def _onednn_bucketed(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
