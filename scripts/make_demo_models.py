@@ -45,16 +45,6 @@ SMALL = dict(
 #: projected at that width; 128 keeps those projections from dominating the checkpoint.
 NARROW_ATTENTION = dict(qk_channels=128, v_channels=128)
 
-#: The first eight Kinetics-700 classes (the official multimodal model knows all 700).
-KINETICS = (
-    "abseiling", "acting in play", "adjusting glasses", "air drumming", "alligator wrestling",
-    "answering questions", "applauding", "applying cream",
-)
-
-#: Frame rate the video demo model assumes; its audio rate is this × audio_samples_per_frame.
-VIDEO_FPS = 25
-
-
 @dataclasses.dataclass(frozen=True)
 class DemoModel:
     name: str
@@ -68,13 +58,6 @@ class DemoModel:
     def architecture(self) -> str:
         return self.config.architectures[0]
 
-
-_VIDEO = config(
-    "PerceiverForMultimodalAutoencoding", KINETICS,
-    **{**SMALL, "d_latents": 64, "qk_channels": 64, "v_channels": 64, "num_cross_attention_heads": 1},
-    num_frames=4, image_size=32, output_shape=(1, 4, 32, 32), audio_samples_per_frame=64,
-    samples_per_patch=16, output_num_channels=64, label_trainable_num_channels=64,
-)
 
 DEMO_MODELS: tuple[DemoModel, ...] = (
     DemoModel(
@@ -94,12 +77,6 @@ DEMO_MODELS: tuple[DemoModel, ...] = (
                        **NARROW_ATTENTION, train_size=(48, 64)),
         batching=batching(16, timeout_ms=60000),
         options=dict(tile_overlap=20, decode_chunk=16384),
-    ),
-    DemoModel(
-        "video-autoencoder", "video-autoencoding", seed=5,
-        config=_VIDEO,
-        batching=batching(2, max_queue=32, timeout_ms=60000),
-        options=dict(chunks_per_window=8, fps=VIDEO_FPS, sample_rate=VIDEO_FPS * _VIDEO.audio_samples_per_frame),
     ),
 )
 

@@ -3,7 +3,7 @@ import os
 import httpx
 import pytest
 
-from .support import running
+from .support import grpc_channel, running
 
 # Tests run on small CPUs next to other work: keep torch to the cores we have, deterministic.
 os.environ.setdefault("OMP_NUM_THREADS", "2")
@@ -33,6 +33,12 @@ def process():
 def rest(process):
     with httpx.Client(base_url=process.url, timeout=60) as client:
         yield client
+
+
+@pytest.fixture(scope="session")
+def channel(process):
+    with grpc_channel(process.grpc_port) as ch:
+        yield ch
 
 
 def pytest_collection_modifyitems(config, items):

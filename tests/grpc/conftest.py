@@ -6,7 +6,6 @@ import pytest
 from perceiver_serve.pb.perceiver.v1 import perceiver_pb2_grpc
 from perceiver_serve.settings import Settings
 
-from ..support import grpc_channel
 from .inprocess import InProcessServer, write_repository
 
 API_KEY = "grpc-test-key"
@@ -14,13 +13,7 @@ AUTH = (("authorization", f"Bearer {API_KEY}"),)
 MAX_MESSAGE_MB = 1.0
 
 
-# -- the real process (`process`, `rest`: tests/conftest.py) ---------------------------------------
-
-@pytest.fixture(scope="session")
-def channel(process):
-    with grpc_channel(process.grpc_port) as ch:
-        yield ch
-
+# -- the real process (`process`, `rest`, `channel`: tests/conftest.py) ----------------------------
 
 @pytest.fixture(scope="session")
 def stub(channel):
