@@ -251,7 +251,10 @@ def _unmasked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale
     b, h, n, c = q.shape
     q3, k3, v3 = (t.reshape(b * h, t.shape[2], t.shape[3]) for t in (q, k, v))
     scores = torch.baddbmm(q3.new_empty(b * h, n, k3.shape[1]), q3, k3.transpose(1, 2), beta=0, alpha=scale)
-    torch.softmax(scores, -1, out=scores)
+    if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad):
+        scores = torch.softmax(scores, -1)  # training (scripts/demo_training): out= has no derivative
+    else:
+        torch.softmax(scores, -1, out=scores)
     return torch.bmm(scores, v3).view(b, h, n, v3.shape[2])
 
 
