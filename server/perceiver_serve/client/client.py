@@ -159,6 +159,17 @@ def _blocking(method: Callable[Concatenate[AsyncClient, P], Coroutine[Any, Any, 
     return call
 
 
+async def _settle_leftovers() -> None:
+    """Cancel and await the tasks grpc left on the loop: a stream whose server went away keeps its
+    request pump pending, and a task destroyed pending at exit prints a warning after the
+    client's own last word on stderr."""
+    leftovers = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    for task in leftovers:
+        task.cancel()
+    if leftovers:
+        await asyncio.wait(leftovers, timeout=CANCEL_WAIT_S)
+
+
 class Client:
     """The blocking twin of :class:`AsyncClient`: same arguments, same methods, same results."""
 
@@ -198,6 +209,7 @@ class Client:
     def close(self) -> None:
         if self._loop.is_running():
             self._run(self._async.aclose())
+            self._run(_settle_leftovers())
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join()
             self._loop.close()
