@@ -7,6 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
+from perceiver_serve.media.image import open_image
+from perceiver_serve.media.limits import MediaLimits
 from perceiver_serve.tasks.image import ImageClassificationRunner, ImageOptions
 
 from ..media.samples import png_with_header
@@ -17,9 +19,12 @@ PHOTO = rng.integers(0, 256, (300, 420, 3), dtype=np.uint8)
 
 
 def direct_probs(model, data: bytes) -> np.ndarray:
-    """The server's pipeline computed here, with the model's own options (its size and crop)."""
+    """The server's pipeline computed here, with the model's own options (its size and crop), decoded as
+    the server decodes (a big picture box-reduced first, which moves a sharp model's answer)."""
     options = ImageOptions(**model_options("image-classification"))
-    pixels = ImageClassificationRunner(model, options).processor(Image.open(io.BytesIO(data)).convert("RGB"))
+    processor = ImageClassificationRunner(model, options).processor
+    picture = open_image(data, MediaLimits(), min_side=max(processor.size, processor.crop_size)).decode()
+    pixels = processor(picture)
     with torch.no_grad():
         return torch.softmax(model(pixels[None]).double(), -1).numpy()[0]
 

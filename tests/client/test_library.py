@@ -135,7 +135,9 @@ def test_ctrl_c_cancels_the_stream_and_leaves_no_file(video_server, long_clip, t
     client = subprocess.Popen(
         [sys.executable, "-m", "perceiver_serve.client.cli", "--grpc", "--grpc-address", video_server.address,
          "--api-key", API_KEY, "reconstruct", str(long_clip), "-o", str(tmp_path / "out.mp4"),
-         "--labels", str(tmp_path / "labels.json"), "--chunks-per-window", "64"], stderr=subprocess.PIPE, text=True)
+         "--labels", str(tmp_path / "labels.json"), "--chunks-per-window", "64"], stderr=subprocess.PIPE, text=True,
+        # the client must see Ctrl-C even where this test process was started with SIGINT ignored
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     first = client.stderr.readline()
     assert first.startswith("window 1/"), first + client.stderr.read()
     client.send_signal(signal.SIGINT)
