@@ -116,18 +116,43 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
         and not (weight.requires_grad or x.requires_grad)
     ):
         rows = x.numel() // max(x.shape[-1], 1)
-        if (onednn_max_rows >= ONEDNN_MIN_ROWS and rows >= ONEDNN_MIN_ROWS) or rows >= ONEDNN_ROW_MULTIPLE:
+        if _latent_shaped(rows, onednn_max_rows) or rows >= ONEDNN_ROW_MULTIPLE:
             if torch.compiler.is_compiling():
                 return torch.ops.perceiver_serve.onednn_linear(x, weight, bias, onednn_max_rows)
             return _onednn_product(x, weight, bias, onednn_max_rows)
     return F.linear(x, weight, bias)
 
 
+def _latent_shaped(rows: int, max_rows: int) -> bool:
+    """Whether a product of ``rows`` rows runs at latent shapes (chunks of ``max_rows``, unpadded)."""
+    return max_rows >= ONEDNN_MIN_ROWS and rows >= ONEDNN_MIN_ROWS
+
+
 def _onednn_product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, max_rows: int) -> torch.Tensor:
-    rows = x.numel() // max(x.shape[-1], 1)
-    if max_rows >= ONEDNN_MIN_ROWS and rows >= ONEDNN_MIN_ROWS:
-        return _onednn_linear(x, weight, bias, max_rows)
-    return _onednn_bucketed(x, weight, bias)
+    """oneDNN's product in chunks, so that it meets only a few row counts per weight.
+
+    Latent layers (``max_rows``, see :class:`Linear`) run in chunks of ``max_rows`` rows: a bigger
+    batch becomes several products of the shapes a small one has (on 2 cores 1.7–2× MKL's
+    ``sgemm`` for a 16 × 128-latent batch). Any other product runs in chunks of
+    :data:`ONEDNN_CHUNK_ROWS`, the last zero-padded up to a multiple of :data:`ONEDNN_ROW_MULTIPLE`
+    (at most 63 rows of extra work). Chunks are copied into one output, so the peak memory stays
+    that of ``F.linear``.
+    """
+    flat = x.reshape(-1, x.shape[-1])
+    rows = flat.shape[0]
+    chunk_rows, multiple = (max_rows, 1) if _latent_shaped(rows, max_rows) else (ONEDNN_CHUNK_ROWS, ONEDNN_ROW_MULTIPLE)
+    op = torch.ops.mkldnn._linear_pointwise
+    if rows <= chunk_rows and rows % multiple == 0:
+        return op(flat, weight, bias, "none", [], "").view(*x.shape[:-1], weight.shape[0])
+    out = flat.new_empty(rows, weight.shape[0])
+    for start in range(0, rows, chunk_rows):
+        chunk = flat[start:start + chunk_rows]
+        n = chunk.shape[0]
+        padded = -(-n // multiple) * multiple
+        if padded != n:
+            chunk = F.pad(chunk, (0, 0, 0, padded - n))
+        out[start:start + n] = op(chunk, weight, bias, "none", [], "")[:n]
+    return out.view(*x.shape[:-1], weight.shape[0])
 
 
 @torch.library.custom_op("perceiver_serve::onednn_linear", mutates_args=())
@@ -141,36 +166,6 @@ def _onednn_linear_op(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
 @_onednn_linear_op.register_fake
 def _(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, max_rows: int) -> torch.Tensor:
     return x.new_empty(*x.shape[:-1], weight.shape[0])
-
-
-def _onednn_bucketed(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """oneDNN's product for any number of rows, computed only at a few row counts per weight: chunks of
-    :data:`ONEDNN_CHUNK_ROWS`, and a last chunk zero-padded up to a multiple of
-    :data:`ONEDNN_ROW_MULTIPLE` (at most 63 rows of extra work). Each chunk's result is copied into
-    one output, so the peak memory stays that of ``F.linear``."""
-    flat = x.reshape(-1, x.shape[-1])
-    rows = flat.shape[0]
-    out = flat.new_empty(rows, weight.shape[0])
-    op = torch.ops.mkldnn._linear_pointwise
-    for start in range(0, rows, ONEDNN_CHUNK_ROWS):
-        chunk = flat[start:start + ONEDNN_CHUNK_ROWS]
-        n = chunk.shape[0]
-        padded = -(-n // ONEDNN_ROW_MULTIPLE) * ONEDNN_ROW_MULTIPLE
-        if padded != n:
-            chunk = F.pad(chunk, (0, 0, 0, padded - n))
-        out[start:start + n] = op(chunk, weight, bias, "none", [], "")[:n]
-    return out.view(*x.shape[:-1], weight.shape[0])
-
-
-def _onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, max_rows: int) -> torch.Tensor:
-    """oneDNN's product in chunks of at most ``max_rows`` rows: a bigger batch is run as several
-    products of the shapes a small one has, so it keeps oneDNN's speed (on 2 cores 1.7–2× MKL's
-    ``sgemm`` for a 16 × 128-latent batch) without adding shapes to oneDNN's caches."""
-    flat = x.reshape(-1, x.shape[-1])
-    op = torch.ops.mkldnn._linear_pointwise
-    chunks = [op(chunk, weight, bias, "none", [], "") for chunk in flat.split(max_rows)]
-    out = chunks[0] if len(chunks) == 1 else torch.cat(chunks)
-    return out.view(*x.shape[:-1], weight.shape[0])
 
 
 def weight_matmul(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -248,7 +243,7 @@ def _unmasked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale
     SDPA's CPU kernels can't fuse (queries narrower than values): SDPA's own fallback scales both
     sides, copies, and guards against fully masked rows that can't occur here; this takes 1.3 ms
     where it takes 1.8 ms on the mid-size classifier's latent attention (4 × 8 heads × 128², one core)."""
-    b, h, n, c = q.shape
+    b, h, n, _ = q.shape
     q3, k3, v3 = (t.reshape(b * h, t.shape[2], t.shape[3]) for t in (q, k, v))
     scores = torch.baddbmm(q3.new_empty(b * h, n, k3.shape[1]), q3, k3.transpose(1, 2), beta=0, alpha=scale)
     if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad):
