@@ -172,7 +172,7 @@ async def run_level(session: aiohttp.ClientSession, request: Check, url: str, mo
     latencies: list[float] = []
     errors: collections.Counter[str] = collections.Counter()
     issued = 0
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     stop_at = start + duration
 
     async def client() -> None:
@@ -190,10 +190,13 @@ async def run_level(session: aiohttp.ClientSession, request: Check, url: str, mo
                 latencies.append(time.perf_counter() - sent)
 
     await asyncio.gather(*(client() for _ in range(concurrency)))
-    elapsed = time.perf_counter() - start
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
     result: dict[str, Any] = {
         "concurrency": concurrency, "requests": issued, "ok": len(latencies), "failed": sum(errors.values()),
         "errors": dict(errors), "duration_s": elapsed, "throughput_rps": len(latencies) / elapsed,
+        # The load generator shares the machine's cores with the server: what it spends is not
+        # the server's to use.
+        "loadgen_cpu_ms_per_request": 1000 * cpu / issued if issued else None,
         "latency_ms": percentiles_ms(latencies),
         "forward_passes": None, "mean_batch_size": None,
     }

@@ -7,6 +7,10 @@ process sends ≈100-byte texts from 16 and 32 closed-loop clients, the variants
 ``--rounds`` times to show the spread. With the servers idle, each variant is then loaded in
 this process and run alone on the same texts in batches of 16 and 32: the isolated batched
 throughput. The served / isolated ratio says how much of its model's speed the server keeps.
+
+The plain transformers + FastAPI server of :mod:`benchmarks.baseline_server` (one request at a
+time, the same checkpoint) runs beside it, interleaved with the variants: the served / baseline
+ratio is what perceiver-serve gains over what a user would write.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from . import report
 from .measure import items_per_second
 from .checkpoints import checkpoint_dir
 from .configs import classifier_spec
-from .servers import Service, perceiver_serve, write_repository
+from .servers import Service, baseline_server, perceiver_serve, write_repository
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 TMP = DEFAULT_OUT / "tmp"
@@ -37,34 +41,41 @@ VARIANTS = {
 }
 BATCHING = {"max_batch_size": 32, "max_delay_ms": 5, "max_queue": 1024, "timeout_ms": 300_000}
 LEVELS = (16, 32)
+BASELINE = "transformers + FastAPI"
 
 
-def _served(server: Service, variants: list[str], rounds: int, requests: int, duration: float,
-            say: report.Progress) -> tuple[dict[str, dict[int, list[dict[str, Any]]]], dict[str, float]]:
-    """Each variant's load levels per round, and the server's CPU seconds per answered request.
+def _served(servers: dict[str, tuple[Service, str]], rounds: int, requests: int, duration: float,
+            say: report.Progress) -> tuple[dict[str, dict[int, list[dict[str, Any]]]], dict[str, tuple[float, float]]]:
+    """Each target's load levels per round, and its server's (user, system) CPU seconds per answered request.
 
-    CPU time per request hardly depends on what else runs on the machine, so beside the
-    throughput (which does) it tells whether the server does more work per item than its model.
+    ``servers``: target → (its server, the ``#model`` suffix of its loadgen target). CPU time per
+    request hardly depends on what else runs on the machine, so beside the throughput (which
+    does) it tells whether the server does more work per item than its model; system time is
+    mostly the kernel faulting memory in.
     """
     import psutil
 
     from .server_bench import loadgen
 
-    process = psutil.Process(server.process.pid)
-    served: dict[str, dict[int, list[dict[str, Any]]]] = {v: {c: [] for c in LEVELS} for v in variants}
-    cpu, answered = dict.fromkeys(variants, 0.0), dict.fromkeys(variants, 0)
+    served: dict[str, dict[int, list[dict[str, Any]]]] = {t: {c: [] for c in LEVELS} for t in servers}
+    cpu, answered = {t: [0.0, 0.0] for t in servers}, dict.fromkeys(servers, 0)
     for r in range(rounds):
-        say(f"  round {r + 1}/{rounds}: {', '.join(variants)} at {LEVELS} clients")
-        for v in variants:
-            before = sum(process.cpu_times()[:2])
-            result = loadgen(["sweep", "--endpoint", "text", "--target", f"{v}={server.url}#text-{v}",
+        say(f"  round {r + 1}/{rounds}: {', '.join(servers)} at {LEVELS} clients")
+        for target, (server, model) in servers.items():
+            process = psutil.Process(server.process.pid)
+            before = process.cpu_times()
+            result = loadgen(["sweep", "--endpoint", "text", "--target", f"{target}={server.url}{model}",
                               "--levels", ",".join(map(str, LEVELS)), "--requests", str(requests),
                               "--duration", str(duration)], timeout=len(LEVELS) * (duration + 60) + 60)
-            cpu[v] += sum(process.cpu_times()[:2]) - before
-            for c, level in zip(LEVELS, result["results"][v]):
-                served[v][c].append(level)
-                answered[v] += level["ok"]
-    return served, {v: cpu[v] / answered[v] if answered[v] else float("nan") for v in variants}
+            after = process.cpu_times()
+            cpu[target][0] += after.user - before.user
+            cpu[target][1] += after.system - before.system
+            for c, level in zip(LEVELS, result["results"][target]):
+                served[target][c].append(level)
+                answered[target] += level["ok"]
+    nan = float("nan")
+    return served, {t: (cpu[t][0] / answered[t], cpu[t][1] / answered[t]) if answered[t] else (nan, nan)
+                    for t in servers}
 
 
 def isolated(checkpoint: Path, variant: str, threads: int, budget_s: float) -> tuple[dict[int, float], float]:
@@ -106,44 +117,69 @@ def measure(variants: list[str], quick: bool, threads: int, rounds: int, say: re
     with tempfile.TemporaryDirectory(prefix="served-ratio-", dir=TMP) as work:
         repository = write_repository(Path(work) / "repository", models, BATCHING)
         server, _ = perceiver_serve("perceiver-serve-variants", repository, Path(work), threads)
+        baseline = baseline_server("transformers-fastapi", checkpoint, Path(work), threads)
         try:
-            say(f"starting perceiver-serve with {', '.join(models)} (compiled variants warm every shape first)")
+            say(f"starting perceiver-serve with {', '.join(models)} (compiled variants warm every shape first), "
+                f"and the {BASELINE} baseline")
             server.wait_ready(timeout=1800)
-            served, served_cpu = _served(server, variants, rounds, requests, duration, say)
+            baseline.wait_ready(timeout=600)
+            targets = {**{v: (server, f"#text-{v}") for v in variants}, BASELINE: (baseline, "")}
+            served, served_cpu = _served(targets, rounds, requests, duration, say)
         finally:
             exit_code = server.stop()
+            baseline.stop()
+    def median_rps(target: str, c: int) -> float:
+        return statistics.median(level["throughput_rps"] for level in served[target][c])
+
+    def loadgen_cpu(target: str, c: int) -> float:
+        return statistics.mean(level["loadgen_cpu_ms_per_request"] for level in served[target][c])
+
     rows = []
     for v in variants:
         say(f"  {v} alone, batches of {LEVELS}")
         alone, alone_cpu = isolated(checkpoint, v, threads, 0.5 if quick else 5.0)
         for c in LEVELS:
-            rps = [level["throughput_rps"] for level in served[v][c]]
             batches = [level["mean_batch_size"] for level in served[v][c] if level["mean_batch_size"]]
-            rows.append({"variant": v, "concurrency": c, "served_rps": rps, "served_median": statistics.median(rps),
-                         "mean_batch": statistics.mean(batches) if batches else None, "isolated": alone[c],
-                         "ratio": statistics.median(rps) / alone[c], "served_cpu_ms_per_request": 1000 * served_cpu[v],
-                         "isolated_cpu_ms_per_item": 1000 * alone_cpu,
+            rows.append({"variant": v, "concurrency": c, "served_rps": [level["throughput_rps"] for level in served[v][c]],
+                         "served_median": median_rps(v, c), "mean_batch": statistics.mean(batches) if batches else None,
+                         "isolated": alone[c], "ratio": median_rps(v, c) / alone[c],
+                         "vs_baseline": median_rps(v, c) / median_rps(BASELINE, c),
+                         "served_cpu_ms_per_request": 1000 * sum(served_cpu[v]),
+                         "served_system_cpu_ms_per_request": 1000 * served_cpu[v][1],
+                         "isolated_cpu_ms_per_item": 1000 * alone_cpu, "loadgen_cpu_ms_per_request": loadgen_cpu(v, c),
                          "failed": sum(level["failed"] for level in served[v][c])})
+    baseline_rows = [{"concurrency": c, "served_rps": [level["throughput_rps"] for level in served[BASELINE][c]],
+                      "served_median": median_rps(BASELINE, c), "served_cpu_ms_per_request": 1000 * sum(served_cpu[BASELINE]),
+                      "failed": sum(level["failed"] for level in served[BASELINE][c])} for c in LEVELS]
     return {"model": spec.name, "config": spec.config, "batching": BATCHING, "rounds": rounds,
-            "requests_per_level": requests, "rows": rows, "server_exit_code": exit_code}
+            "requests_per_level": requests, "rows": rows, "baseline": baseline_rows, "server_exit_code": exit_code}
+
+
+def _rounds(row: dict[str, Any]) -> str:
+    return f"{row['served_median']:.1f} ({', '.join(f'{x:.1f}' for x in row['served_rps'])})"
 
 
 def markdown(result: dict[str, Any]) -> str:
-    rows = [[r["variant"], str(r["concurrency"]),
-             f"{r['served_median']:.1f} ({', '.join(f'{x:.1f}' for x in r['served_rps'])})",
+    rows = [[r["variant"], str(r["concurrency"]), _rounds(r),
              "–" if r["mean_batch"] is None else f"{r['mean_batch']:.1f}", f"{r['isolated']:.1f}",
-             f"**{r['ratio']:.0%}**", f"{r['served_cpu_ms_per_request']:.1f} / {r['isolated_cpu_ms_per_item']:.1f}",
-             str(r["failed"])] for r in result["rows"]]
+             f"**{r['ratio']:.0%}**", f"**{r['vs_baseline']:.2f}×**",
+             f"{r['served_cpu_ms_per_request']:.1f} (system {r['served_system_cpu_ms_per_request']:.1f}) / "
+             f"{r['isolated_cpu_ms_per_item']:.1f}", f"{r['loadgen_cpu_ms_per_request']:.2f}", str(r["failed"])]
+            for r in result["rows"]]
+    rows += [[BASELINE, str(b["concurrency"]), _rounds(b), "1", "–", "–", "1.00×",
+              f"{b['served_cpu_ms_per_request']:.1f}", "–", str(b["failed"])] for b in result.get("baseline", [])]
     return (f"## Served vs isolated: `{result['model']}` in every variant\n\n"
             f"One server holds every variant (`max_batch_size = {result['batching']['max_batch_size']}`, "
-            f"`max_delay_ms = {result['batching']['max_delay_ms']}`); {result['rounds']} rounds of at most "
-            f"{result['requests_per_level']} requests per level, variants interleaved. Isolated: the same model "
+            f"`max_delay_ms = {result['batching']['max_delay_ms']}`), and {BASELINE} (one request at a time, "
+            f"the same checkpoint) runs beside it; {result['rounds']} rounds of at most "
+            f"{result['requests_per_level']} requests per level, all interleaved. Isolated: the same model "
             "alone in the benchmark process, batches of as many texts as there are clients. CPU ms: the server "
-            "process's CPU time per answered request (both levels) against the model's alone per item; unlike "
-            "throughput it hardly depends on other load on the machine.\n\n"
+            "process's CPU time per answered request (both levels; of it, the kernel's) against the model's alone "
+            "per item; unlike throughput it hardly depends on other load on the machine. The load generator's own "
+            "CPU per request is taken from the same two cores.\n\n"
             + report.markdown_table(["variant", "clients", "served req/s, median (rounds)", "mean batch",
-                                     "isolated items/s", "served / isolated", "CPU ms served / isolated", "failed"],
-                                    rows))
+                                     "isolated items/s", "served / isolated", f"vs {BASELINE}",
+                                     "CPU ms served / isolated", "loadgen CPU ms", "failed"], rows))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -166,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         markdown(result) + "\n" + report.machine_line(result["environment"], args.threads) + "\n", encoding="utf-8")
     for r in result["rows"]:
         say(f"{r['variant']:14s} c={r['concurrency']}: served {r['served_median']:.1f} req/s, isolated "
-            f"{r['isolated']:.1f} items/s, ratio {r['ratio']:.0%}")
+            f"{r['isolated']:.1f} items/s, ratio {r['ratio']:.0%}, {r['vs_baseline']:.2f}x {BASELINE}")
     return 0
 
 

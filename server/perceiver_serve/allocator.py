@@ -1,4 +1,4 @@
-"""Keep the process's resident memory from creeping up under a varied load (glibc).
+"""Keep the process's resident memory from creeping up under a varied load, without paying for it per request (glibc).
 
 glibc serves allocations of at least ``M_MMAP_THRESHOLD`` bytes with ``mmap`` and gives them
 back to the system on ``free``. By default that threshold moves: whenever such a block is
@@ -7,7 +7,18 @@ that size come from the heap, and a heap keeps what it once held. A server whose
 change size with the load (every text length, every batch size) then grows by tens of MiB per
 few thousand requests (measured in tests/reliability/test_load.py: +7 to +15% after the
 warm-up). A fixed threshold stops that: large tensors are mapped and unmapped, small ones stay
-in the heap (measured: +0.7% with 4 MiB).
+in the heap.
+
+A low threshold has a price, though: every tensor above it is mapped afresh, and the kernel
+faults in and zeroes each of its pages on first touch, in every forward pass. At 4 MiB the
+mid-size text classifier of issue 12 took 1,200 to 2,400 page faults and 3 to 5 ms of system
+CPU per request (batches of 8), and its forward passes ran about a third slower in the server
+than alone. Hence the threshold sits at glibc's own ceiling (32 MiB: only the rare huge tensor
+is mapped), the heap keeps up to twice that free at its top for the next batch
+(``M_TRIM_THRESHOLD``, as glibc's moving default does), and what the heap holds free goes back
+to the system when a model falls idle, and every few seconds under steady load
+(:func:`trim_heap`, called by the batcher): a forward pass faults its activations in at most
+once every few seconds rather than every time, and memory still does not creep.
 """
 
 from __future__ import annotations
@@ -18,11 +29,12 @@ import logging
 
 log = logging.getLogger("perceiver_serve")
 
-_M_MMAP_THRESHOLD = -3  # from glibc's <malloc.h>
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # from glibc's <malloc.h>
 
 
 def fix_mmap_threshold(threshold_bytes: int) -> bool:
-    """Fix glibc's mmap threshold at ``threshold_bytes`` (0: leave the allocator as it is).
+    """Fix glibc's mmap threshold at ``threshold_bytes``, and its trim threshold at twice that
+    (0: leave the allocator as it is).
 
     Returns whether it was set: False where the C library is not glibc (musl, macOS), which
     manage memory differently and need nothing here.
@@ -35,18 +47,18 @@ def fix_mmap_threshold(threshold_bytes: int) -> bool:
     except (OSError, AttributeError):
         return False
     mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
-    done = mallopt(_M_MMAP_THRESHOLD, threshold_bytes) == 1
+    done = mallopt(_M_MMAP_THRESHOLD, threshold_bytes) == 1 and mallopt(_M_TRIM_THRESHOLD, 2 * threshold_bytes) == 1
     if not done:
         log.warning("could not fix the malloc mmap threshold at %d bytes", threshold_bytes)
     return done
 
 
 def trim_heap() -> bool:
-    """Hand the heap's free pages back to the system (glibc ``malloc_trim``), after a model is freed.
+    """Hand the heap's free pages back to the system (glibc ``malloc_trim``): after a model is
+    freed, and when a model's worker falls idle.
 
-    Weights below the mmap threshold (norms, biases, small layers) live in the heap; once a
-    model is dropped their pages are free but still resident until trimmed. False where the
-    C library has no ``malloc_trim``.
+    Weights and activations below the mmap threshold live in the heap; once freed their pages
+    are still resident until trimmed. False where the C library has no ``malloc_trim``.
     """
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")

@@ -60,8 +60,9 @@ class Settings(BaseSettings):
                                                  "(device auto or cuda) would get none.")
     preprocess_threads: int | None = Field(None, ge=1, description="Threads decoding and preprocessing media.")
     malloc_mmap_threshold_mb: float = Field(
-        4.0, ge=0, le=32, description="glibc: allocations from this size up are returned to the system when "
-                                      "freed (bounds memory creep under varied batches; 0 leaves glibc's default).")
+        32.0, ge=0, le=32, description="glibc: allocations from this size up are returned to the system when "
+                                       "freed, smaller ones once a model falls idle (bounds memory creep under "
+                                       "varied batches; 0 leaves glibc's default).")
 
     @field_validator("api_key", "admin_key", mode="before")
     @classmethod

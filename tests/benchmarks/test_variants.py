@@ -45,4 +45,8 @@ def test_served_ratio_quick(tmp_path):
         assert row["failed"] == 0 and row["served_median"] > 0 and row["isolated"] > 0
         assert row["ratio"] == pytest.approx(row["served_median"] / row["isolated"])
         assert row["served_cpu_ms_per_request"] > 0 and row["isolated_cpu_ms_per_item"] > 0
-    assert "served / isolated" in (tmp_path / "served_ratio.md").read_text()
+        assert row["loadgen_cpu_ms_per_request"] > 0
+        baseline = next(b for b in result["baseline"] if b["concurrency"] == row["concurrency"])
+        assert baseline["failed"] == 0 and row["vs_baseline"] == pytest.approx(row["served_median"] / baseline["served_median"])
+    markdown = (tmp_path / "served_ratio.md").read_text()
+    assert "served / isolated" in markdown and "transformers + FastAPI" in markdown

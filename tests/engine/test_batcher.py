@@ -322,3 +322,43 @@ async def test_parts_not_admitted_before_the_deadline_fail_and_are_never_compute
         batcher.stop()
     computed = [p for batch in runner.batches for p in batch]
     assert len(computed) < 30 and 29 not in computed
+
+
+async def test_hand_back_runs_on_the_worker_once_per_idle_spell(monkeypatch):
+    monkeypatch.setattr("perceiver_serve.engine.batcher.IDLE_AFTER_S", 0.2)
+    calls, runner = [], Recorder(delay=0.05)
+    batcher = DynamicBatcher("m", runner, limits(max_delay_ms=0),
+                             hand_back=lambda: calls.append((threading.current_thread().name, len(runner.batches))))
+    batcher.start()
+    try:
+        await asyncio.sleep(0.5)
+        assert calls == []  # nothing ran yet: nothing to hand back
+        for _ in range(4):  # back to back, each batch 50 ms: the worker is never idle 0.2 s in between
+            assert await batcher.submit(1) == 2
+        deadline = time.monotonic() + 30
+        while not calls and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.6)  # idle still: no second call until work has run again
+        assert calls == [("device-worker:m", 4)]
+        assert await batcher.submit(2) == 4
+        deadline = time.monotonic() + 30
+        while len(calls) < 2 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert calls == [("device-worker:m", 4), ("device-worker:m", 5)]
+    finally:
+        batcher.stop()
+
+
+async def test_hand_back_runs_now_and_then_under_steady_work_between_batches(monkeypatch):
+    monkeypatch.setattr("perceiver_serve.engine.batcher.HAND_BACK_EVERY_S", 0.2)
+    calls, runner = [], Recorder(delay=0.05)
+    batcher = DynamicBatcher("m", runner, limits(max_delay_ms=0), hand_back=lambda: calls.append(len(runner.batches)))
+    batcher.start()
+    try:
+        started = time.monotonic()
+        while time.monotonic() - started < 1.5:  # never idle for IDLE_AFTER_S
+            assert await batcher.submit(1) == 2
+        assert 3 <= len(calls) <= 8, calls  # about every 0.2 s of the 1.5 s, never between two calls
+        assert calls == sorted(set(calls)) and calls[0] >= 2
+    finally:
+        batcher.stop()

@@ -98,10 +98,23 @@ def is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
 
 
+#: A worker calls its ``hand_back`` once it has had no work for IDLE_AFTER_S (once per idle
+#: spell), and under steady work after a batch once HAND_BACK_EVERY_S have passed since the last call.
+IDLE_AFTER_S = 1.0
+HAND_BACK_EVERY_S = 2.0
+_IDLE = object()  # _take_batch's answer when the worker has been idle for IDLE_AFTER_S
+
+
 class DynamicBatcher:
     def __init__(self, name: str, runner: BatchRunner, limits: BatchingConfig,
-                 observer: BatchObserver | None = None, device: str | torch.device = "cpu") -> None:
+                 observer: BatchObserver | None = None, device: str | torch.device = "cpu",
+                 hand_back: Callable[[], object] | None = None) -> None:
+        """``hand_back`` runs on the worker thread when it falls idle and now and then under steady
+        work (see :data:`HAND_BACK_EVERY_S`): the server hands free memory back to the system there."""
         self.name = name
+        self._hand_back = hand_back
+        self._worked = False  # work ran since hand_back was last called
+        self._handed_back_at = time.monotonic()
         self.runner = runner
         self.limits = limits
         self.observer = observer or _NullObserver()
@@ -268,14 +281,29 @@ class DynamicBatcher:
                 self._run(live)
             with self._cond:  # results are settled: requests admitted in parts may send more
                 self._wake_room_waiters()
+            if self._hand_back is not None and time.monotonic() - self._handed_back_at >= HAND_BACK_EVERY_S:
+                self._call_hand_back()
 
     def _next_batch(self) -> list[_Item] | None:
+        while (batch := self._take_batch()) is _IDLE:
+            self._call_hand_back()  # outside the lock: callers keep submitting meanwhile
+        return batch
+
+    def _call_hand_back(self) -> None:
+        assert self._hand_back is not None
+        self._hand_back()
+        self._worked, self._handed_back_at = False, time.monotonic()
+
+    def _take_batch(self) -> Any:
         limits = self.limits
         with self._cond:
             while not self._queue:
                 if self._stopping:
                     return None
-                self._cond.wait()
+                if not (self._worked and self._hand_back is not None):
+                    self._cond.wait()
+                elif not self._cond.wait(IDLE_AFTER_S) and not self._queue and not self._stopping:
+                    return _IDLE
             head = self._queue[0]
             fill_until = head.enqueued + limits.max_delay_ms / 1000
             while True:
@@ -313,6 +341,7 @@ class DynamicBatcher:
             self._warm_up()
             self.stream.synchronize()
         self._warm_up = None
+        self._worked = True
 
     def _run(self, batch: list[_Item]) -> None:
         """Run a batch; on running out of memory, its halves, depth first.
@@ -347,6 +376,7 @@ class DynamicBatcher:
             return False
         finally:
             self.forward_passes += 1
+            self._worked = True
         compute = time.monotonic() - started
         self.observer.observe_batch(self.name, len(batch), [started - i.enqueued for i in batch], compute)
         for item, result in zip(batch, results):

@@ -156,7 +156,8 @@ class ModelRegistry:
                     f"{spec.task!r} (needs one of {', '.join(definition.architectures)})"
                 )
             runner = definition.runner(model, options)
-            batcher = DynamicBatcher(served.name, runner, spec.batching, self.observer, device=served.device)
+            batcher = DynamicBatcher(served.name, runner, spec.batching, self.observer, device=served.device,
+                                     hand_back=trim_heap)
             # On the worker thread, whose device, stream and cuBLAS/cuDNN handles requests then find ready.
             batcher.start(warm_up=lambda: warm_up(runner, spec.batching.max_batch_size, model.compiled, say))
         except Exception as exc:  # noqa: BLE001 - any failure marks this model failed, never the server
