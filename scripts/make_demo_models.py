@@ -41,9 +41,6 @@ SMALL = dict(
     num_self_attention_heads=4, num_cross_attention_heads=4,
 )
 
-#: Fourier-feature inputs are 322–405 channels wide, and by default keys and values are
-#: projected at that width; 128 keeps those projections from dominating the checkpoint.
-NARROW_ATTENTION = dict(qk_channels=128, v_channels=128)
 
 @dataclasses.dataclass(frozen=True)
 class DemoModel:
@@ -70,13 +67,6 @@ DEMO_MODELS: tuple[DemoModel, ...] = (
         "language-mlm", "fill-mask", seed=2,
         config=config("PerceiverForMaskedLM", **SMALL, d_model=64, max_position_embeddings=2048),
         batching=batching(16),
-    ),
-    DemoModel(
-        "optical-flow", "optical-flow", seed=4,
-        config=config("PerceiverForOpticalFlow", **{**SMALL, "num_cross_attention_heads": 1},
-                       **NARROW_ATTENTION, train_size=(48, 64)),
-        batching=batching(16, timeout_ms=60000),
-        options=dict(tile_overlap=20, decode_chunk=16384),
     ),
 )
 

@@ -6,6 +6,8 @@ small rotation and scaling, and in a quarter a second layer (a disc cut from ano
 photo) moving on its own over the first and hiding part of it. The ground-truth flow is
 exact (bilinear sampling of the source photo), frames are rounded to uint8 and go through
 the server's ``flow_patches``; the model's output × ``flow_scale`` (20) is flow in pixels.
+Training starts from the hand-set weights of ``flow_start.py`` (a fresh network never left
+the zero-flow answer here; see there).
 
 Held out completely: scikit-learn's ``china.jpg`` and ``flower.jpg`` (evaluation only),
 and the Middlebury motorcycle stereo pair.
@@ -27,6 +29,7 @@ from perceiver_serve.modeling import flow_patches
 from perceiver_serve.tasks.flow import FlowTiler
 
 from .common import RunOptions, Trained, batching, build, checkpoint_mb, config, fit, minutes
+from .flow_start import matching_start
 
 NAME = "optical-flow"
 SUMMARY = "Demo model: optical flow of small motions (up to 8 px), trained here on synthetic pairs."
@@ -39,11 +42,14 @@ TRAINING_PICTURES = ("astronaut", "camera", "chelsea", "coffee", "brick", "grass
                      "coins", "hubble_deep_field", "retina", "immunohistochemistry", "page", "text", "cell", "clock")
 #: Flow pixels decoded per training pair (the loss needs a sample, not every pixel).
 LOSS_PIXELS = 512
+#: Training steps of 8 pairs after the hand-set start (``flow_start.py``), and their peak learning rate.
+STEPS = 1500
+LR = 3e-4
 
 CONFIG = config(
     "PerceiverForOpticalFlow",
     num_latents=64, d_latents=128, num_blocks=1, num_self_attends_per_block=2,
-    num_self_attention_heads=4, num_cross_attention_heads=1, qk_channels=64, v_channels=128,
+    num_self_attention_heads=4, num_cross_attention_heads=2, qk_channels=64, v_channels=128,
     train_size=TILE,
 )
 
@@ -104,6 +110,20 @@ def pair(pics: list[torch.Tensor], rng: np.random.Generator) -> tuple[np.ndarray
         frame1, frame2, flow = _add_layer(pics, rng, grid, frame1, frame2, flow)
     frames = torch.stack([frame1, frame2]).round().clamp(0, 255).to(torch.uint8).numpy()
     return frames, flow.numpy()
+
+
+def shifted_pairs(pics: list[torch.Tensor], rng: np.random.Generator, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``count`` pure translations (up to ±8 px): frames ``(count, 2, 48, 64, 3)`` uint8 and shifts ``(count, 2)`` (x, y)."""
+    grid, frames, shifts = _grid(), [], []
+    for _ in range(count):
+        picture = pics[rng.integers(len(pics))]
+        h, w = picture.shape[-2:]
+        centre = torch.tensor([rng.uniform(60, w - 60), rng.uniform(60, h - 60)], dtype=torch.float32)
+        shift = torch.tensor(rng.uniform(-MAX_SHIFT, MAX_SHIFT, 2), dtype=torch.float32)
+        pair_ = torch.stack([_sample(picture, centre + grid), _sample(picture, centre + grid - shift)])
+        frames.append(pair_.round().clamp(0, 255).to(torch.uint8))
+        shifts.append(shift)
+    return torch.stack(frames), torch.stack(shifts)
 
 
 def _add_layer(pics, rng, grid, frame1, frame2, flow):
@@ -177,20 +197,27 @@ def example_files() -> dict[str, bytes]:
     return out
 
 
-def translation_epe(model: torch.nn.Module, seed: int, count: int) -> float:
-    """Mean EPE over random whole-pixel translations of crops of both held-out photos."""
+def _flow_or_zero(model: torch.nn.Module | None, frame1: np.ndarray, frame2: np.ndarray) -> np.ndarray:
+    """The model's flow, or with no model the zero-flow answer (the baseline every figure is set against)."""
+    if model is None:
+        return np.zeros((*frame1.shape[:2], 2), dtype=np.float32)
+    return estimate(model, frame1, frame2)
+
+
+def translation_epe(model: torch.nn.Module | None, seed: int, count: int) -> float:
+    """Mean EPE over random whole-pixel translations of crops of both held-out photos (``None``: zero flow)."""
     rng, errors = np.random.default_rng(seed), []
     for i in range(count):
         image = list(held_out_pictures().values())[i % 2]
         dx, dy = (int(v) for v in rng.integers(-8, 9, 2))
         top, left = int(rng.integers(10, image.shape[0] - 110)), int(rng.integers(10, image.shape[1] - 140))
         f1, f2 = translated(image, dx, dy, top, left, (96, 128))
-        errors.append(epe(estimate(model, f1, f2), np.broadcast_to(np.float32([dx, dy]), (96, 128, 2))))
+        errors.append(epe(_flow_or_zero(model, f1, f2), np.broadcast_to(np.float32([dx, dy]), (96, 128, 2))))
     return float(np.mean(errors))
 
 
-def layered_epe(model: torch.nn.Module, seed: int, count: int) -> float:
-    """EPE on tiles made like the layered training pairs, from the held-out photos only."""
+def layered_epe(model: torch.nn.Module | None, seed: int, count: int) -> float:
+    """EPE on tiles made like the layered training pairs, from the held-out photos only (``None``: zero flow)."""
     held = [torch.from_numpy(im.astype(np.float32)).permute(2, 0, 1)[None] for im in held_out_pictures().values()]
     rng, errors = np.random.default_rng(seed), []
     grid = _grid()
@@ -202,7 +229,7 @@ def layered_epe(model: torch.nn.Module, seed: int, count: int) -> float:
         frame1, frame2 = _sample(picture, centre + grid), _sample(picture, centre + grid - shift)
         frame1, frame2, flow = _add_layer(held, rng, grid, frame1, frame2, shift.expand(*TILE, 2).clone())
         frames = torch.stack([frame1, frame2]).round().clamp(0, 255).to(torch.uint8).numpy()
-        errors.append(epe(estimate(model, frames[0], frames[1]), flow.numpy()))
+        errors.append(epe(_flow_or_zero(model, frames[0], frames[1]), flow.numpy()))
     return float(np.mean(errors))
 
 
@@ -239,8 +266,12 @@ def train(run: RunOptions, say=print) -> Trained:
             yield frames, flow, index
 
     model = build(CONFIG, run.seed + 4)
-    steps = run.steps(3000)
-    fit(model, batches(), loss, steps=steps, lr=5e-4, name=NAME, say=say)
+    matching_start(model, np.random.default_rng(run.seed + 5),
+                   lambda count: shifted_pairs(pics, np.random.default_rng(run.seed + 6), count), FLOW_SCALE)
+    start_epe = translation_epe(model, run.seed + 300, 2 if run.quick else 16)
+    say(f"{NAME}: held-out translation EPE of the starting point {start_epe:.2f} px")
+    steps = run.steps(STEPS)
+    fit(model, batches(), loss, steps=steps, lr=LR, name=NAME, say=say)
     seconds = time.monotonic() - started
     frame1, frame2 = flower_pair()
     flower = estimate(model, frame1, frame2)
@@ -248,8 +279,11 @@ def train(run: RunOptions, say=print) -> Trained:
         "train_seconds": seconds,
         "train_pairs": steps * batch_size,
         "flower_epe": epe(flower, np.broadcast_to(np.float32(FLOWER_SHIFT), flower.shape)),
+        "start_translation_epe": start_epe,
         "translation_epe": translation_epe(model, run.seed + 300, 2 if run.quick else 16),
+        "translation_zero_epe": translation_epe(None, run.seed + 300, 2 if run.quick else 16),
         "layered_epe": layered_epe(model, run.seed + 301, 2 if run.quick else 64),
+        "layered_zero_epe": layered_epe(None, run.seed + 301, 2 if run.quick else 64),
         "checkpoint_mb": checkpoint_mb(model),
     }
     picture = None
@@ -268,15 +302,26 @@ def card(f: dict[str, float]) -> str:
         f"| {f['motorcycle_epe']:.2f} px | {f['motorcycle_zero_epe']:.2f} px |"
         if "motorcycle_epe" in f else "| Middlebury motorcycle stereo pair | not measured (quick run) | |"
     )
+    met = "met" if f["translation_epe"] <= 1.0 else "**not met**"
     return f"""# optical-flow: small motions (demo model)
 
 A small `PerceiverForOpticalFlow` trained on this machine on synthetic frame pairs. It is a
-**demo model**: it shows the flow endpoint (and its tiling of large frames) doing its job on
-small motions. The official `hf://deepmind/optical-flow-perceiver` (trained on AutoFlow, tiles
-of 368×496) is the real thing (see [models/README.md](../README.md)).
+**demo model**, and a weak one: on held-out shifts it is clearly better than answering "no
+motion", but far from exact; the target of issue 16 (end-point error ≤ 1.0 px on held-out
+translations) is {met}: {f['translation_epe']:.2f} px. The official
+`hf://deepmind/optical-flow-perceiver` (trained on AutoFlow, tiles of 368×496) is the real
+thing (see [models/README.md](../README.md)).
 
 - **Network:** `train_size` 48×64 (bigger frames are tiled, `tile_overlap = {OVERLAP}`), 64 latents × 128,
-  2 self-attention layers; checkpoint {f['checkpoint_mb']:.1f} MB. Output × `flow_scale` (20) = pixels.
+  2 cross-attention heads, 2 self-attention layers; checkpoint {f['checkpoint_mb']:.1f} MB. Output × `flow_scale` (20) = pixels.
+- **Starting point:** set by hand, then trained (`scripts/demo_training/flow_start.py`). From
+  `transformers`' initialisation, or a unit-scale one, the model never left the zero-flow
+  answer in the minutes available (its loss equalled the zero-flow error after 250–560 steps,
+  even on shifts of 1.5 px): nothing in a fresh network compares the two frames. The hand-set
+  weights do a crude match (each latent follows the peak of one patch feature from frame 1
+  to frame 2, and the latents vote); alone they are barely better than zero flow
+  ({f['start_translation_epe']:.2f} px against {f['translation_zero_epe']:.2f} px on the held-out translations below), but
+  they give training a path to follow. Every weight is an ordinary checkpoint parameter.
 
 ## Data
 
@@ -284,10 +329,14 @@ of 368×496) is the real thing (see [models/README.md](../README.md)).
 all CC0 or public domain (scikit-image: BSD-3-Clause), shipped in its wheel. Each pair is a 48×64
 tile and the same place after a random motion: translation up to ±{MAX_SHIFT:.0f} px; in half the pairs
 also a rotation up to ±5° and scaling by 0.93–1.07; in a quarter a disc from another picture
-moving on its own (occlusion). {f['train_pairs']:,} pairs were drawn.
+moving on its own (occlusion). {f['train_pairs']:,} pairs were drawn ({STEPS:,} steps of 8, learning rate {LR:g},
+loss: the end-point error itself on 512 pixels a pair). Frames go through the server's `flow_patches`.
 
 **Held out completely:** scikit-learn's `china.jpg` and `flower.jpg` (CC BY 2.0, see
-`sklearn/datasets/images/README.txt`), used only for evaluation, and the motorcycle pair.
+`sklearn/datasets/images/README.txt`), used only for evaluation, and the motorcycle pair: the
+Middlebury 2014 stereo benchmark's (Scharstein et al., GCPR 2014), downsampled 4× as scikit-image
+ships it (`skimage.data.stereo_motorcycle`; its docs name no licence of their own beyond
+scikit-image's BSD-3-Clause), used only for evaluation.
 
 ## Training
 
@@ -296,28 +345,32 @@ make demo-models            # or: .venv/bin/python scripts/train_demo_models.py 
 ```
 
 Seeded and deterministic on a given machine and thread count; it took {minutes(f['train_seconds'])} with one torch
-thread on a 2-core machine shared with other work.
+thread at the lowest priority, on a 2-core machine shared with three other training and benchmark jobs
+(not measured alone).
 
 ## Held-out results
 
 End-point error (EPE: mean distance between estimated and true flow, in pixels), frames sent
-whole and tiled as the server tiles them:
+whole and tiled as the server tiles them, against the error of answering zero flow:
 
 | held-out pair | EPE | zero-flow EPE |
 | --- | --- | --- |
 | `flower.jpg` 192×144 crop shifted by {FLOWER_SHIFT} px (20 tiles; the server test) | **{f['flower_epe']:.2f} px** | {math.hypot(*FLOWER_SHIFT):.2f} px |
-| 16 random whole-pixel shifts (±8 px) of 128×96 crops of both photos | {f['translation_epe']:.2f} px | about 5.4 px |
-| 64 layered tiles (a disc of one photo moving over the other) | {f['layered_epe']:.2f} px | |
+| 16 random whole-pixel shifts (±8 px) of 128×96 crops of both photos | **{f['translation_epe']:.2f} px** | {f['translation_zero_epe']:.2f} px |
+| 64 layered tiles (a disc of one photo moving over the other) | {f['layered_epe']:.2f} px | {f['layered_zero_epe']:.2f} px |
 {moto}
 
 The motorcycle pair is far outside what the model learned: its disparities reach
-{f.get('motorcycle_max_disparity', 0):.0f} px, against ±{MAX_SHIFT:.0f} px in training, so its error there is about that of
-guessing no motion at all. Its flow picture (Middlebury colour coding, `media/flow_colour.py`):
+{f.get('motorcycle_max_disparity', 0):.0f} px, against ±{MAX_SHIFT:.0f} px in training. Its flow picture (Middlebury colour
+coding, `media/flow_colour.py`; hue is direction, saturation speed):
 
 ![flow of the motorcycle pair](motorcycle-flow.png)
 
 ## Limits
 
-Motions beyond about 8 px, large rotations, motion blur, lighting changes and real 3D scenes
-are outside its training. It is a demonstration of the mechanism, not a flow estimator.
+It gets the direction of a small shift and part of its size, not the exact flow: errors of
+several pixels remain on pure translations, and within a tile it tends to give one motion for
+the whole tile (a moving layer is mostly not separated from its background). Motions beyond
+about 8 px, large rotations, motion blur, lighting changes and real 3D scenes are outside its
+training. It is a demonstration of the mechanism and of the tiling, not a flow estimator.
 """
