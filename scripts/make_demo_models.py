@@ -63,11 +63,6 @@ DEMO_MODELS: tuple[DemoModel, ...] = (
                       d_model=64, max_position_embeddings=2048),
         batching=batching(16),
     ),
-    DemoModel(
-        "language-mlm", "fill-mask", seed=2,
-        config=config("PerceiverForMaskedLM", **SMALL, d_model=64, max_position_embeddings=2048),
-        batching=batching(16),
-    ),
 )
 
 
