@@ -345,7 +345,7 @@ make demo-models            # or: .venv/bin/python scripts/train_demo_models.py 
 ```
 
 Seeded and deterministic on a given machine and thread count; it took {minutes(f['train_seconds'])} with one torch
-thread at the lowest priority, on a 2-core machine shared with three other training and benchmark jobs
+thread at the lowest priority, on a 2-core machine shared with other training and benchmark jobs
 (not measured alone).
 
 ## Held-out results

@@ -124,8 +124,11 @@ def _encoder_detectors(p: dict[str, nn.Parameter], cfg, rng: np.random.Generator
             wanted[lat, h * hq + feature] = sign * BETA
             wanted[lat, h * hq + N_FEATURES:h * hq + N_FEATURES + 4] = WINDOW * window
             wanted[lat, h * hq + N_FEATURES + 4] = BORDER
-    normed = nn.functional.layer_norm(latents, (d_lat,))
-    p[pre + "self.query.weight"].copy_(torch.linalg.lstsq(normed, wanted * math.sqrt(hq)).solution.T)
+    # The minimum-norm solution of normed · Wᵀ = wanted, written out: torch's lstsq (gelsy) on this
+    # underdetermined system gave different answers from one process to the next.
+    normed = nn.functional.layer_norm(latents, (d_lat,)).double()
+    solution = normed.T @ torch.linalg.solve(normed @ normed.T, wanted.double() * math.sqrt(hq))
+    p[pre + "self.query.weight"].copy_(solution.T.float())
     p[pre + "self.query.bias"].zero_()
 
 
