@@ -31,15 +31,7 @@ from perceiver_serve.modeling import ARCHITECTURES, PerceiverConfig
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from demo_training.common import (  # noqa: E402  (scripts/ is not a package)
-    batching, config, init_weights, model_toml, write_checkpoint,
-)
-
-#: Widths shared by the demo models: a latent array of 64 × 128 and two self-attention layers.
-SMALL = dict(
-    num_latents=64, d_latents=128, num_blocks=1, num_self_attends_per_block=2,
-    num_self_attention_heads=4, num_cross_attention_heads=4,
-)
+from demo_training.common import init_weights, model_toml, write_checkpoint  # noqa: E402  (scripts/ is not a package)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,14 +48,9 @@ class DemoModel:
         return self.config.architectures[0]
 
 
-DEMO_MODELS: tuple[DemoModel, ...] = (
-    DemoModel(
-        "text-sentiment", "text-classification", seed=1,
-        config=config("PerceiverForSequenceClassification", ("negative", "positive"), **SMALL,
-                      d_model=64, max_position_embeddings=2048),
-        batching=batching(16),
-    ),
-)
+#: Empty since the sentiment model ships trained: every task's demo model is trained
+#: (``scripts/train_demo_models.py``). A task whose trained model is withdrawn comes back here.
+DEMO_MODELS: tuple[DemoModel, ...] = ()
 
 
 def build(demo: DemoModel) -> nn.Module:

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from safetensors.torch import save_file
 from torch import nn
@@ -121,6 +122,97 @@ def build(cfg: PerceiverConfig, seed: int, unit_scale: bool = False, embedding_s
     else:
         init_weights(model, seed)
     return model
+
+
+def align_inputs(model: nn.Module, *, stride: int, steps: int = 300, lr: float = 1e-2,
+                 latent_std: float = INIT_STD) -> None:
+    """Point head ``h`` of latent ``i``'s input cross-attention at position ``stride * i + 1 + h - heads // 2``.
+
+    A Perceiver's input cross-attention sees each byte only as LayerNorm(byte embedding +
+    position embedding), so a latent that does not attend by position reads a bag of bytes, and
+    a byte model stalls at letter frequencies. Here each latent starts as a window of
+    neighbouring bytes, one per head (``+ 1``: the ``[CLS]`` byte), and the layers above can read
+    words off the latent sequence. Nothing of the architecture changes: only where training starts.
+
+    Positions and bytes start in separate halves of the input channels, each row with zero mean
+    and the same norm, so that the layer norm is the same linear map for every byte at every
+    place; keys read only the positions' half and values only the bytes' half. Where a latent
+    attends then does not depend on the text, and a word reads the same in every latent, so what
+    is learnt about it at one place holds at every other. The latents, queries and keys are fitted
+    to the wanted positions; where that position is padding (masked), a head falls back on
+    ``[CLS]`` (position 0), so a latent past the end of a text holds nothing. The latents are
+    then shrunk to ``INIT_STD``: they are also the cross-attention's residual, and at the size the
+    fit leaves them they would drown what was read from the input (the query's layer norm reads
+    them scale-free, so where they attend stays).
+    """
+    body = model.perceiver
+    embed, positions = body.input_preprocessor.embeddings, body.input_preprocessor.position_embeddings
+    attention, latents = body.encoder.cross_attention.attention.self, body.embeddings.latents
+    heads, count, length = attention.num_heads, latents.shape[0], positions.num_embeddings
+    offsets = torch.arange(heads) + 1 - heads // 2
+    targets = (stride * torch.arange(count)[:, None] + offsets).clamp(0, length - 1)  # (latents, heads)
+    half = embed.embedding_dim // 2
+    with torch.no_grad():
+        for table, zeroed in ((positions.weight, slice(half, None)), (embed.weight, slice(None, half))):
+            table[:, zeroed] = 0
+            kept = table[:, half:] if zeroed.start is None else table[:, :half]
+            kept.sub_(kept.mean(1, keepdim=True))
+            kept.mul_(math.sqrt(half) / kept.norm(dim=1, keepdim=True))
+        attention.key.weight[:, half:] = 0
+        attention.value.weight[:, :half] = 0
+    key_half = torch.zeros_like(attention.key.weight)
+    key_half[:, :half] = 1
+    optimiser = torch.optim.Adam([latents, attention.query.weight, attention.key.weight], lr=lr)
+    source = attention.layernorm2(embed.weight[6] + positions.weight).detach()  # any byte: it no longer matters
+    wanted = targets.T.reshape(-1)
+    for _ in range(steps):
+        q = attention.query(attention.layernorm1(latents)).view(count, heads, -1).transpose(0, 1)
+        k = F.linear(source, attention.key.weight * key_half, attention.key.bias).view(length, heads, -1)
+        logits = q @ k.transpose(0, 1).transpose(1, 2) / math.sqrt(q.shape[-1])  # (heads, latents, positions)
+        flat = logits.reshape(-1, length)
+        fallback = flat.masked_fill(F.one_hot(wanted, length).bool(), float("-inf"))[wanted > 0]
+        loss = F.cross_entropy(flat, wanted) + F.cross_entropy(fallback, torch.zeros_like(wanted[wanted > 0]))
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+    with torch.no_grad():
+        attention.key.weight.mul_(key_half)
+        latents.mul_(latent_std / latents.std())
+
+
+def align_self_attention(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                         offsets: tuple[int, ...], *, steps: int = 100, lr: float = 1e-2) -> None:
+    """Point head ``h`` of every latent self-attention layer from latent ``i`` at latent ``i + offsets[h]``.
+
+    After ``align_inputs`` each latent is a window of bytes; with its self-attention heads
+    looking at neighbouring latents, each layer widens what a latent sees (a convolution, in
+    effect), so that "not" reaches the adjective after it and "but" the clause it opens
+    wherever they stand. Queries and keys of each layer in turn are fitted on the latents of
+    real text (``input_ids``), which carry where they are in what ``align_inputs`` left of the
+    latent array (its ``latent_std`` must leave enough of it). Heads at the ends of the array
+    look at its first or last latent instead.
+    """
+    body = model.perceiver
+    with torch.no_grad():
+        tokens, _ = body.input_preprocessor(input_ids)
+        hidden = body.encoder.cross_attention(body.embeddings(input_ids.shape[0]), tokens, attention_mask.bool())
+    count = hidden.shape[1]
+    targets = (torch.arange(count)[:, None] + torch.tensor(offsets)).clamp(0, count - 1).T.reshape(-1)  # (heads·latents)
+    for layer in body.encoder.self_attends:
+        attention = layer.attention.self
+        heads = attention.num_heads
+        optimiser = torch.optim.Adam([*attention.query.parameters(), *attention.key.parameters()], lr=lr)
+        normed = attention.layernorm1(hidden).detach()
+        for _ in range(steps):
+            q = attention._heads(attention.query(normed))
+            k = attention._heads(attention.key(normed))
+            logits = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])  # (batch, heads, latents, latents)
+            loss = F.cross_entropy(logits.reshape(-1, count), targets.repeat(hidden.shape[0]))
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+        with torch.no_grad():
+            hidden = layer(hidden)
 
 
 def fit(model: nn.Module, batches: Iterator[Any], loss_of: Callable[[nn.Module, Any], torch.Tensor], *,

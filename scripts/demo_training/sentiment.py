@@ -2,14 +2,16 @@
 
 Words come from hand-picked lists of adjectives and verbs; VADER's human-rated lexicon
 (``vaderSentiment``, MIT) decides each word's polarity and drops words it rates as weak or
-does not know. Sentences are built from templates with negation ("was not good", "did not
-enjoy"), intensifiers and mixed clauses ("the food was good, but the service was awful": the
-clause after "but" decides). Labels follow from those rules, so every sentence is labelled
+does not know. Sentences are built from clause frames with negation ("was not good", "did not
+enjoy"), intensifiers and two clauses joined ("the food was good, but the service was awful":
+the clause after "but" decides). Labels follow from those rules, so every sentence is labelled
 by construction.
 
-Held out, never trained on: a second set of templates, a second set of subjects, and a
-fifth of the sentiment words (reported separately: a byte model cannot know the polarity of
-a word it never saw).
+Held out, never trained on: other clause frames, joins, subjects, nouns, people, intensifiers,
+openers and endings (the sentiment and function words are shared: a byte model cannot know
+what a word it never saw means), and, reported apart, forms of the sentiment words never
+trained on ("disappointed" where training has "disappointing"). The hand-written sentences of
+``tests/meaning/data/sentiment.tsv`` are measured, and kept out of the training sentences.
 """
 
 from __future__ import annotations
@@ -17,9 +19,11 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import random
+import re
 import time
 from collections.abc import Iterator
 from functools import cache
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -27,67 +31,117 @@ import torch.nn.functional as F
 
 from perceiver_serve.modeling import ByteTokenizer
 
-from .common import RunOptions, Trained, batching, build, checkpoint_mb, config, fit, minutes
+from .common import RunOptions, Trained, align_inputs, align_self_attention, batching, build, checkpoint_mb, config, fit, minutes
 
 NAME = "text-sentiment"
 SUMMARY = "Demo model: positive/negative sentiment of short English sentences, trained here."
 LABELS = ("negative", "positive")
-#: Fraction of training that sees only sentences without negation or mixed clauses.
-PLAIN_FIRST = 0.25
+#: The curriculum: until these fractions of training, sentences are at most ``WORD`` / ``PLAIN``
+#: (see ``level``); a byte model first learns which words carry sentiment, then how they combine.
+WORDS_UNTIL, PLAIN_UNTIL = 0.1, 0.3
 
+#: Latent ``i`` starts reading the bytes around position ``STRIDE * i`` (see ``common.align_inputs``):
+#: 48 latents cover the first hundred bytes, as long as the sentences it is for. It takes 2046
+#: bytes, as the official model (a longer text is read only as far as the latents reach).
+STRIDE = 2
+HAND_WRITTEN = Path(__file__).resolve().parents[2] / "tests" / "meaning" / "data" / "sentiment.tsv"
+STEPS, BATCH, LR = 2500, 32, 5e-4
+#: Scale of the latent array after ``align_inputs``: what tells the self-attention where a latent is.
+LATENT_STD = 0.3
+#: Self-attention head ``h`` starts reading latent ``i + NEIGHBOURS[h]`` (``common.align_self_attention``).
+NEIGHBOURS = (-2, -1, 1, 2)
 CONFIG = config(
     "PerceiverForSequenceClassification", LABELS,
-    num_latents=64, d_latents=128, d_model=64, num_blocks=1, num_self_attends_per_block=2,
-    num_self_attention_heads=4, num_cross_attention_heads=4, max_position_embeddings=2048,
+    num_latents=48, d_latents=128, d_model=64, num_blocks=1, num_self_attends_per_block=3,
+    num_self_attention_heads=4, num_cross_attention_heads=8, cross_attention_widening_factor=2,
+    max_position_embeddings=2048,
 )
 
 ADJECTIVES = (
     "good great wonderful excellent amazing fantastic perfect superb lovely pleasant brilliant fabulous "
     "splendid charming outstanding nice clean comfortable impressive delightful awesome marvelous enjoyable "
-    "flawless beautiful friendly helpful delicious fresh stunning "
+    "flawless beautiful friendly helpful delicious fresh stunning fun happy sweet exciting satisfying thrilling "
     "bad terrible awful horrible boring disappointing ugly rude useless nasty dull poor gross dreadful "
-    "pathetic lousy annoying broken dirty weak disgusting miserable unpleasant rotten"
+    "pathetic lousy annoying broken dirty weak disgusting miserable unpleasant rotten sad stupid crappy frustrating"
 ).split()
+#: Inflected forms of trained words (``amazing`` → ``amazed``), never trained on: a separate held-out figure.
+UNSEEN_FORMS = ("amazed", "impressed", "pleased", "delighted", "satisfied", "thrilled", "excited",
+                "annoyed", "disappointed", "bored", "frustrated", "disgusted")
 VERBS = {  # base, past, third person
     "love": ("love", "loved", "loves"), "like": ("like", "liked", "likes"), "enjoy": ("enjoy", "enjoyed", "enjoys"),
-    "adore": ("adore", "adored", "adores"), "recommend": ("recommend", "recommended", "recommends"),
-    "appreciate": ("appreciate", "appreciated", "appreciates"),
+    "adore": ("adore", "adored", "adores"), "appreciate": ("appreciate", "appreciated", "appreciates"),
     "hate": ("hate", "hated", "hates"), "dislike": ("dislike", "disliked", "dislikes"),
     "despise": ("despise", "despised", "despises"), "regret": ("regret", "regretted", "regrets"),
 }
-#: Sentiment words never trained on, for the "unseen words" figure.
-HELD_OUT_ADJECTIVES = ("splendid", "marvelous", "fabulous", "superb", "lousy", "dreadful", "pathetic", "gross")
-SUBJECTS = (
+#: (noun phrase, plural?) — training and held-out subjects share no noun.
+SUBJECTS = tuple((s, s.endswith("s") and not s.endswith("ss")) for s in (
     "the movie", "this film", "the food", "the service", "my room", "the book", "the staff", "the hotel",
     "this game", "the concert", "the app", "the coffee", "the weather", "our trip", "the meal", "this phone",
     "the music", "the ending", "the teacher", "the car", "the story", "the restaurant", "the product", "the team",
-)
-HELD_OUT_SUBJECTS = ("the pizza", "this laptop", "the museum", "the show", "the flight", "the album", "the bakery",
-                     "the lecture")
-INTENSIFIERS = ("very", "really", "extremely", "incredibly", "so", "absolutely", "quite", "truly", "pretty")
-HELD_OUT_INTENSIFIERS = ("remarkably", "exceptionally", "thoroughly")
-OPENERS = ("", "", "", "Overall, ", "To be honest, ", "Well, ", "I think ", "Sadly, ", "Luckily, ")
-CLOSERS = (".", ".", "!", "", " overall.", " to me.", "!!")
+    "the drinks", "the seats", "the actors", "the rooms", "the songs", "the waiters", "the kids' menu", "his new album",
+    "her last novel", "the beach", "the view", "the price", "the soup", "the bed", "the train", "the tour",
+    "our guide", "the show's plot", "the website", "my new shoes", "the chairs", "the pictures", "the desserts",
+))
+HELD_OUT_SUBJECTS = tuple((s, s.endswith("s")) for s in (
+    "the pizza", "this laptop", "the museum", "the flight", "the bakery", "the lecture", "the garden",
+    "the headphones", "the cookies", "the musicians", "the dentist", "her sister's wedding", "the park",
+    "the bus ride", "the salad", "the software", "the blankets", "this camera",
+))
+NOUNS = ("day", "experience", "film", "meal", "place", "book", "evening", "trip", "idea", "product", "show", "time",
+         "service", "song", "game", "room", "movie")
+HELD_OUT_NOUNS = ("weekend", "party", "gift", "purchase", "holiday", "dinner")
+INTENSIFIERS = ("very", "really", "extremely", "incredibly", "so", "absolutely", "quite", "truly", "pretty",
+                "totally", "super", "rather")
+HELD_OUT_INTENSIFIERS = ("remarkably", "exceptionally", "thoroughly", "genuinely")
+OPENERS = ("", "", "", "", "Overall, ", "To be honest, ", "Well, ", "I think ", "Sadly, ", "Luckily, ", "Honestly, ",
+           "We went last week. ", "I must say ", "In short, ", "So, ", "Okay, ", "First time here. ", "Update: ")
+HELD_OUT_OPENERS = ("", "", "Frankly, ", "All in all, ", "We tried it on Sunday. ", "In my opinion, ", "Hmm, ")
+CLOSERS = (".", ".", ".", "!", "", " overall.", " to me.", "!!", " this time.", ", really.", " :)", "...")
+HELD_OUT_CLOSERS = (".", "!", "", " after all.", ", I guess.", " for sure.")
+PEOPLE = ("I", "we", "my wife", "my kids", "everyone", "my friends", "the children", "my dad")
+HELD_OUT_PEOPLE = ("my brother", "our neighbours", "the whole family")
 
-#: Templates: ``{s}`` subject, ``{a}``/``{b}`` adjectives, ``{i}`` intensifier, ``{v0}``/``{v1}``/``{v2}``
-#: verb forms. The sign says how the label follows from the word filling ``{a}`` (or the verb):
-#: +1 keeps it, -1 flips it (negation); templates with ``{b}`` take ``{b}``'s polarity (mixed clauses).
-TEMPLATES = (
-    ("{s} was {a}", 1), ("{s} is {i} {a}", 1), ("I thought {s} was {a}", 1), ("{s} was {a} and {i} {a2}", 1),
-    ("{s} was not {a}", -1), ("{s} wasn't {a} at all", -1), ("{s} is not {i} {a}", -1), ("not {a} at all", -1),
-    ("I would never call {s} {a}", -1), ("{s} was never {a}", -1),
-    ("I {v1} {s}", 1), ("I {i} {v1} it", 1), ("everyone {v2} {s}", 1), ("I did not {v0} {s}", -1),
-    ("I don't {v0} {s}", -1), ("nobody {v2} {s}", -1),
-    ("{s} was {a}, but {s2} was {b}", 0), ("although {s} was {a}, {s2} was {i} {b}", 0),
-    ("{s} was {a} but {b}", 0), ("{s} was not {a}, but {s2} was {b}", 0),
-    ("{i} {a}", 1), ("what a {a} experience", 1), ("a {i} {a} day", 1),
+# Clause frames. Slots: {s} subject, {be} its verb "to be" (was/is/were/are, agreeing), {a} adjective,
+# {i} an intensifier and a space or nothing, {n} noun, {p} person, {v0}/{v1}/{v2} verb base/past/3rd.
+# The number after a frame: +1 the clause means what its word means, -1 the opposite (negation).
+ADJECTIVE_FRAMES = (
+    ("{s} {be} {i}{a}", 1), ("I thought {s} {be} {i}{a}", 1), ("{s} looked {i}{a}", 1), ("{s} seemed {i}{a}", 1),
+    ("{s} {be} {i}{a} as always", 1), ("a {i}{a} {n}", 1), ("what a {a} {n}", 1), ("such a {i}{a} {n}", 1),
+    ("{i}{a} {n}", 1), ("{p} had a {i}{a} {n}", 1), ("it was a {i}{a} {n}", 1), ("{i}{a}", 1),
+    ("{s} {be} not {i}{a}", -1), ("{s} {be}n't {i}{a}", -1), ("{s} {be} not {a} at all", -1),
+    ("{s} {be} never {a}", -1), ("not {a} at all", -1), ("not a {a} {n}", -1), ("{s} did not look {a}", -1),
+    ("I don't think {s} {be} {a}", -1), ("nothing about {s} was {a}", -1), ("it was not a {i}{a} {n}", -1),
 )
-HELD_OUT_TEMPLATES = (
-    ("honestly, {s} felt {a}", 1), ("{s} turned out to be {i} {a}", 1), ("I can't say {s} was {a}", -1),
-    ("{s} seemed {a} at first, but in the end it was {b}", 0), ("nobody would describe {s} as {a}", -1),
-    ("it was far from {a}", -1), ("we {v1} every minute of {s}", 1), ("I never {v1} {s}", -1),
-    ("{s} looked {a}, yet it felt {i} {b}", 0), ("my friends found {s} {a}", 1),
+HELD_OUT_ADJECTIVE_FRAMES = (
+    ("I found {s} {i}{a}", 1), ("{s} turned out {i}{a}", 1), ("{p} said {s} {be} {i}{a}", 1),
+    ("{s} felt {i}{a}", 1), ("the most {a} {n} ever", 1), ("{s} {be} simply {a}", 1),
+    ("{s} {be} not that {a}", -1), ("{p} did not find {s} {a}", -1), ("{s} {be} not {a} in the slightest", -1),
+    ("{s} {be} never really {a}", -1), ("{p} never found {s} {a}", -1), ("definitely not a {a} {n}", -1),
 )
+VERB_FRAMES = (
+    ("{p} {v1} {s}", 1), ("{p} really {v1} {s}", 1), ("everyone {v2} {s}", 1), ("I {v0} {s}", 1),
+    ("{p} {v1} it", 1), ("I {i}{v0} it", 1),
+    ("{p} did not {v0} {s}", -1), ("{p} didn't {v0} {s}", -1), ("I don't {v0} {s}", -1), ("nobody {v1} {s}", -1),
+    ("{p} never {v1} {s}", -1), ("I do not {v0} it", -1),
+)
+HELD_OUT_VERB_FRAMES = (
+    ("{p} {v1} every minute of {s}", 1), ("{p} {v1} {s} a lot", 1), ("{p} will always {v0} {s}", 1),
+    ("{p} did not {v0} {s} one bit", -1), ("{p} did not really {v0} {s}", -1), ("{p} could never {v0} {s}", -1),
+)
+#: Share of negated clauses. Negation is the exception in real text, and it must stay one here:
+#: when half the clauses are negated, a word's polarity says almost nothing about the label and
+#: a model has nothing to start learning from (measured: chance after 1,500 steps).
+NEGATED = 0.25
+#: Frames for the unseen forms, which describe a person ("we left disappointed").
+UNSEEN_FORM_FRAMES = (
+    ("{p} felt {i}{a}", 1), ("{p} left {i}{a}", 1), ("{p} came home {i}{a}", 1), ("{p} did not feel {a}", -1),
+    ("{p} never felt {a} at all", -1), ("{p} did not leave {a}", -1),
+)
+#: Two clauses: ``{x}`` and ``{y}`` with the sentence's label coming from ``{y}``; ``same``: both agree.
+JOINS = (("{x} and {y}", True), ("{x}, and {y}", True), ("{x}, but {y}", False), ("{x} but {y}", False),
+         ("although {x}, {y}", False), ("{x}; however, {y}", False))
+HELD_OUT_JOINS = (("{x}, and also {y}", True), ("{x}, but in the end {y}", False),
+                  ("although {x}, in the end {y}", False), ("{x}. But {y}", False))
 
 
 @cache
@@ -107,39 +161,104 @@ def polarity(word: str) -> int:
 
 @dataclasses.dataclass(frozen=True)
 class Vocabulary:
+    """The pieces sentences are built from; the training and held-out ones differ in every piece
+    but the sentiment words and the function words (not, never, n't, nobody, but, although, and)."""
+
     adjectives: dict[int, tuple[str, ...]]  # polarity → words
     verbs: dict[int, tuple[tuple[str, str, str], ...]]
-    subjects: tuple[str, ...]
+    subjects: tuple[tuple[str, bool], ...]
+    nouns: tuple[str, ...]
+    people: tuple[str, ...]
     intensifiers: tuple[str, ...]
-    templates: tuple[tuple[str, int], ...]
+    openers: tuple[str, ...]
+    closers: tuple[str, ...]
+    adjective_frames: tuple[tuple[str, int], ...]
+    verb_frames: tuple[tuple[str, int], ...]
+    joins: tuple[tuple[str, bool], ...]
+
+
+def _by_polarity(words) -> dict[int, tuple[str, ...]]:
+    return {sign: tuple(w for w in words if polarity(w) == sign) for sign in (1, -1)}
 
 
 def vocabularies() -> tuple[Vocabulary, Vocabulary, Vocabulary]:
-    """``(training, held-out templates and subjects, held-out templates with unseen words)``."""
-    by_sign = {s: [w for w in ADJECTIVES if polarity(w) == s] for s in (1, -1)}
-    seen = {s: tuple(w for w in ws if w not in HELD_OUT_ADJECTIVES) for s, ws in by_sign.items()}
-    unseen = {s: tuple(w for w in ws if w in HELD_OUT_ADJECTIVES) for s, ws in by_sign.items()}
-    verbs = {s: tuple(forms for v, forms in VERBS.items() if polarity(v) == s) for s in (1, -1)}
-    train = Vocabulary(seen, verbs, SUBJECTS, INTENSIFIERS, TEMPLATES)
-    held = Vocabulary(seen, verbs, HELD_OUT_SUBJECTS, HELD_OUT_INTENSIFIERS, HELD_OUT_TEMPLATES)
-    return train, held, dataclasses.replace(held, adjectives=unseen)
+    """``(training, held out, held out with unseen forms of the sentiment words)``."""
+    verbs = {sign: tuple(forms for verb, forms in VERBS.items() if polarity(verb) == sign) for sign in (1, -1)}
+    train = Vocabulary(_by_polarity(ADJECTIVES), verbs, SUBJECTS, NOUNS, PEOPLE, INTENSIFIERS, OPENERS, CLOSERS,
+                       ADJECTIVE_FRAMES, VERB_FRAMES, JOINS)
+    held = Vocabulary(_by_polarity(ADJECTIVES), verbs, HELD_OUT_SUBJECTS, HELD_OUT_NOUNS, HELD_OUT_PEOPLE,
+                      HELD_OUT_INTENSIFIERS, HELD_OUT_OPENERS, HELD_OUT_CLOSERS, HELD_OUT_ADJECTIVE_FRAMES,
+                      HELD_OUT_VERB_FRAMES, HELD_OUT_JOINS)
+    unseen = dataclasses.replace(held, adjectives=_by_polarity(UNSEEN_FORMS), adjective_frames=UNSEEN_FORM_FRAMES,
+                                  verb_frames=())
+    return train, held, unseen
 
 
-def sentence(vocab: Vocabulary, rng: random.Random, plain: bool = False) -> tuple[str, int]:
-    """One sentence and its label (0 negative, 1 positive); ``plain``: no negation, no mixed clauses."""
-    template, rule = rng.choice([t for t in vocab.templates if t[1] == 1] if plain else vocab.templates)
-    a_sign, b_sign = rng.choice((1, -1)), rng.choice((1, -1))
-    verb = rng.choice(vocab.verbs[a_sign])
-    s, s2 = rng.sample(vocab.subjects, 2)
+#: How hard a training sentence is: a sentiment word alone, one clause without negation, anything.
+WORD, PLAIN, ANY = range(3)
+
+
+def clause(vocab: Vocabulary, rng: random.Random, sign: int, negation: bool = True) -> str:
+    """A clause whose sentiment is ``sign`` (+1 / −1), negated or not."""
+    rule = -1 if negation and rng.random() < NEGATED else 1
+    frame, _ = rng.choice([f for f in vocab.adjective_frames + vocab.verb_frames if f[1] == rule])
+    subject, plural = rng.choice(vocab.subjects)
+    verb = rng.choice(vocab.verbs[sign * rule])
     words = dict(
-        s=s, s2=s2, a=rng.choice(vocab.adjectives[a_sign]), a2=rng.choice(vocab.adjectives[a_sign]),
-        b=rng.choice(vocab.adjectives[b_sign]), i=rng.choice(vocab.intensifiers), v0=verb[0], v1=verb[1], v2=verb[2],
+        s=subject, be=rng.choice(("were", "are") if plural else ("was", "is")), a=rng.choice(vocab.adjectives[sign * rule]),
+        i=rng.choice(vocab.intensifiers) + " " if rng.random() < 0.3 else "", n=rng.choice(vocab.nouns),
+        p=rng.choice(vocab.people), v0=verb[0], v1=verb[1], v2=verb[2],
     )
-    text = template.format(**words)
-    sign = b_sign if rule == 0 else a_sign * rule
-    opener = rng.choice(OPENERS)
-    text = opener + text if opener else text[0].upper() + text[1:]
-    return text + rng.choice(CLOSERS), int(sign > 0)
+    return frame.format(**words)
+
+
+def sentence(vocab: Vocabulary, rng: random.Random, level: int = ANY) -> tuple[str, int]:
+    """One sentence and its label (0 negative, 1 positive)."""
+    sign = rng.choice((1, -1))
+    if level == WORD:
+        text = rng.choice(vocab.adjectives[sign] + tuple(v[rng.randrange(3)] for v in vocab.verbs[sign]))
+    elif level == PLAIN or rng.random() < 0.6:
+        text = clause(vocab, rng, sign, negation=level == ANY)
+    else:
+        join, same = rng.choice(vocab.joins)
+        first = clause(vocab, rng, sign if same else rng.choice((1, -1)))
+        text = join.format(x=first, y=clause(vocab, rng, sign))
+    opener = rng.choice(vocab.openers)
+    if not opener or opener.endswith(". "):
+        text = text[0].upper() + text[1:]
+    text = re.sub(r"\b([Aa]) (?=[aeiou])", r"\1n ", opener + text)
+    return text + rng.choice(vocab.closers), int(sign > 0)
+
+
+def level(progress: float, rng: random.Random) -> int:
+    """How hard a training sentence is at this point of training (``progress`` 0 … 1); a few easy
+    ones stay to the end, so that what was learnt first is not forgotten."""
+    if progress < WORDS_UNTIL:
+        return WORD
+    if progress < PLAIN_UNTIL:
+        return rng.choice((WORD, PLAIN, PLAIN, PLAIN))
+    return rng.choices((WORD, PLAIN, ANY), (1, 2, 7))[0]
+
+
+def _normal(text: str) -> str:
+    return re.sub(r"[^a-z]+", " ", text.lower()).strip()
+
+
+@cache
+def _hand_written_normal() -> frozenset[str]:
+    return frozenset(_normal(text) for text, _ in hand_written())
+
+
+def training_sentences(vocab: Vocabulary, rng: random.Random, progress: float, count: int) -> list[tuple[str, int]]:
+    """``count`` training sentences at this point of the curriculum, none of them (up to case and
+    punctuation) one of the hand-written test sentences."""
+    avoid = _hand_written_normal()
+    drawn = []
+    while len(drawn) < count:
+        text, label = sentence(vocab, rng, level(progress, rng))
+        if _normal(text) not in avoid:
+            drawn.append((text, label))
+    return drawn
 
 
 def sentences(vocab: Vocabulary, count: int, seed: int) -> list[tuple[str, int]]:
@@ -169,33 +288,53 @@ def train(run: RunOptions, say=print) -> Trained:
     train_vocab, held_vocab, unseen_vocab = vocabularies()
     rng = random.Random(run.seed)
 
-    steps = run.steps(3000)
+    steps = run.steps(STEPS)
 
     def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        for step in itertools.count():  # a curriculum: word polarity first, then negation and mixed clauses
-            part = [sentence(train_vocab, rng, plain=step < PLAIN_FIRST * steps) for _ in range(32)]
+        for step in itertools.count():
+            part = training_sentences(train_vocab, rng, step / steps, BATCH)
             ids, mask = encode([t for t, _ in part])
             yield ids, mask, torch.tensor([y for _, y in part])
 
     model = build(CONFIG, run.seed + 2, unit_scale=True)
+    align_inputs(model, stride=STRIDE, steps=run.steps(300), latent_std=LATENT_STD)
+    if NEIGHBOURS:
+        ids, mask = encode([t for t, _ in training_sentences(train_vocab, random.Random(run.seed + 4), 1.0, 64)])
+        align_self_attention(model, ids, mask, NEIGHBOURS, steps=run.steps(100))
     fit(model, batches(), lambda m, b: F.cross_entropy(m(b[0], b[1]), b[2]),
-        steps=steps, lr=1e-3, name=NAME, say=say)
+        steps=steps, lr=LR, name=NAME, say=say)
     seconds = time.monotonic() - started
     count = 64 if run.quick else 2000
     figures = {
         "train_seconds": seconds,
-        "train_sentences": steps * 32,
+        "train_sentences": steps * BATCH,
         "accuracy_train_distribution": accuracy(model, sentences(train_vocab, count, run.seed + 100)),
         "accuracy_held_out": accuracy(model, sentences(held_vocab, count, run.seed + 101)),
-        "accuracy_unseen_words": accuracy(model, sentences(unseen_vocab, count, run.seed + 102)),
+        "accuracy_hand_written": accuracy(model, hand_written()),
+        "accuracy_unseen_forms": accuracy(model, sentences(unseen_vocab, count, run.seed + 102)),
         "checkpoint_mb": checkpoint_mb(model),
     }
     say(f"{NAME}: {figures}")
     return Trained(model, "text-classification", batching(16), {}, card(figures), figures)
 
 
+def hand_written() -> list[tuple[str, int]]:
+    """The hand-written test sentences (``tests/meaning/data/sentiment.tsv``): measured, never trained on."""
+    rows = [line.split("\t") for line in HAND_WRITTEN.read_text(encoding="utf-8").splitlines()
+            if line and not line.startswith("#")]
+    return [(text, LABELS.index(label)) for label, text in rows]
+
+
 def card(f: dict[str, float]) -> str:
-    train_vocab, _, unseen = vocabularies()
+    train_vocab, held, unseen = vocabularies()
+    words = sum(map(len, train_vocab.adjectives.values()))
+    frames = len(ADJECTIVE_FRAMES) + len(VERB_FRAMES)
+    held_frames = len(HELD_OUT_ADJECTIVE_FRAMES) + len(HELD_OUT_VERB_FRAMES)
+    held_met, hand_met = f["accuracy_held_out"] >= 0.9, f["accuracy_hand_written"] >= 0.85
+    verdict = "**both are met**" if held_met and hand_met else (
+        f"the hand-written one is {'met' if hand_met else '**not met**'}, the held-out one "
+        f"{'met' if held_met else '**not met**'}. The model has learnt which words are positive or negative; "
+        "negation and a second clause after *but* it has barely learnt in the 15 minutes of training the issue allows")
     return f"""# text-sentiment: positive or negative (demo model)
 
 A small byte-level `PerceiverForSequenceClassification` trained on this machine to say whether a
@@ -204,19 +343,36 @@ endpoint doing its job offline. There is no official sentiment checkpoint; fine-
 `deepmind/language-perceiver` for real use (see [models/README.md](../README.md)).
 
 - **Labels:** `negative`, `positive` (`checkpoint/config.json`, `id2label`).
-- **Network:** UTF-8 bytes (2048 positions × 64), 64 latents × 128, 2 self-attention layers;
-  checkpoint {f['checkpoint_mb']:.1f} MB.
+- **Network:** UTF-8 bytes (2048 positions × {CONFIG.d_model}), {CONFIG.num_latents} latents × {CONFIG.d_latents}, \
+{CONFIG.num_self_attends_per_block} self-attention layers; checkpoint {f['checkpoint_mb']:.1f} MB.
+- **Reads** the first {STRIDE * CONFIG.num_latents} bytes or so: before training, head *h* of latent *i*'s input
+  cross-attention is pointed at byte {STRIDE}*i* + *h* − {CONFIG.num_cross_attention_heads // 2 - 1} (`align_inputs` in
+  `scripts/demo_training/common.py`), so that each latent starts as a window of
+  {CONFIG.num_cross_attention_heads} bytes and a word reads the same wherever it stands. Texts up to 2046 bytes are
+  accepted; beyond about {STRIDE * CONFIG.num_latents} bytes the model sees little.
+  {"Each self-attention head starts reading a neighbouring latent (offsets " + ", ".join(map(str, NEIGHBOURS)) + ", `align_self_attention`)." if NEIGHBOURS else ""}
 
 ## Data
 
-Sentences generated by `scripts/demo_training/sentiment.py`: {len(TEMPLATES)} templates over
-{sum(map(len, train_vocab.adjectives.values()))} adjectives, {len(VERBS)} verbs, {len(SUBJECTS)} subjects and
-{len(INTENSIFIERS)} intensifiers, with negation ("was not good", "I did not enjoy it"), intensifiers
-("really awful") and mixed clauses ("the food was good, but the service was awful": the clause
-after *but* decides). Each word's polarity comes from VADER's human-rated lexicon
-(`vaderSentiment`, MIT licence, shipped in its wheel); words it rates weaker than ±1 are not used.
-{f['train_sentences']:,} sentences were drawn for training; the first quarter without negation or mixed
-clauses (a curriculum: the model learns what the words mean before how they combine).
+Sentences generated by `scripts/demo_training/sentiment.py` from {frames} clause frames over
+{words} adjectives and {len(VERBS)} verbs, {len(SUBJECTS)} subjects, {len(NOUNS)} nouns and {len(INTENSIFIERS)} intensifiers, with
+openers and endings ("Overall, …", "… to me."), negation ("was not good", "wasn't good", "never",
+"did not enjoy", "nobody liked"), intensifiers ("really awful") and two clauses joined by *and*,
+*but*, *although* or *however* (the clause after *but* decides). Each word's polarity comes from
+VADER's human-rated lexicon (`vaderSentiment`, MIT licence, shipped in its wheel); words it
+rates weaker than ±1 are not used. Labels follow from those rules. A quarter of the clauses are
+negated (with half of them negated, a word's polarity says almost nothing about the label and
+training found nothing to start from).
+{f['train_sentences']:,} sentences were drawn, as a curriculum: first single sentiment words
+({WORDS_UNTIL:.0%} of the steps), then clauses without negation (to {PLAIN_UNTIL:.0%}), then everything.
+
+**Held out, never trained on:** {held_frames} other clause frames ("I found the pizza terrible",
+"we did not really enjoy it"), {len(HELD_OUT_JOINS)} other ways of joining clauses ("…, but in the end …"),
+{len(HELD_OUT_SUBJECTS)} other subjects, other nouns, people, intensifiers, openers and endings. They share
+with training the sentiment words and the function words (*not*, *never*, *n't*, *nobody*, *but*,
+*although*, *and*): a byte-level model cannot know what a word it never saw means. The last row
+below tries the nearest thing: **forms of the sentiment words never trained on**
+({', '.join(unseen.adjectives[1] + unseen.adjectives[-1])}; training has *amazing*, *disappointing*, …).
 
 ## Training
 
@@ -232,16 +388,19 @@ thread on a 2-core machine shared with other work.
 | sentences | accuracy |
 | --- | --- |
 | generated like the training set (fresh draws) | {f['accuracy_train_distribution']:.1%} |
-| **held-out templates and subjects** ({len(HELD_OUT_TEMPLATES)} templates, never trained on) | {f['accuracy_held_out']:.1%} |
-| held-out templates with **unseen** sentiment words ({', '.join(unseen.adjectives[1] + unseen.adjectives[-1])}) | {f['accuracy_unseen_words']:.1%} |
+| **held-out frames, subjects and fillers** | {f['accuracy_held_out']:.1%} |
+| **{len(hand_written())} hand-written sentences** (`tests/meaning/data/sentiment.tsv`, never trained on) | {f['accuracy_hand_written']:.1%} |
+| held-out frames with unseen forms of the sentiment words | {f['accuracy_unseen_forms']:.1%} |
 
-`tests/meaning/` also sends 48 hand-written sentences (`tests/meaning/data/sentiment.tsv`, never
-trained on) through `POST /classify/text`; the target is 85%.
+The targets of issue 16 are 90% on held-out generated sentences and 85% on the hand-written
+ones: {verdict}.
+`tests/meaning/test_sentiment.py` checks both sets through `POST /classify/text`, at thresholds a
+few points below these figures and well above the 50% of a model that guesses.
 
 ## Limits
 
-It knows the sentiment words it was trained on (about a hundred common adjectives and ten
-verbs) and the sentence shapes above. A word it never saw carries no polarity for it (see the
-last row), and irony, comparisons ("better than the last one"), questions and long reviews
-are beyond it. Text in other languages gets an answer that means nothing.
+It knows the sentiment words it was trained on (about {words + len(VERBS) * 3} forms of common adjectives and
+verbs) and sentence shapes like the ones above. A word it never saw carries little polarity for it,
+and irony, comparisons ("better than the last one"), questions and long reviews are beyond it.
+Text in other languages gets an answer that means nothing.
 """
