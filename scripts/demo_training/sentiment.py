@@ -45,7 +45,7 @@ WORDS_UNTIL, PLAIN_UNTIL = 0.1, 0.3
 #: bytes, as the official model (a longer text is read only as far as the latents reach).
 STRIDE = 2
 HAND_WRITTEN = Path(__file__).resolve().parents[2] / "tests" / "meaning" / "data" / "sentiment.tsv"
-STEPS, BATCH, LR = 2500, 32, 5e-4
+STEPS, BATCH, LR = 6000, 32, 5e-4
 #: Scale of the latent array after ``align_inputs``: what tells the self-attention where a latent is.
 LATENT_STD = 0.3
 #: Self-attention head ``h`` starts reading latent ``i + NEIGHBOURS[h]`` (``common.align_self_attention``).

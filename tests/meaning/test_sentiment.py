@@ -9,8 +9,9 @@ import random
 
 from demo_training import sentiment
 
-#: The shipped model measured 85.4% (41 of 48) and 62.0% (its card); a model that guesses gets 50%.
-HAND_WRITTEN_AT_LEAST = 0.79
+#: The shipped model measured 87.5% (42 of 48) and 63.8% (its card; 63.0% on this test's 400); a model
+#: that guesses gets 50%.
+HAND_WRITTEN_AT_LEAST = 0.81
 HELD_OUT_AT_LEAST = 0.56
 
 
