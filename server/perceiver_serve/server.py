@@ -22,7 +22,7 @@ import time
 
 import uvicorn
 
-from .allocator import fix_mmap_threshold
+from .allocator import fix_mmap_threshold, trim_heap
 from .api.grpc import GrpcServer
 from .api.rest import create_app
 from .api.state import ServerState
@@ -61,7 +61,8 @@ def build_state(settings: Settings) -> ServerState:
     repository = ModelRepository.scan(settings.model_repository, TASKS)  # the engine learns the tasks here
     registry = ModelRegistry(repository, observer=metrics, progress=log.info, load_only=settings.models_at_start())
     budget = DecodeBudget(settings.max_decode_bytes, on_change=metrics.observe_decode_bytes,
-                          on_reject=metrics.observe_rejected)
+                          on_reject=metrics.observe_rejected, hand_back=trim_heap,
+                          hand_back_from_bytes=int(settings.malloc_mmap_threshold_mb * 1024 * 1024) or 32 * 1024 * 1024)
     return ServerState(registry, metrics, settings.media_limits(), budget)
 
 

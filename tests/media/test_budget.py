@@ -183,3 +183,19 @@ def test_no_bytes_leak_after_a_thousand_mixed_requests():
 def test_a_budget_must_be_positive():
     with pytest.raises(ValueError):
         DecodeBudget(0)
+
+
+def test_a_big_hold_hands_memory_back_before_its_bytes_return_and_a_small_one_does_not():
+    held_then: list[int] = []
+    budget = DecodeBudget(LIMIT, hand_back=lambda: held_then.append(budget.inflight), hand_back_from_bytes=500)
+
+    async def main():
+        async with budget.hold(499, model="m"):
+            pass
+        assert held_then == []
+        with pytest.raises(RuntimeError):
+            async with budget.hold(500, model="m"):
+                raise RuntimeError("the decode failed")  # its memory goes back all the same
+
+    asyncio.run(main())
+    assert held_then == [500] and budget.inflight == 0

@@ -35,6 +35,10 @@ MEASURED = 5000
 WARM_UP = 3000  # caches keyed by tensor shapes (batch size × padded length) fill up during the warm-up
 MIX = {"text": 0.82, "mask": 0.11, "image": 0.05, "flow": 0.02}
 RSS_GROWTH = 0.10
+# Batched against alone, float32 rounding differs with the kernels a batch takes (oneDNN chunks,
+# padding): up to 1.04e-4 relative on the sentiment model (8 cross-attention heads, widening 2),
+# 3.4e-5 on the flow model's tiles (2 cross-attention heads), 1.01e-5 on the digits model.
+TEXT_TOLERANCE, IMAGE_TOLERANCE, FLOW_TOLERANCE = 2 * FP32_PADDED, FP32_PADDED, FP32_PADDED
 RNG = np.random.default_rng(5000)
 ALPHABET = np.frombuffer(b"abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLM.,!?0123456789", np.uint8)
 
@@ -153,7 +157,7 @@ def checker(inputs: Inputs) -> Callable[[Job, Reply], None]:
     def check(job: Job, r: Reply) -> None:
         if job.kind == "text":
             (result,) = r.json()["results"]
-            assert_close(result["logits"], inputs.text_logits[job.key], FP32_PADDED)
+            assert_close(result["logits"], inputs.text_logits[job.key], TEXT_TOLERANCE)
         elif job.kind == "mask":
             body, probs = r.json(), inputs.mask_probs[job.key]
             (masked,) = body["masked"]
@@ -165,10 +169,10 @@ def checker(inputs: Inputs) -> Callable[[Job, Reply], None]:
             assert masked["position"] == len(before.encode())
         elif job.kind == "image":
             (result,) = r.json()["results"]
-            assert_close(result["logits"], inputs.image_logits[job.key], FP32)
+            assert_close(result["logits"], inputs.image_logits[job.key], IMAGE_TOLERANCE)
         else:
             got = np.load(io.BytesIO(r.body), allow_pickle=False)
-            assert_close(got, inputs.flow_fields[job.key], FP32)
+            assert_close(got, inputs.flow_fields[job.key], FLOW_TOLERANCE)
     return check
 
 
@@ -235,11 +239,11 @@ def test_inputs_are_told_apart_by_their_answers(inputs):
         answers = np.stack(answers)
         return distinguishable(answers, tolerance * np.abs(answers).max())
 
-    assert apart(inputs.text_logits, FP32_PADDED) >= 0.98  # a few random texts of 12 bytes may differ in one late byte only
+    assert apart(inputs.text_logits, TEXT_TOLERANCE) >= 0.98  # a few random texts of 12 bytes may differ in one late byte only
     assert len(set(inputs.masks)) == len(inputs.masks)  # told apart by the filled text they come back with
     assert apart(inputs.mask_probs) >= 0.98
-    assert apart(inputs.image_logits) == 1.0
-    assert apart(inputs.flow_fields) == 1.0
+    assert apart(inputs.image_logits, IMAGE_TOLERANCE) == 1.0
+    assert apart(inputs.flow_fields, FLOW_TOLERANCE) == 1.0
 
 
 def test_mixed_load_every_answer_is_its_callers(server, inputs):

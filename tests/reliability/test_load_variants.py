@@ -24,10 +24,10 @@ import torch
 from perceiver_serve.modeling import ByteTokenizer, load_model
 
 from ..api.conftest import direct, model_dir  # noqa: F401 - direct is a fixture (of inputs)
-from ..numerics import FP32_PADDED, assert_close
+from ..numerics import assert_close
 from ..support import rss_bytes, running
 from .repository import repository
-from .test_load import CLIENTS, RSS_GROWTH, Job, Reply, inputs, post, run  # noqa: F401 - inputs is a fixture
+from .test_load import CLIENTS, RSS_GROWTH, TEXT_TOLERANCE, Job, Reply, inputs, post, run  # noqa: F401 - inputs is a fixture
 
 VARIANTS = {"text-int8": {"dtype": '"int8"'}, "text-compiled": {"compile": "true"}}
 WARM_UP, MEASURED = 1500, 3000
@@ -83,7 +83,7 @@ def _check(inputs, tolerance: float):
         logits = np.asarray(result["logits"], np.float32)
         assert logits.shape == inputs.text_logits[job.key].shape and np.isfinite(logits).all()
         if _model(job) == "text-compiled":
-            assert_close(logits, inputs.text_logits[job.key], FP32_PADDED)
+            assert_close(logits, inputs.text_logits[job.key], TEXT_TOLERANCE)
         else:
             difference = float(np.abs(logits - inputs.text_logits[job.key]).max())
             assert difference <= tolerance, f"int8 answer {difference:.3g} from float32, allowed {tolerance:.3g}"

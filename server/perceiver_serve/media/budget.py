@@ -48,7 +48,12 @@ class DecodeBudget:
     """
 
     def __init__(self, limit_bytes: int, *, on_change: Callable[[int], None] = _ignore_bytes,
-                 on_reject: Callable[[str, str], None] = _ignore_rejection) -> None:
+                 on_reject: Callable[[str, str], None] = _ignore_rejection,
+                 hand_back: Callable[[], object] | None = None, hand_back_from_bytes: int = 32 * MiB) -> None:
+        """``hand_back`` runs when a hold of at least ``hand_back_from_bytes`` ends, before its bytes
+        go back to the budget: the server returns the decode's freed memory to the system there,
+        which the allocator would otherwise keep for the thread that decoded (one arena per
+        thread), so that decodes taking turns on several threads add up in resident memory."""
         if limit_bytes <= 0:
             raise ValueError(f"the decode budget must be positive, got {limit_bytes} bytes")
         self.limit = limit_bytes
@@ -56,6 +61,7 @@ class DecodeBudget:
         self._waiters: collections.deque[_Waiter] = collections.deque()
         self._on_change = on_change
         self._on_reject = on_reject
+        self._hand_back, self._hand_back_from = hand_back, hand_back_from_bytes
 
     @property
     def waiting(self) -> int:
@@ -74,6 +80,8 @@ class DecodeBudget:
         try:
             yield
         finally:
+            if self._hand_back is not None and nbytes >= self._hand_back_from:
+                self._hand_back()
             self._release(nbytes)
 
     async def _acquire(self, nbytes: int, model: str, deadline: float | None, subject: str) -> None:
