@@ -200,7 +200,6 @@ def align_self_attention(model: nn.Module, input_ids: torch.Tensor, attention_ma
     targets = (torch.arange(count)[:, None] + torch.tensor(offsets)).clamp(0, count - 1).T.reshape(-1)  # (heads·latents)
     for layer in body.encoder.self_attends:
         attention = layer.attention.self
-        heads = attention.num_heads
         optimiser = torch.optim.Adam([*attention.query.parameters(), *attention.key.parameters()], lr=lr)
         normed = attention.layernorm1(hidden).detach()
         for _ in range(steps):
