@@ -120,3 +120,97 @@ def test_compiled_encoders_keep_the_onednn_products(tmp_path, monkeypatch):
         expected = reference(inputs=ids, attention_mask=mask).logits
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
     assert calls, "the compiled encoder never reached oneDNN"
+
+
+def _cross_attention(heads: int, qk: int, v: int) -> torch.nn.Module:
+    from perceiver_serve.modeling.attention import QKVAttention
+
+    torch.manual_seed(heads + qk + v)
+    module = QKVAttention(q_dim=24, kv_dim=20, qk_channels=qk, v_channels=v, num_heads=heads, is_cross=True)
+    for p in module.parameters():
+        torch.nn.init.normal_(p, 0, 0.3)
+    return module.eval()
+
+
+class RowsSeen:
+    """Counts the rows a linear layer is given."""
+
+    def __init__(self, layer: torch.nn.Module) -> None:
+        self.rows: list[int] = []
+        layer.register_forward_pre_hook(lambda _, args: self.rows.append(args[0].numel() // args[0].shape[-1]))
+
+
+def _masked_form(module: torch.nn.Module, hidden: torch.Tensor, inputs: torch.Tensor,
+                 mask: torch.Tensor) -> torch.Tensor:
+    """The cross-attention computed over every row with the mask (what transformers does)."""
+    q = module._heads(module.query(module.layernorm1(hidden)))
+    source = module.layernorm2(inputs)
+    k, v = module._heads(module.key(source)), module._heads(module.value(source))
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None, None, :])
+    return out.transpose(1, 2).reshape(hidden.shape[0], hidden.shape[1], -1)
+
+
+@pytest.mark.parametrize("geometry", [(8, 32, 64), (1, 16, 16), (4, 8, 12)])
+def test_inputs_padded_at_the_end_are_skipped_and_the_answer_is_the_masked_one(geometry):
+    module = _cross_attention(*geometry)
+    g = torch.Generator().manual_seed(3)
+    hidden, inputs = torch.randn(5, 6, 24, generator=g), torch.randn(5, 40, 20, generator=g)
+    lengths = torch.tensor([40, 1, 17, 33, 2])
+    mask = torch.arange(40)[None] < lengths[:, None]
+    keys = RowsSeen(module.key)
+    with torch.inference_mode():
+        got = module(hidden, inputs, mask)
+        expected = _masked_form(module, hidden, inputs, mask)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    assert keys.rows[0] == int(lengths.sum()), "the padding was projected"
+
+
+@pytest.mark.parametrize("case", ["holes", "an empty row", "training"])
+def test_other_masks_keep_the_masked_form(case):
+    module = _cross_attention(8, 32, 64)
+    g = torch.Generator().manual_seed(4)
+    hidden, inputs = torch.randn(3, 6, 24, generator=g), torch.randn(3, 12, 20, generator=g)
+    mask = torch.arange(12)[None] < torch.tensor([12, 5, 9])[:, None]
+    if case == "holes":
+        mask[0, 3] = False
+    elif case == "an empty row":
+        mask[2] = False
+    keys = RowsSeen(module.key)
+    grad = case == "training"
+    with torch.set_grad_enabled(grad):
+        if grad:
+            inputs.requires_grad_(True)
+        got = module(hidden, inputs, mask)
+        expected = _masked_form(module, hidden, inputs, mask)
+    assert keys.rows[0] == 3 * 12, "the packed form ran on a mask it does not cover"
+    rows = mask.any(1)  # an item without any key has no defined answer
+    torch.testing.assert_close(got[rows], expected[rows], rtol=1e-5, atol=1e-5)
+
+
+@needs_onednn
+@pytest.mark.skipif(not kernels.ONEDNN_PACKING, reason="this torch build takes no packed oneDNN weights")
+def test_packed_weights_are_made_once_follow_changes_and_equal_f_linear():
+    g = torch.Generator().manual_seed(5)
+    w, b = torch.randn(48, 24, generator=g), torch.randn(48, generator=g)
+    made = []
+    reorder = torch.ops.mkldnn._reorder_linear_weight
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(torch.ops.mkldnn, "_reorder_linear_weight", lambda *a: made.append(1) or reorder(*a),
+                      raising=False)
+        for n in (16, 64, 100, 700):
+            x = torch.randn(n, 24, generator=g)
+            with torch.inference_mode():
+                got = kernels.linear(x, w, b, onednn_max_rows=32)
+            torch.testing.assert_close(got, F.linear(x, w, b), rtol=1e-5, atol=1e-5)
+        assert len(made) == 1, "one packed copy serves every row count"
+        with torch.no_grad():
+            w.mul_(-2)  # an in-place change (a training step, load_state_dict) makes it stale
+        x = torch.randn(64, 24, generator=g)
+        with torch.inference_mode():
+            got = kernels.linear(x, w, b)
+        torch.testing.assert_close(got, F.linear(x, w, b), rtol=1e-5, atol=1e-5)
+        assert len(made) == 2
+        with torch.inference_mode():
+            temporary = w * 1  # made inside inference_mode: no version to check, never packed
+            torch.testing.assert_close(kernels.linear(x, temporary, b), F.linear(x, w, b), rtol=1e-5, atol=1e-5)
+        assert len(made) == 2

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import cross_attention
+from . import cross_attention, kernels
 from .config import PerceiverConfig
 from .cross_attention import LatentState, Queries
 from .kernels import ONEDNN_MAX_BATCH, Linear, attend, launch_bound
@@ -62,12 +62,28 @@ class QKVAttention(nn.Module):
     def forward(
         self, hidden: torch.Tensor, inputs: torch.Tensor | None = None, key_mask: torch.Tensor | None = None
     ) -> torch.Tensor:
+        if inputs is not None and key_mask is not None and (lengths := kernels.packable_lengths(inputs, key_mask)):
+            return self._forward_packed(hidden, inputs, lengths)
         hidden = self.layernorm1(hidden)
         source = self.layernorm2(inputs) if self.is_cross else hidden
         q = self._heads(self.query(hidden))
         k = self._heads(self.key(source))
         v = self._heads(self.value(source))
         out = attend(q, k, v, key_mask)
+        b, h, n, c = out.shape
+        return out.transpose(1, 2).reshape(b, n, h * c)
+
+    def _forward_packed(self, hidden: torch.Tensor, inputs: torch.Tensor, lengths: list[int]) -> torch.Tensor:
+        """:meth:`forward` for inputs padded at the end (``lengths`` real rows each): only the real rows
+        are normalised and projected, and each item attends to its own keys without a mask. Equal to the
+        masked form (masked keys get no weight), without the padding's work: for texts of 50 to 400 bytes
+        in one batch about 45% of the input rows."""
+        q = self._heads(self.query(self.layernorm1(hidden)))
+        real = torch.cat([item[:n] for item, n in zip(inputs, lengths)]) if len(lengths) > 1 else inputs[0, :lengths[0]]
+        source = self.layernorm2(real)
+        keys, values = self.key(source).split(lengths), self.value(source).split(lengths)
+        out = torch.cat([attend(q[i:i + 1], self._heads(k[None]), self._heads(v[None]))
+                         for i, (k, v) in enumerate(zip(keys, values))])
         b, h, n, c = out.shape
         return out.transpose(1, 2).reshape(b, n, h * c)
 
