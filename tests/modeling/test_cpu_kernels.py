@@ -214,3 +214,8 @@ def test_packed_weights_are_made_once_follow_changes_and_equal_f_linear():
             temporary = w * 1  # made inside inference_mode: no version to check, never packed
             torch.testing.assert_close(kernels.linear(x, temporary, b), F.linear(x, w, b), rtol=1e-5, atol=1e-5)
         assert len(made) == 2
+        patch.setattr(kernels, "PACK_MAX_BYTES", w.numel() * 4 - 1)  # a bigger weight keeps no second copy
+        big = w.clone()
+        with torch.inference_mode():
+            torch.testing.assert_close(kernels.linear(x, big, b), F.linear(x, w, b), rtol=1e-5, atol=1e-5)
+        assert len(made) == 2 and not hasattr(big, "onednn_packed")

@@ -175,14 +175,23 @@ def _onednn_product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
     return out.view(*x.shape[:-1], weight.shape[0])
 
 
+#: Weights up to this size get a packed copy (see :func:`packed_weight`).
+PACK_MAX_BYTES = 2 << 20
+
+
 def packed_weight(weight: torch.Tensor) -> torch.Tensor:
     """``weight`` in oneDNN's own blocked layout, made on first use and kept beside it (remade if the weight
     changes in place): the product then reads it as it is instead of reordering it in every call. One
-    packed copy serves every row count. On the mid-size text classifier (one core, AVX-512) this made
-    batch-1 forward passes 12% faster and batches of 16 2–3% (MLM-2048: 3%); the price is a second copy
-    of every weight multiplied through oneDNN (the fp32 one stays for everything else).
+    packed copy serves every row count.
+
+    The copy costs memory (the fp32 weight stays for everything else), so only weights of at most
+    :data:`PACK_MAX_BYTES` get one. Measured on one Zen 4 core: the mid-size text classifier's
+    512 × 512 layers made batch-1 passes 12% faster and batches of 16 2–3%; packing all of MLM-2048's
+    weights (1280 × 1280 layers, 6.25 MiB each) gained 3% for +775 MiB of resident memory (1.16 →
+    1.93 GiB), which the cap avoids.
     """
-    if not ONEDNN_PACKING or weight.is_inference():  # made inside inference_mode: a temporary, or kept without a version
+    if (not ONEDNN_PACKING or weight.is_inference()  # made inside inference_mode: a temporary, or kept without a version
+            or weight.numel() * weight.element_size() > PACK_MAX_BYTES):
         return weight
     cached = getattr(weight, "onednn_packed", None)
     if cached is not None and cached[0] == weight._version:
