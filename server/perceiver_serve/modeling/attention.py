@@ -62,7 +62,8 @@ class QKVAttention(nn.Module):
     def forward(
         self, hidden: torch.Tensor, inputs: torch.Tensor | None = None, key_mask: torch.Tensor | None = None
     ) -> torch.Tensor:
-        if inputs is not None and key_mask is not None and (lengths := kernels.packable_lengths(inputs, key_mask)):
+        if (inputs is not None and key_mask is not None and hidden.shape[0] == inputs.shape[0]
+                and (lengths := kernels.packable_lengths(inputs, key_mask))):
             return self._forward_packed(hidden, inputs, lengths)
         hidden = self.layernorm1(hidden)
         source = self.layernorm2(inputs) if self.is_cross else hidden
