@@ -155,6 +155,13 @@ MUTANTS: tuple[Mutant, ...] = (
         "key-mask-inverted", "modeling/kernels.py",
         "mask = None if key_mask is None else key_mask[:, None, None, :]",
         "mask = None if key_mask is None else ~key_mask[:, None, None, :]",
+        # Texts padded at the end skip the mask altogether (attention.py, packed inputs); other masks keep it.
+        ("tests/modeling/test_cpu_kernels.py::test_other_masks_keep_the_masked_form",),
+    ),
+    Mutant(
+        "packed-inputs-take-the-padding", "modeling/attention.py",
+        "torch.cat([item[:n] for item, n in zip(inputs, lengths)])",
+        "torch.cat([item[-n:] for item, n in zip(inputs, lengths)])",
         ("tests/modeling/test_decoding.py::test_unpadded_text_equals_padded_text",),
     ),
     Mutant(
