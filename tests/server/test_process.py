@@ -45,10 +45,12 @@ mb = float(sys.argv[1]) if len(sys.argv) > 1 else Settings().malloc_mmap_thresho
 assert fix_mmap_threshold(int(mb * 1024 * 1024))
 for _ in range(3):
     torch.ones(4 << 20)  # 16 MiB, freed at once: what every forward pass does with its activations
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(20):
+faults = []
+for _ in range(21):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     torch.ones(4 << 20)
-print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 20)
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(sorted(faults)[10])  # the median pass
 """
 
 
@@ -59,7 +61,9 @@ def test_by_default_a_forward_pass_does_not_fault_its_activations_in_afresh():
                               check=True)
         return float(done.stdout.strip())
 
-    # A 16 MiB tensor is 4,096 pages: mapped afresh each time below the threshold, reused above it
-    # (glibc may still move it once in a while: one fresh mapping in 20 is 205 faults a pass).
+    # A 16 MiB tensor is 4,096 pages: mapped afresh each time below the threshold, reused above it.
+    # The median pass, because a few passes may still fault: glibc moves the block once in a while,
+    # and a machine that reclaims idle memory proactively (DAMON) takes free heap pages back (a clean
+    # clone's run saw 4 passes in 20 fault afresh).
     low, default = faults("4"), faults()
     assert low > 2000 and default < low / 8, (low, default)
