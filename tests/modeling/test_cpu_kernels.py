@@ -106,6 +106,16 @@ def test_unmasked_attention_with_narrow_queries_equals_sdpa(geometry):
                                rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_unmasked_attention_with_narrow_queries_in_16_bits_equals_sdpa(dtype):
+    g = torch.Generator().manual_seed(7)
+    q, k = (torch.randn(2, 8, 40, 32, generator=g).to(dtype) for _ in range(2))
+    values = torch.randn(2, 8, 40, 160, generator=g).to(dtype)
+    got = kernels.attend(q, k, values)
+    assert got.dtype == dtype
+    torch.testing.assert_close(got.float(), F.scaled_dot_product_attention(q, k, values).float(), rtol=1e-2, atol=1e-2)
+
+
 @needs_onednn
 def test_compiled_encoders_keep_the_onednn_products(tmp_path, monkeypatch):
     """Inductor would lower the layers to MKL's sgemm; the products reach oneDNN as one opaque op."""
