@@ -298,6 +298,39 @@ async def test_a_request_larger_than_the_queue_is_admitted_in_parts():
     assert max(watcher.depths) <= 8 and all(len(b) <= 4 for b in runner.batches)
 
 
+async def test_parts_follow_a_batch_that_ends_before_the_event_loop_sees_its_results():
+    """A lost wake-up, seen once on a loaded machine: the request admitted in parts was woken when its
+    first part was taken, but before it looked again the worker ran that part, woke the waiters (none
+    yet) and sent the results, which the event loop had not applied when the request looked: it saw its
+    part still running, found no room and waited for a wake-up that never came. Here the loop is held,
+    right after the request's wake-up is scheduled, until the worker is done with the part."""
+    loop = asyncio.get_running_loop()
+    holding = threading.Event()
+
+    class WaitsForTheHold(Recorder):
+        def run(self, payloads):
+            if not self.batches:
+                holding.wait(5)
+            return super().run(payloads)
+
+    def hold_the_loop(_future):
+        holding.set()
+        time.sleep(0.3)  # the worker returns the first part and wakes the waiters meanwhile
+
+    runner = WaitsForTheHold()
+    batcher = started(runner, max_batch_size=4, max_queue=8, max_delay_ms=0)
+    try:
+        request = asyncio.ensure_future(
+            batcher.submit_all(list(range(12)), deadline=time.monotonic() + 3, gradual=True))
+        await asyncio.sleep(0)  # the request queues its first part and waits for room
+        ((_, first_wake_up),) = batcher._room_waiters
+        first_wake_up.add_done_callback(hold_the_loop)
+        results = await request
+    finally:
+        batcher.stop()
+    assert results == [2 * i for i in range(12)]
+
+
 async def test_a_big_request_leaves_room_for_others_while_it_waits():
     runner = Recorder(delay=0.05)
     batcher = started(runner, max_batch_size=2, max_queue=8, max_delay_ms=0)

@@ -73,6 +73,9 @@ class _Item:
     enqueued: float
     deadline: float
     dropped_because: str = CANCELLED
+    #: Set by the worker, under the lock, once the item's batch is over: its result may not have
+    #: reached the caller's event loop yet (``future.done()`` lags behind).
+    finished: bool = False
 
     def settle(self, outcome: Any) -> None:
         """Deliver a result or exception to the waiting caller, from any thread."""
@@ -214,7 +217,9 @@ class DynamicBatcher:
             with self._cond:
                 if self._stopping:
                     raise ShuttingDown(f"model {self.name!r} is shutting down")
-                mine = sum(1 for item in items if not item.future.done()) - len(pending)  # queued or running
+                # Queued or running. Not from the futures: a batch's results reach this loop after the
+                # worker's wake-up, and counting its items as running would wait for a wake-up already gone.
+                mine = sum(1 for item in items if not item.finished) - len(pending)
                 room = min(self.limits.max_queue - len(self._queue), share - mine, len(pending))
                 if room > 0:
                     self._queue.extend(pending.popleft() for _ in range(room))
@@ -280,6 +285,8 @@ class DynamicBatcher:
             if live:
                 self._run(live)
             with self._cond:  # results are settled: requests admitted in parts may send more
+                for item in batch:
+                    item.finished = True
                 self._wake_room_waiters()
             if self._hand_back is not None and time.monotonic() - self._handed_back_at >= HAND_BACK_EVERY_S:
                 self._call_hand_back()
