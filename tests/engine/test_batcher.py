@@ -304,7 +304,6 @@ async def test_parts_follow_a_batch_that_ends_before_the_event_loop_sees_its_res
     yet) and sent the results, which the event loop had not applied when the request looked: it saw its
     part still running, found no room and waited for a wake-up that never came. Here the loop is held,
     right after the request's wake-up is scheduled, until the worker is done with the part."""
-    loop = asyncio.get_running_loop()
     holding = threading.Event()
 
     class WaitsForTheHold(Recorder):
