@@ -181,8 +181,8 @@ def align_inputs(model: nn.Module, *, stride: int, steps: int = 300, lr: float =
 
 
 def align_self_attention(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                         offsets: tuple[int, ...], *, steps: int = 100, lr: float = 1e-2) -> None:
-    """Point head ``h`` of every latent self-attention layer from latent ``i`` at latent ``i + offsets[h]``.
+                         offsets: tuple[tuple[int, ...], ...], *, steps: int = 100, lr: float = 1e-2) -> None:
+    """Point head ``h`` of latent self-attention layer ``l`` from latent ``i`` at latent ``i + offsets[l][h]``.
 
     After ``align_inputs`` each latent is a window of bytes; with its self-attention heads
     looking at neighbouring latents, each layer widens what a latent sees (a convolution, in
@@ -197,8 +197,8 @@ def align_self_attention(model: nn.Module, input_ids: torch.Tensor, attention_ma
         tokens, _ = body.input_preprocessor(input_ids)
         hidden = body.encoder.cross_attention(body.embeddings(input_ids.shape[0]), tokens, attention_mask.bool())
     count = hidden.shape[1]
-    targets = (torch.arange(count)[:, None] + torch.tensor(offsets)).clamp(0, count - 1).T.reshape(-1)  # (heads·latents)
-    for layer in body.encoder.self_attends:
+    for layer, layer_offsets in zip(body.encoder.self_attends, offsets, strict=True):
+        targets = (torch.arange(count)[:, None] + torch.tensor(layer_offsets)).clamp(0, count - 1).T.reshape(-1)
         attention = layer.attention.self
         optimiser = torch.optim.Adam([*attention.query.parameters(), *attention.key.parameters()], lr=lr)
         normed = attention.layernorm1(hidden).detach()

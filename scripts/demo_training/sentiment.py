@@ -36,23 +36,32 @@ from .common import RunOptions, Trained, align_inputs, align_self_attention, bat
 NAME = "text-sentiment"
 SUMMARY = "Demo model: positive/negative sentiment of short English sentences, trained here."
 LABELS = ("negative", "positive")
-#: The curriculum: until these fractions of training, sentences are at most ``WORD`` / ``PLAIN``
-#: (see ``level``); a byte model first learns which words carry sentiment, then how they combine.
-WORDS_UNTIL, PLAIN_UNTIL = 0.1, 0.3
+#: The curriculum: until these fractions of training, sentences are at most ``WORD`` / ``PLAIN`` /
+#: ``NEGATION`` (see ``level``); a byte model first learns which words carry sentiment, then how
+#: negation turns them, then how clauses combine.
+WORDS_UNTIL, PLAIN_UNTIL, NEGATION_UNTIL = 0.08, 0.2, 0.4
+#: Share of negated clauses in ``NEGATION`` sentences: once the words are known, negation is learnt
+#: fastest where it is as common as not.
+NEGATION_STAGE = 0.5
+#: Share of two-clause sentences (``ANY``); the rest are single clauses.
+JOINED = 0.4
 
 #: Latent ``i`` starts reading the bytes around position ``STRIDE * i`` (see ``common.align_inputs``):
-#: 48 latents cover the first hundred bytes, as long as the sentences it is for. It takes 2046
-#: bytes, as the official model (a longer text is read only as far as the latents reach).
+#: 80 latents cover the first 160 bytes (48 covered 96, and cut off the deciding clause of 29% of
+#: the held-out sentences). It takes 2046 bytes, as the official model (a longer text is read only
+#: as far as the latents reach).
 STRIDE = 2
 HAND_WRITTEN = Path(__file__).resolve().parents[2] / "tests" / "meaning" / "data" / "sentiment.tsv"
 STEPS, BATCH, LR = 6000, 32, 5e-4
 #: Scale of the latent array after ``align_inputs``: what tells the self-attention where a latent is.
 LATENT_STD = 0.3
-#: Self-attention head ``h`` starts reading latent ``i + NEIGHBOURS[h]`` (``common.align_self_attention``).
-NEIGHBOURS = (-2, -1, 1, 2)
+#: Head ``h`` of self-attention layer ``l`` starts reading latent ``i + NEIGHBOURS[l][h]``
+#: (``common.align_self_attention``): dilated, like a stack of convolutions, so that after the
+#: three layers a latent has heard from 40 bytes either side ("although" from the clause it opens).
+NEIGHBOURS = ((-2, -1, 1, 2), (-6, -3, 3, 6), (-12, -6, 6, 12))
 CONFIG = config(
     "PerceiverForSequenceClassification", LABELS,
-    num_latents=48, d_latents=128, d_model=64, num_blocks=1, num_self_attends_per_block=3,
+    num_latents=80, d_latents=128, d_model=64, num_blocks=1, num_self_attends_per_block=3,
     num_self_attention_heads=4, num_cross_attention_heads=8, cross_attention_widening_factor=2,
     max_position_embeddings=2048,
 )
@@ -175,6 +184,7 @@ class Vocabulary:
     adjective_frames: tuple[tuple[str, int], ...]
     verb_frames: tuple[tuple[str, int], ...]
     joins: tuple[tuple[str, bool], ...]
+    fillers: tuple[str, ...] = ()  # neutral words for subjects, nouns and distractors (training only)
 
 
 def _by_polarity(words) -> dict[int, tuple[str, ...]]:
@@ -185,7 +195,7 @@ def vocabularies() -> tuple[Vocabulary, Vocabulary, Vocabulary]:
     """``(training, held out, held out with unseen forms of the sentiment words)``."""
     verbs = {sign: tuple(forms for verb, forms in VERBS.items() if polarity(verb) == sign) for sign in (1, -1)}
     train = Vocabulary(_by_polarity(ADJECTIVES), verbs, SUBJECTS, NOUNS, PEOPLE, INTENSIFIERS, OPENERS, CLOSERS,
-                       ADJECTIVE_FRAMES, VERB_FRAMES, JOINS)
+                       ADJECTIVE_FRAMES, VERB_FRAMES, JOINS, fillers())
     held = Vocabulary(_by_polarity(ADJECTIVES), verbs, HELD_OUT_SUBJECTS, HELD_OUT_NOUNS, HELD_OUT_PEOPLE,
                       HELD_OUT_INTENSIFIERS, HELD_OUT_OPENERS, HELD_OUT_CLOSERS, HELD_OUT_ADJECTIVE_FRAMES,
                       HELD_OUT_VERB_FRAMES, HELD_OUT_JOINS)
@@ -194,22 +204,67 @@ def vocabularies() -> tuple[Vocabulary, Vocabulary, Vocabulary]:
     return train, held, unseen
 
 
-#: How hard a training sentence is: a sentiment word alone, one clause without negation, anything.
-WORD, PLAIN, ANY = range(3)
+#: Words that steer a sentence's label whatever their VADER rating: never used as neutral fillers.
+STEERING = frozenset("""not no nor never nothing nobody none neither without but although though however yet except
+despite instead rather hardly barely least less more most too and also only even still""".split())
+#: Share of training subjects and nouns replaced by a neutral word ("the assignment was awful"), and of
+#: training clauses given one or two neutral words at a random place ("the movie was not yield good"):
+#: sentiment comes from the sentiment words and their negation, wherever they stand, and a word the
+#: model never saw (a held-out subject, noun or frame word) carries none.
+FILLER_SUBJECTS, DISTRACTORS = 0.4, 0.3
+#: Share of training sentences led by a sentence of neutral words ("Module returns value. The food
+#: was good."): the latents far into a text learn to read as well as the first ones.
+LEAD_IN = 0.15
 
 
-def clause(vocab: Vocabulary, rng: random.Random, sign: int, negation: bool = True) -> str:
-    """A clause whose sentiment is ``sign`` (+1 / −1), negated or not."""
-    rule = -1 if negation and rng.random() < NEGATED else 1
+@cache
+def fillers() -> tuple[str, ...]:
+    """Neutral words of 3–10 letters that occur at least 3 times in Python's documentation (the
+    fill-mask model's training text, ``prose.corpus``): none known to VADER's lexicon, none that
+    steers a label (``STEERING``), and none of any frame, join, opener or other piece of a sentence,
+    trained or held out."""
+    from .prose import corpus
+
+    counts: dict[str, int] = {}
+    for word in re.findall(r"(?<![A-Za-z'])[a-z]{3,10}(?![A-Za-z'])", corpus()[0].decode("utf-8")):
+        counts[word] = counts.get(word, 0) + 1
+    pieces = " ".join([*(s for s, _ in SUBJECTS + HELD_OUT_SUBJECTS), *NOUNS, *HELD_OUT_NOUNS, *PEOPLE,
+                       *HELD_OUT_PEOPLE, *INTENSIFIERS, *HELD_OUT_INTENSIFIERS, *OPENERS, *HELD_OUT_OPENERS,
+                       *CLOSERS, *HELD_OUT_CLOSERS, *(f for f, _ in ADJECTIVE_FRAMES + HELD_OUT_ADJECTIVE_FRAMES
+                                                        + VERB_FRAMES + HELD_OUT_VERB_FRAMES + UNSEEN_FORM_FRAMES
+                                                        + JOINS + HELD_OUT_JOINS)])
+    taken = set(re.findall(r"[a-z]+", pieces.lower())) | STEERING | set(lexicon())
+    return tuple(sorted(w for w, n in counts.items() if n >= 3 and w not in taken))
+
+
+#: How hard a training sentence is: a sentiment word alone, one clause without negation, one clause
+#: negated half the time, anything.
+WORD, PLAIN, NEGATION, ANY = range(4)
+
+
+def clause(vocab: Vocabulary, rng: random.Random, sign: int, negated: float = NEGATED) -> str:
+    """A clause whose sentiment is ``sign`` (+1 / −1), negated with probability ``negated``."""
+    rule = -1 if rng.random() < negated else 1
     frame, _ = rng.choice([f for f in vocab.adjective_frames + vocab.verb_frames if f[1] == rule])
     subject, plural = rng.choice(vocab.subjects)
+    noun = rng.choice(vocab.nouns)
+    if vocab.fillers and rng.random() < FILLER_SUBJECTS:
+        subject, plural = f"{rng.choice(('the', 'this', 'my', 'our', 'that'))} {rng.choice(vocab.fillers)}", False
+    if vocab.fillers and rng.random() < FILLER_SUBJECTS:
+        noun = rng.choice(vocab.fillers)
     verb = rng.choice(vocab.verbs[sign * rule])
     words = dict(
         s=subject, be=rng.choice(("were", "are") if plural else ("was", "is")), a=rng.choice(vocab.adjectives[sign * rule]),
-        i=rng.choice(vocab.intensifiers) + " " if rng.random() < 0.3 else "", n=rng.choice(vocab.nouns),
+        i=rng.choice(vocab.intensifiers) + " " if rng.random() < 0.3 else "", n=noun,
         p=rng.choice(vocab.people), v0=verb[0], v1=verb[1], v2=verb[2],
     )
-    return frame.format(**words)
+    text = frame.format(**words)
+    if vocab.fillers and rng.random() < DISTRACTORS:
+        split = text.split(" ")
+        at = rng.randint(0, len(split))
+        split[at:at] = rng.sample(vocab.fillers, rng.randint(1, 2))
+        text = " ".join(split)
+    return text
 
 
 def sentence(vocab: Vocabulary, rng: random.Random, level: int = ANY) -> tuple[str, int]:
@@ -217,13 +272,15 @@ def sentence(vocab: Vocabulary, rng: random.Random, level: int = ANY) -> tuple[s
     sign = rng.choice((1, -1))
     if level == WORD:
         text = rng.choice(vocab.adjectives[sign] + tuple(v[rng.randrange(3)] for v in vocab.verbs[sign]))
-    elif level == PLAIN or rng.random() < 0.6:
-        text = clause(vocab, rng, sign, negation=level == ANY)
+    elif level in (PLAIN, NEGATION) or rng.random() >= JOINED:
+        text = clause(vocab, rng, sign, {PLAIN: 0.0, NEGATION: NEGATION_STAGE}.get(level, NEGATED))
     else:
         join, same = rng.choice(vocab.joins)
         first = clause(vocab, rng, sign if same else rng.choice((1, -1)))
         text = join.format(x=first, y=clause(vocab, rng, sign))
     opener = rng.choice(vocab.openers)
+    if vocab.fillers and rng.random() < LEAD_IN:  # a neutral sentence first: the deciding words stand further on
+        opener = " ".join(rng.sample(vocab.fillers, rng.randint(3, 7))).capitalize() + ". " + opener
     if not opener or opener.endswith(". "):
         text = text[0].upper() + text[1:]
     text = re.sub(r"\b([Aa]) (?=[aeiou])", r"\1n ", opener + text)
@@ -237,7 +294,9 @@ def level(progress: float, rng: random.Random) -> int:
         return WORD
     if progress < PLAIN_UNTIL:
         return rng.choice((WORD, PLAIN, PLAIN, PLAIN))
-    return rng.choices((WORD, PLAIN, ANY), (1, 2, 7))[0]
+    if progress < NEGATION_UNTIL:
+        return rng.choices((WORD, PLAIN, NEGATION, ANY), (1, 1, 4, 2))[0]
+    return rng.choices((WORD, PLAIN, NEGATION, ANY), (1, 1, 2, 6))[0]
 
 
 def _normal(text: str) -> str:
@@ -333,8 +392,9 @@ def card(f: dict[str, float]) -> str:
     held_met, hand_met = f["accuracy_held_out"] >= 0.9, f["accuracy_hand_written"] >= 0.85
     verdict = "**both are met**" if held_met and hand_met else (
         f"the hand-written one is {'met' if hand_met else '**not met**'}, the held-out one "
-        f"{'met' if held_met else '**not met**'}. The model has learnt which words are positive or negative; "
-        "negation and a second clause after *but* it has barely learnt in the 15 minutes of training the issue allows")
+        f"{'met' if held_met else '**not met**'}. The model knows which words are positive or negative, and "
+        "mostly how negation turns them; which clause decides after *but* or *although*, in frames and among "
+        "words it never saw, it gets wrong too often after the 15 minutes of training the issue allows")
     return f"""# text-sentiment: positive or negative (demo model)
 
 A small byte-level `PerceiverForSequenceClassification` trained on this machine to say whether a
@@ -350,7 +410,9 @@ endpoint doing its job offline. There is no official sentiment checkpoint; fine-
   `scripts/demo_training/common.py`), so that each latent starts as a window of
   {CONFIG.num_cross_attention_heads} bytes and a word reads the same wherever it stands. Texts up to 2046 bytes are
   accepted; beyond about {STRIDE * CONFIG.num_latents} bytes the model sees little.
-  {"Each self-attention head starts reading a neighbouring latent (offsets " + ", ".join(map(str, NEIGHBOURS)) + ", `align_self_attention`)." if NEIGHBOURS else ""}
+  Each self-attention head starts reading a latent nearby, further in each layer (offsets
+  {"; ".join(", ".join(map(str, layer)) for layer in NEIGHBOURS)}: `align_self_attention`), so that after its
+  {len(NEIGHBOURS)} layers a latent has heard from about {STRIDE * sum(max(layer) for layer in NEIGHBOURS)} bytes either side.
 
 ## Data
 
@@ -361,10 +423,19 @@ openers and endings ("Overall, …", "… to me."), negation ("was not good", "w
 *but*, *although* or *however* (the clause after *but* decides). Each word's polarity comes from
 VADER's human-rated lexicon (`vaderSentiment`, MIT licence, shipped in its wheel); words it
 rates weaker than ±1 are not used. Labels follow from those rules. A quarter of the clauses are
-negated (with half of them negated, a word's polarity says almost nothing about the label and
-training found nothing to start from).
+negated.
+
+So that a word the model never saw carries no sentiment for it, {FILLER_SUBJECTS:.0%} of the subjects and nouns
+are a neutral word from Python's documentation ("the assignment was awful"; {len(fillers()):,} words that
+VADER does not know, none of them a word of any sentence piece, trained or held out), {DISTRACTORS:.0%} of
+the clauses get one or two such words at a random place ("I really yield enjoyed it"), and
+{LEAD_IN:.0%} of the sentences start with a sentence of them, so that the deciding words also stand
+far into the text.
+
 {f['train_sentences']:,} sentences were drawn, as a curriculum: first single sentiment words
-({WORDS_UNTIL:.0%} of the steps), then clauses without negation (to {PLAIN_UNTIL:.0%}), then everything.
+({WORDS_UNTIL:.0%} of the steps), then clauses without negation (to {PLAIN_UNTIL:.0%}), then mostly single
+clauses negated half the time (to {NEGATION_UNTIL:.0%}: with the words known, negation is learnt fastest
+where it is as common as not), then everything.
 
 **Held out, never trained on:** {held_frames} other clause frames ("I found the pizza terrible",
 "we did not really enjoy it"), {len(HELD_OUT_JOINS)} other ways of joining clauses ("…, but in the end …"),
@@ -381,7 +452,7 @@ make demo-models            # or: .venv/bin/python scripts/train_demo_models.py 
 ```
 
 Seeded and deterministic on a given machine and thread count; it took {minutes(f['train_seconds'])} with one torch
-thread on a 2-core machine shared with other work.
+thread on a 2-core machine while another training used the other core.
 
 ## Held-out results
 

@@ -6,13 +6,14 @@ the 50% a model that guesses gets.
 
 import dataclasses
 import random
+import re
 
 from demo_training import sentiment
 
-#: The shipped model measured 87.5% (42 of 48) and 63.8% (its card; 63.0% on this test's 400); a model
-#: that guesses gets 50%.
-HAND_WRITTEN_AT_LEAST = 0.81
-HELD_OUT_AT_LEAST = 0.56
+#: The shipped model measured 91.7% (44 of 48) and 70.3% (its card; 73.8% on this test's 400); a
+#: model that guesses gets 50%. The hand-written threshold is the issue's target itself.
+HAND_WRITTEN_AT_LEAST = 0.85
+HELD_OUT_AT_LEAST = 0.68
 
 
 def _labels(rest, texts: list[str]) -> list[str]:
@@ -55,3 +56,16 @@ def test_held_out_pieces_are_never_trained_on():
     for progress in (0.0, 0.1, 0.5):
         drawn = {text for text, _ in sentiment.training_sentences(train, rng, progress, 20000)}
         assert not hand_written & drawn
+
+
+def test_neutral_fillers_are_no_held_out_word_and_carry_no_sentiment():
+    train, held, unseen = sentiment.vocabularies()
+    fillers = set(train.fillers)
+    assert len(fillers) > 500 and held.fillers == unseen.fillers == ()
+    held_out_text = " ".join([
+        *(s for s, _ in held.subjects), *held.nouns, *held.people, *held.intensifiers, *held.openers, *held.closers,
+        *(f for f, _ in held.adjective_frames + held.verb_frames + held.joins + unseen.adjective_frames),
+    ]).lower()
+    assert not fillers & set(re.findall(r"[a-z]+", held_out_text))
+    assert not fillers & sentiment.STEERING
+    assert not fillers & set(sentiment.lexicon())
