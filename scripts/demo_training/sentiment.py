@@ -186,6 +186,12 @@ class Vocabulary:
     joins: tuple[tuple[str, bool], ...]
     fillers: tuple[str, ...] = ()  # neutral words for subjects, nouns and distractors (training only)
 
+    def piece_words(self) -> set[str]:
+        """Every word of its pieces but the sentiment words and the fillers (lower case)."""
+        pieces = [*(s for s, _ in self.subjects), *self.nouns, *self.people, *self.intensifiers, *self.openers,
+                  *self.closers, *(f for f, _ in self.adjective_frames + self.verb_frames + self.joins)]
+        return set(re.findall(r"[a-z]+", " ".join(pieces).lower()))
+
 
 def _by_polarity(words) -> dict[int, tuple[str, ...]]:
     return {sign: tuple(w for w in words if polarity(w) == sign) for sign in (1, -1)}
@@ -193,9 +199,14 @@ def _by_polarity(words) -> dict[int, tuple[str, ...]]:
 
 def vocabularies() -> tuple[Vocabulary, Vocabulary, Vocabulary]:
     """``(training, held out, held out with unseen forms of the sentiment words)``."""
+    train, held, unseen = _vocabularies_without_fillers()
+    return dataclasses.replace(train, fillers=fillers()), held, unseen
+
+
+def _vocabularies_without_fillers() -> tuple[Vocabulary, Vocabulary, Vocabulary]:
     verbs = {sign: tuple(forms for verb, forms in VERBS.items() if polarity(verb) == sign) for sign in (1, -1)}
     train = Vocabulary(_by_polarity(ADJECTIVES), verbs, SUBJECTS, NOUNS, PEOPLE, INTENSIFIERS, OPENERS, CLOSERS,
-                       ADJECTIVE_FRAMES, VERB_FRAMES, JOINS, fillers())
+                       ADJECTIVE_FRAMES, VERB_FRAMES, JOINS)
     held = Vocabulary(_by_polarity(ADJECTIVES), verbs, HELD_OUT_SUBJECTS, HELD_OUT_NOUNS, HELD_OUT_PEOPLE,
                       HELD_OUT_INTENSIFIERS, HELD_OUT_OPENERS, HELD_OUT_CLOSERS, HELD_OUT_ADJECTIVE_FRAMES,
                       HELD_OUT_VERB_FRAMES, HELD_OUT_JOINS)
@@ -228,12 +239,7 @@ def fillers() -> tuple[str, ...]:
     counts: dict[str, int] = {}
     for word in re.findall(r"(?<![A-Za-z'])[a-z]{3,10}(?![A-Za-z'])", corpus()[0].decode("utf-8")):
         counts[word] = counts.get(word, 0) + 1
-    pieces = " ".join([*(s for s, _ in SUBJECTS + HELD_OUT_SUBJECTS), *NOUNS, *HELD_OUT_NOUNS, *PEOPLE,
-                       *HELD_OUT_PEOPLE, *INTENSIFIERS, *HELD_OUT_INTENSIFIERS, *OPENERS, *HELD_OUT_OPENERS,
-                       *CLOSERS, *HELD_OUT_CLOSERS, *(f for f, _ in ADJECTIVE_FRAMES + HELD_OUT_ADJECTIVE_FRAMES
-                                                        + VERB_FRAMES + HELD_OUT_VERB_FRAMES + UNSEEN_FORM_FRAMES
-                                                        + JOINS + HELD_OUT_JOINS)])
-    taken = set(re.findall(r"[a-z]+", pieces.lower())) | STEERING | set(lexicon())
+    taken = set().union(*(v.piece_words() for v in _vocabularies_without_fillers())) | STEERING | set(lexicon())
     return tuple(sorted(w for w, n in counts.items() if n >= 3 and w not in taken))
 
 
