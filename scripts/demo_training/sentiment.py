@@ -458,7 +458,7 @@ make demo-models            # or: .venv/bin/python scripts/train_demo_models.py 
 ```
 
 Seeded and deterministic on a given machine and thread count; it took {minutes(f['train_seconds'])} with one torch
-thread on a 2-core machine while another training used the other core.
+thread, alone on a 2-core machine (with another training on the other core it took 16.0 min).
 
 ## Held-out results
 
