@@ -19,12 +19,12 @@ import argparse
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 from . import report
-from .measure import items_per_second
 from .checkpoints import checkpoint_dir
 from .configs import classifier_spec
 from .servers import Service, baseline_server, perceiver_serve, write_repository
@@ -38,6 +38,10 @@ VARIANTS = {
     "int8": {"dtype": "int8"},
     "compiled": {"dtype": "float32", "compile": True},
     "compiled-int8": {"dtype": "int8", "compile": True},
+    # Two instances of one thread each (model.toml ``instances = 2``, ``threads = 1``).
+    "fp32-x2": {"dtype": "float32", "instances": 2, "threads": 1},
+    "bf16-x2": {"dtype": "bfloat16", "instances": 2, "threads": 1},
+    "int8-x2": {"dtype": "int8", "instances": 2, "threads": 1},
 }
 BATCHING = {"max_batch_size": 32, "max_delay_ms": 5, "max_queue": 1024, "timeout_ms": 300_000}
 LEVELS = (16, 32)
@@ -79,32 +83,57 @@ def _served(servers: dict[str, tuple[Service, str]], rounds: int, requests: int,
 
 
 def isolated(checkpoint: Path, variant: str, threads: int, budget_s: float) -> tuple[dict[int, float], float]:
-    """Items/s of the variant alone on the load generator's texts at each batch size of LEVELS, and its
-    CPU seconds per item (all sizes together)."""
-    import torch
+    """Items/s of the variant alone on the load generator's texts, ``size`` texts at a time for each
+    ``size`` of LEVELS, and its CPU seconds per item (all sizes together).
+
+    A variant of several instances runs as the server runs it: one thread per instance with its own
+    torch threads, each passing batches of ``size / instances`` texts, all at once.
+    """
     from perceiver_serve.modeling import ByteTokenizer, load_model
 
     from .loadgen import TEXTS
 
-    torch.set_num_threads(threads)
     settings = VARIANTS[variant]
+    instances = settings.get("instances", 1)
+    per_instance = settings.get("threads") or max(1, threads // instances)
     model = load_model(checkpoint, dtype=settings["dtype"], compile=settings.get("compile", False))
     tokenizer = ByteTokenizer()
-    batches = {size: tokenizer.batch([tokenizer.encode(TEXTS[i % len(TEXTS)]) for i in range(size)])
+    batches = {size: tokenizer.batch([tokenizer.encode(TEXTS[i % len(TEXTS)]) for i in range(size // instances)])
                for size in LEVELS}
-    rates, items = {}, 0
-    with torch.inference_mode():
-        for ids, mask in batches.values():
-            model(ids, mask)  # compiled variants compile here, outside the CPU count
-        cpu = time.process_time()
-        for size, (ids, mask) in batches.items():
+    rates, items, cpu = {}, 0, 0.0
+    for size, (ids, mask) in batches.items():
+        rates[size], counted, seconds = _side_by_side(model, ids, mask, instances, per_instance, budget_s)
+        items, cpu = items + counted, cpu + seconds
+    return rates, cpu / items
 
-            def forward() -> None:
-                nonlocal items
-                model(ids, mask)  # noqa: B023 - called within this iteration
-                items += size  # noqa: B023
-            rates[size] = items_per_second(forward, size, budget_s)
-    return rates, (time.process_time() - cpu) / items
+
+def _side_by_side(model: Any, ids: Any, mask: Any, instances: int, threads: int,
+                  budget_s: float) -> tuple[float, int, float]:
+    """``instances`` threads of ``threads`` torch threads each passing ``(ids, mask)`` for ``budget_s``:
+    ``(items/s, items, CPU seconds)``, after each has run one pass (a compiled model compiles there)."""
+    import torch
+
+    counts, ready, until = [0] * instances, threading.Barrier(instances + 1), threading.Event()
+
+    def loop(index: int) -> None:
+        torch.set_num_threads(threads)
+        with torch.inference_mode():
+            model(ids, mask)
+            ready.wait()
+            while not until.is_set():
+                model(ids, mask)
+                counts[index] += ids.shape[0]
+
+    workers = [threading.Thread(target=loop, args=(i,)) for i in range(instances)]
+    for worker in workers:
+        worker.start()
+    ready.wait()
+    started, cpu_started = time.perf_counter(), time.process_time()
+    time.sleep(budget_s)
+    until.set()
+    for worker in workers:
+        worker.join()
+    return sum(counts) / (time.perf_counter() - started), sum(counts), time.process_time() - cpu_started
 
 
 def measure(variants: list[str], quick: bool, threads: int, rounds: int, say: report.Progress) -> dict[str, Any]:
@@ -185,7 +214,7 @@ def markdown(result: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny model, few requests: checks the harness")
-    parser.add_argument("--variants", default="fp32,int8,compiled", help="comma-separated: " + ", ".join(VARIANTS))
+    parser.add_argument("--variants", default="fp32,fp32-x2,int8,int8-x2,compiled", help="comma-separated: " + ", ".join(VARIANTS))
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)

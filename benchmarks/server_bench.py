@@ -310,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
 
     say("model alone: batch 1 vs batch 16 items/s")
     scaling = model_batch_scaling(text_checkpoint, args.threads, 0.5 if args.quick else 5.0)
-    variants = args.variants or ("fp32,int8" if args.quick else ",".join(served_ratio.VARIANTS))
+    variants = args.variants or ("fp32,int8-x2" if args.quick else ",".join(served_ratio.VARIANTS))
     ratio = None
     if variants != "none":
         say(f"served vs isolated: {variants}")

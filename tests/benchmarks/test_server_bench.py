@@ -71,6 +71,6 @@ def test_baseline_tokenises_like_perceiver_serve():
 def test_served_throughput_beside_the_isolated_model(quick_run):
     out, payload, _ = quick_run
     rows = payload["served_ratio"]["rows"]
-    assert {r["variant"] for r in rows} == {"fp32", "int8"} and {r["concurrency"] for r in rows} == {16, 32}
+    assert {r["variant"] for r in rows} == {"fp32", "int8-x2"} and {r["concurrency"] for r in rows} == {16, 32}
     assert all(r["failed"] == 0 and r["ratio"] > 0 for r in rows)
     assert "served / isolated" in (out / "server.md").read_text()

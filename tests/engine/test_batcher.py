@@ -252,6 +252,59 @@ def test_warm_up_runs_on_the_worker_thread_one_batch_per_key():
     assert threads == ["device-worker:m"] * 3
 
 
+# -- several instances of one model ------------------------------------------------------------------
+
+def test_two_instances_run_two_batches_side_by_side():
+    """Two items, two idle instances: each takes one, and both run at once (the barrier passes only
+    if the second batch starts while the first is still running)."""
+    barrier = threading.Barrier(2, timeout=10)
+    runner = Recorder(fn=lambda payloads: barrier.wait() is None or list(payloads))
+    batcher = DynamicBatcher("m", runner, limits(max_delay_ms=50), instances=2)
+    batcher.start()
+
+    async def both():
+        return await asyncio.gather(batcher.submit(1), batcher.submit(2))
+    try:
+        assert asyncio.run(both()) == [1, 2]
+    finally:
+        batcher.stop()
+    assert sorted(map(len, runner.batches)) == [1, 1]
+
+
+async def test_a_burst_is_split_evenly_between_idle_instances():
+    runner = Recorder(delay=0.3)
+    batcher = DynamicBatcher("m", runner, limits(max_batch_size=16, max_delay_ms=5000), instances=2)
+    batcher.start()
+    began = time.monotonic()
+    try:
+        assert await asyncio.gather(*(batcher.submit(i) for i in range(16))) == [i * 2 for i in range(16)]
+    finally:
+        batcher.stop()
+    assert sorted(map(len, runner.batches)) == [8, 8]
+    assert sorted(p for batch in runner.batches for p in batch) == list(range(16))
+    assert time.monotonic() - began < 3  # the second half did not wait out max_delay_ms again
+
+
+@pytest.mark.parametrize("instances, threads, expected", [(2, 1, 1), (2, None, None), (1, None, None), (1, 3, 3)])
+async def test_each_instance_runs_its_batches_on_its_own_torch_threads(instances, threads, expected):
+    from perceiver_serve.engine.batcher import PROCESS_THREADS
+
+    seen = set()
+    runner = Recorder(fn=lambda payloads: seen.add((threading.current_thread().name, torch.get_num_threads()))
+                      or list(payloads), delay=0.05)
+    batcher = DynamicBatcher("m", runner, limits(max_batch_size=1, max_delay_ms=0), instances=instances,
+                             threads=threads)
+    batcher.start(warm_up=lambda: runner.run([0]))
+    try:
+        await asyncio.gather(*(batcher.submit(i) for i in range(6)))
+    finally:
+        batcher.stop()
+    per_instance = expected or max(1, PROCESS_THREADS // instances)
+    names = {f"device-worker:m#{i}" for i in range(instances)} if instances > 1 else {"device-worker:m"}
+    assert seen == {(name, per_instance) for name in names}
+    assert torch.get_num_threads() == PROCESS_THREADS  # this thread's count is its own
+
+
 def test_a_failing_warm_up_is_raised_by_start_and_ends_the_worker():
     def fn(payloads):
         raise RuntimeError("warm-up broke")
@@ -259,7 +312,7 @@ def test_a_failing_warm_up_is_raised_by_start_and_ends_the_worker():
     batcher = DynamicBatcher("m", Recorder(fn=fn), limits())
     with pytest.raises(RuntimeError, match="warm-up broke"):
         batcher.start(warm_up=lambda: batcher.runner.run([1]))
-    assert not batcher._thread.is_alive()
+    assert not any(thread.is_alive() for thread in batcher._threads)
 
 
 # -- requests larger than the queue (flow tiles of big frames) ----------------------------------------

@@ -14,6 +14,14 @@ tensors are gone (see :meth:`DynamicBatcher._run`).
 The worker thread owns its model's device work: it selects the device, runs every batch on a
 stream of its own (:class:`~.devices.WorkerStream`) and runs the warm-up batches itself, so the
 per-thread cuBLAS/cuDNN handles exist before the first request.
+
+A model may have several *instances* (``instances`` in ``model.toml``, Triton's instance group):
+as many worker threads, each with its own stream and its own number of torch threads, sharing
+the model's weights and one queue. On a CPU, two instances of one thread each keep both cores
+computing where one instance of two threads waits at every operation's barrier for its slower
+thread (measured on a 2-core Zen 4: +15% items/s in fp32, +24% in bf16, +28% in int8 for the
+mid-size text classifier). A worker that finds other workers idle takes only its share of the
+waiting compatible items, so that a burst is split between them instead of queuing behind one.
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ import asyncio
 import collections
 import dataclasses
 import logging
+import math
 import threading
 import time
 import traceback
@@ -76,6 +85,9 @@ class _Item:
     #: Set by the worker, under the lock, once the item's batch is over: its result may not have
     #: reached the caller's event loop yet (``future.done()`` lags behind).
     finished: bool = False
+    #: Left by a worker that took its share of a batch ready to run, for the other idle workers:
+    #: it has waited for company already.
+    ready: bool = False
 
     def settle(self, outcome: Any) -> None:
         """Deliver a result or exception to the waiting caller, from any thread."""
@@ -106,14 +118,25 @@ def is_out_of_memory(exc: BaseException) -> bool:
 IDLE_AFTER_S = 1.0
 HAND_BACK_EVERY_S = 2.0
 _IDLE = object()  # _take_batch's answer when the worker has been idle for IDLE_AFTER_S
+#: torch's threads at start-up (``OMP_NUM_THREADS``, else the cores). Read once: torch keeps a count
+#: per thread, but a thread that sets its own also sets the one every later new thread starts with.
+PROCESS_THREADS = torch.get_num_threads()
 
 
 class DynamicBatcher:
     def __init__(self, name: str, runner: BatchRunner, limits: BatchingConfig,
                  observer: BatchObserver | None = None, device: str | torch.device = "cpu",
-                 hand_back: Callable[[], object] | None = None) -> None:
-        """``hand_back`` runs on the worker thread when it falls idle and now and then under steady
-        work (see :data:`HAND_BACK_EVERY_S`): the server hands free memory back to the system there."""
+                 hand_back: Callable[[], object] | None = None, *, instances: int = 1,
+                 threads: int | None = None) -> None:
+        """``hand_back`` runs on a worker thread when it falls idle and now and then under steady
+        work (see :data:`HAND_BACK_EVERY_S`): the server hands free memory back to the system there.
+
+        ``instances`` worker threads share ``runner`` (its model is read, never changed, by a
+        forward pass); each runs its torch operations on ``threads`` threads, by default the
+        process's torch threads divided among the instances (at least one).
+        """
+        if instances < 1:
+            raise ValueError(f"instances must be at least 1, not {instances}")
         self.name = name
         self._hand_back = hand_back
         self._worked = False  # work ran since hand_back was last called
@@ -121,11 +144,16 @@ class DynamicBatcher:
         self.runner = runner
         self.limits = limits
         self.observer = observer or _NullObserver()
-        self.stream = WorkerStream(device)
+        self.instances = instances
+        self.threads = threads or max(1, PROCESS_THREADS // instances)
+        self.streams = [WorkerStream(device) for _ in range(instances)]
         self._queue: collections.deque[_Item] = collections.deque()
         self._cond = threading.Condition()
         self._stopping = False
-        self._thread = threading.Thread(target=self._work, name=f"device-worker:{name}", daemon=True)
+        self._waiting = 0  # workers inside _take_batch: the ones a burst of work is shared among
+        self._threads = [threading.Thread(target=self._work, args=(stream,), daemon=True,
+                                          name=f"device-worker:{name}" + (f"#{i}" if instances > 1 else ""))
+                         for i, stream in enumerate(self.streams)]
         self._warm_up: Callable[[], None] | None = None
         self._warmed = threading.Event()
         self._warm_up_error: BaseException | None = None
@@ -133,16 +161,24 @@ class DynamicBatcher:
         self.forward_passes = 0  # batches actually run; tests and benchmarks read it
 
     # -- event-loop side ----------------------------------------------------------------------
+    @property
+    def stream(self) -> WorkerStream:
+        """The first worker's stream (the only one, unless the model has several instances)."""
+        return self.streams[0]
+
     def start(self, warm_up: Callable[[], None] | None = None) -> None:
-        """Start the worker thread and wait until it has run ``warm_up`` (on its device and stream);
-        a warm-up failure stops the worker and is raised here."""
-        self._warm_up = warm_up
-        self._thread.start()
-        self._warmed.wait()
-        if self._warm_up_error is not None:
-            error, self._warm_up_error = self._warm_up_error, None
-            self.stop()
-            raise error
+        """Start the worker threads one after another, each waited for until it has run ``warm_up``
+        (on its device and stream, with its torch threads); a warm-up failure stops the workers
+        and is raised here."""
+        for thread in self._threads:
+            self._warm_up, self._warm_up_error = warm_up, None
+            self._warmed.clear()
+            thread.start()
+            self._warmed.wait()
+            if self._warm_up_error is not None:
+                error, self._warm_up_error = self._warm_up_error, None
+                self.stop()
+                raise error
 
     @property
     def queue_depth(self) -> int:
@@ -262,19 +298,22 @@ class DynamicBatcher:
             )
 
     def stop(self, timeout: float | None = None) -> None:
-        """Refuse new work, finish what is queued, and end the worker thread."""
+        """Refuse new work, finish what is queued, and end the worker threads."""
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
-        if self._thread.is_alive():
-            self._thread.join(timeout)
+        ends = None if timeout is None else time.monotonic() + timeout
+        for thread in self._threads:
+            if thread.is_alive():
+                thread.join(None if ends is None else max(0.0, ends - time.monotonic()))
 
     # -- worker side --------------------------------------------------------------------------
-    def _work(self) -> None:
+    def _work(self, stream: WorkerStream) -> None:
         torch.set_grad_enabled(False)
+        torch.set_num_threads(self.threads)  # this thread's own: torch keeps the count per thread
         try:
-            self.stream.bind()
-            self._run_warm_up()
+            stream.bind()
+            self._run_warm_up(stream)
         except BaseException as exc:  # noqa: BLE001 - handed to start(), which raises it
             self._warm_up_error = exc
             return
@@ -283,7 +322,7 @@ class DynamicBatcher:
         while (batch := self._next_batch()) is not None:
             live = self._drop_dead(batch)
             if live:
-                self._run(live)
+                self._run(live, stream)
             with self._cond:  # results are settled: requests admitted in parts may send more
                 for item in batch:
                     item.finished = True
@@ -304,25 +343,41 @@ class DynamicBatcher:
     def _take_batch(self) -> Any:
         limits = self.limits
         with self._cond:
-            while not self._queue:
-                if self._stopping:
-                    return None
-                if not (self._worked and self._hand_back is not None):
-                    self._cond.wait()
-                elif not self._cond.wait(IDLE_AFTER_S) and not self._queue and not self._stopping:
-                    return _IDLE
-            head = self._queue[0]
-            fill_until = head.enqueued + limits.max_delay_ms / 1000
-            while True:
-                batch = [item for item in self._queue if item.key == head.key][: limits.max_batch_size]
-                remaining = fill_until - time.monotonic()
-                if len(batch) >= limits.max_batch_size or remaining <= 0 or self._stopping:
+            self._waiting += 1
+            try:
+                while True:
+                    while not self._queue:
+                        if self._stopping:
+                            return None
+                        if not (self._worked and self._hand_back is not None):
+                            self._cond.wait()
+                        elif not self._cond.wait(IDLE_AFTER_S) and not self._queue and not self._stopping:
+                            return _IDLE
+                    head = self._queue[0]
+                    fill_until = head.enqueued + limits.max_delay_ms / 1000
+                    while self._queue and self._queue[0] is head:  # another worker may take it meanwhile
+                        compatible = [item for item in self._queue if item.key == head.key]
+                        remaining = fill_until - time.monotonic()
+                        if (len(compatible) >= limits.max_batch_size or remaining <= 0 or head.ready
+                                or self._stopping):
+                            break
+                        self._cond.wait(remaining)
+                    else:
+                        continue
                     break
-                self._cond.wait(remaining)
-            chosen = set(map(id, batch))
-            self._queue = collections.deque(item for item in self._queue if id(item) not in chosen)
-            self._wake_room_waiters()
-            depth = len(self._queue)
+                # This worker's share of what waits, the idle workers (itself included) splitting it evenly.
+                share = math.ceil(min(len(compatible), limits.max_batch_size * self._waiting) / self._waiting)
+                batch = compatible[: min(share, limits.max_batch_size)]
+                chosen = set(map(id, batch))
+                self._queue = collections.deque(item for item in self._queue if id(item) not in chosen)
+                if self._waiting > 1 and len(compatible) > len(batch):
+                    for item in compatible[len(batch):]:
+                        item.ready = True
+                    self._cond.notify()  # the rest is another idle worker's, at once
+                self._wake_room_waiters()
+                depth = len(self._queue)
+            finally:
+                self._waiting -= 1
         self.observer.observe_queue_depth(self.name, depth)
         return batch
 
@@ -341,16 +396,16 @@ class DynamicBatcher:
                 live.append(item)
         return live
 
-    def _run_warm_up(self) -> None:
+    def _run_warm_up(self, stream: WorkerStream) -> None:
         if self._warm_up is None:
             return
-        with self.stream.running(), torch.inference_mode():
+        with stream.running(), torch.inference_mode():
             self._warm_up()
-            self.stream.synchronize()
+            stream.synchronize()
         self._warm_up = None
         self._worked = True
 
-    def _run(self, batch: list[_Item]) -> None:
+    def _run(self, batch: list[_Item], stream: WorkerStream) -> None:
         """Run a batch; on running out of memory, its halves, depth first.
 
         The retry happens here, outside the ``except`` that caught the failure: there, the
@@ -360,19 +415,19 @@ class DynamicBatcher:
         pending = [batch]
         while pending:
             part = pending.pop()
-            if self._attempt(part):
+            if self._attempt(part, stream):
                 log.warning("model %s: out of memory on a batch of %d; retrying in halves", self.name, len(part))
-                self.stream.release_cached_memory()
+                stream.release_cached_memory()
                 half = len(part) // 2
                 pending += [part[half:], part[:half]]
 
-    def _attempt(self, batch: list[_Item]) -> bool:
+    def _attempt(self, batch: list[_Item], stream: WorkerStream) -> bool:
         """Run ``batch`` and settle its items; True (items unsettled) if it ran out of memory and can be split."""
         started = time.monotonic()
         try:
-            with self.stream.running(), torch.inference_mode():
+            with stream.running(), torch.inference_mode():
                 results = list(self.runner.run([item.payload for item in batch]))
-                self.stream.synchronize()
+                stream.synchronize()
             if len(results) != len(batch):
                 raise RuntimeError(f"runner returned {len(results)} results for {len(batch)} items")
         except Exception as exc:  # noqa: BLE001 - any failure fails this batch, never the worker
@@ -382,7 +437,8 @@ class DynamicBatcher:
             self._fail(batch, exc)
             return False
         finally:
-            self.forward_passes += 1
+            with self._cond:
+                self.forward_passes += 1
             self._worked = True
         compute = time.monotonic() - started
         self.observer.observe_batch(self.name, len(batch), [started - i.enqueued for i in batch], compute)

@@ -79,6 +79,8 @@ class ServedModel:
                 info.update(labels=self.model.config.num_labels, labels_url=f"/models/{self.name}/labels")
             if self.model.compiled:
                 info["compile"] = True
+            if self.batcher is not None:
+                info.update(instances=self.batcher.instances, threads_per_instance=self.batcher.threads)
             if self.model.precision_check is not None:
                 info["precision_check"] = self.model.precision_check.as_dict()
         return info
@@ -157,7 +159,7 @@ class ModelRegistry:
                 )
             runner = definition.runner(model, options)
             batcher = DynamicBatcher(served.name, runner, spec.batching, self.observer, device=served.device,
-                                     hand_back=trim_heap)
+                                     hand_back=trim_heap, instances=spec.instances, threads=spec.threads)
             # On the worker thread, whose device, stream and cuBLAS/cuDNN handles requests then find ready.
             batcher.start(warm_up=lambda: warm_up(runner, spec.batching.max_batch_size, model.compiled, say))
         except Exception as exc:  # noqa: BLE001 - any failure marks this model failed, never the server

@@ -81,6 +81,10 @@ class ModelSpec(BaseModel):
     dtype: Literal["float32", "bfloat16", "float16", "int8", "auto"] = "float32"
     compile: bool = False
     tf32: bool = False  # CUDA float32 products in TF32: faster, no longer at parity (see devices.configure_tf32)
+    instances: int = Field(1, ge=1, le=64, description="Worker threads running this model's batches side by side "
+                           "(Triton's instance group), sharing its weights and queue.")
+    threads: int | None = Field(None, ge=1, le=1024, description="torch threads of each instance; default: the "
+                                "process's torch threads divided among the instances.")
     default: bool = False
     batching: BatchingConfig = BatchingConfig()
     options: dict[str, Any] = Field(default_factory=dict)
@@ -99,6 +103,13 @@ class ModelSpec(BaseModel):
         if value in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", value):
             return value
         raise ValueError("must be 'auto', 'cpu', 'cuda' or 'cuda:N'")
+
+    @model_validator(mode="after")
+    def _one_compiled_instance(self) -> "ModelSpec":
+        if self.compile and self.instances > 1:
+            raise ValueError("instances: a compiled model (compile = true) runs as one instance; torch.compile's "
+                             "code is not made to be called from several threads at once")
+        return self
 
     @model_validator(mode="after")
     def _source_or_versions(self) -> "ModelSpec":
