@@ -219,4 +219,14 @@ MUTANTS: tuple[Mutant, ...] = (
         "if is_out_of_memory(exc) and len(batch) > 1:", "if is_out_of_memory(exc) and len(batch) > 1 and False:",
         ("tests/engine/test_batcher.py::test_out_of_memory_splits_the_batch_and_retries",),
     ),
+    Mutant(
+        "an-instance-takes-every-waiting-item", "engine/batcher.py",
+        "batch = compatible[: min(share, limits.max_batch_size)]", "batch = compatible[: limits.max_batch_size]",
+        ("tests/engine/test_batcher.py::test_a_burst_is_split_evenly_between_idle_instances",),
+    ),
+    Mutant(
+        "instances-share-the-process-torch-threads", "engine/batcher.py",
+        "torch.set_num_threads(self.threads)  # this thread's own", "pass  # this thread's own",
+        ("tests/engine/test_batcher.py::test_each_instance_runs_its_batches_on_its_own_torch_threads",),
+    ),
 )
