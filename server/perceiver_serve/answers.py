@@ -104,6 +104,9 @@ class ModelInfo(Answer):
     load_seconds: float | None = None
     requested_dtype: str | None = Field(None, description="The dtype model.toml asks for (may be auto).")
     compile: bool | None = None
+    instances: int | None = Field(None, description="Worker threads running its batches side by side "
+                                  "(model.toml instances), once loaded.")
+    threads_per_instance: int | None = Field(None, description="torch threads of each instance, once loaded.")
     precision_check: PrecisionCheck | None = None
     geometry: dict[str, Any] | None = Field(None, description="The task's shapes, once the model is loaded.")
     versions: list[VersionState] = Field(default_factory=list, description="Every version loaded (or failing).")
