@@ -42,6 +42,8 @@ _FLAGS: list[tuple[str, dict]] = [
     ("--tls-cert", dict(type=Path, help="PEM certificate; with --tls-key serves both ports over TLS")),
     ("--tls-key", dict(type=Path, help="PEM private key")),
     ("--grace-period", dict(type=float, dest="grace_period_s", help="seconds to drain on SIGTERM (default 30)")),
+    ("--keep-alive", dict(type=float, dest="keep_alive_s", help="seconds an idle HTTP keep-alive connection stays "
+                                                                "open (default 75)")),
     ("--preprocess-threads", dict(type=int, help="media decoding threads (default min(4, cores))")),
     ("--malloc-mmap-threshold-mb", dict(type=float, help="glibc: allocations from this size up go back to the "
                                                           "system when freed (default 4; 0 = glibc's default)")),

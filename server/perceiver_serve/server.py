@@ -106,7 +106,7 @@ async def serve(settings: Settings) -> int:
     )
     http = _Uvicorn(uvicorn.Config(
         app, host=settings.host, port=settings.http_port, http=settings.http_parser, log_config=None, lifespan="off",
-        timeout_graceful_shutdown=settings.grace_period_s,
+        timeout_graceful_shutdown=settings.grace_period_s, timeout_keep_alive=settings.keep_alive_s,
         ssl_certfile=str(settings.tls_cert) if settings.tls_cert else None,
         ssl_keyfile=str(settings.tls_key) if settings.tls_key else None,
     ))

@@ -56,6 +56,9 @@ class Settings(BaseSettings):
     tls_cert: Path | None = Field(None, description="PEM certificate: serve both ports over TLS.")
     tls_key: Path | None = Field(None, description="PEM private key for --tls-cert.")
     grace_period_s: float = Field(30.0, ge=0, description="On SIGTERM, time allowed for in-flight work.")
+    keep_alive_s: float = Field(75.0, gt=0, le=3600, description=(
+        "How long an idle HTTP keep-alive connection stays open. Longer than clients keep idle "
+        "connections (httpx: 5 s), so that a client never sends on a connection the server is closing."))
     require_gpu: bool = Field(False, description="Exit non-zero at start if a model that asks for a GPU "
                                                  "(device auto or cuda) would get none.")
     preprocess_threads: int | None = Field(None, ge=1, description="Threads decoding and preprocessing media.")

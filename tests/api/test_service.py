@@ -51,6 +51,28 @@ def test_one_model_and_unknown_model(client):
     assert error_of(client.get("/models/.hidden")) == (404, "model_not_found")
 
 
+def test_an_idle_keep_alive_connection_outlives_the_clients_own_expiry(server):
+    """httpx drops an idle pooled connection after 5 s; the server must keep it longer, or a request sent
+    as the server closes it fails with "connection reset by peer" (uvicorn's default was also 5 s)."""
+    import http.client
+    import time
+    from urllib.parse import urlsplit
+
+    url = urlsplit(server.url)
+    conn = http.client.HTTPConnection(url.hostname, url.port, timeout=10)
+    try:
+        sockets = []
+        for wait in (6.0, 0.0):  # 6 s: past httpx's 5 s keep-alive expiry
+            conn.request("GET", "/health/live")
+            response = conn.getresponse()  # a closed connection raises RemoteDisconnected here
+            assert response.status == 200 and response.read() == b'{"status":"alive"}'
+            sockets.append(conn.sock)
+            time.sleep(wait)
+        assert sockets[0] is sockets[1]  # one connection, kept open
+    finally:
+        conn.close()
+
+
 def test_health(client):
     assert client.get("/health/live").json() == {"status": "alive"}
     ready = client.get("/health/ready")
