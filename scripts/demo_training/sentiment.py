@@ -21,6 +21,7 @@ import itertools
 import random
 import re
 import time
+from collections import Counter
 from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
@@ -236,9 +237,7 @@ def fillers() -> tuple[str, ...]:
     trained or held out."""
     from .prose import corpus
 
-    counts: dict[str, int] = {}
-    for word in re.findall(r"(?<![A-Za-z'])[a-z]{3,10}(?![A-Za-z'])", corpus()[0].decode("utf-8")):
-        counts[word] = counts.get(word, 0) + 1
+    counts = Counter(re.findall(r"(?<![A-Za-z'])[a-z]{3,10}(?![A-Za-z'])", corpus()[0].decode("utf-8")))
     taken = set().union(*(v.piece_words() for v in _vocabularies_without_fillers())) | STEERING | set(lexicon())
     return tuple(sorted(w for w, n in counts.items() if n >= 3 and w not in taken))
 

@@ -146,14 +146,13 @@ class DynamicBatcher:
         self.observer = observer or _NullObserver()
         self.instances = instances
         self.threads = threads or max(1, PROCESS_THREADS // instances)
-        self.streams = [WorkerStream(device) for _ in range(instances)]
         self._queue: collections.deque[_Item] = collections.deque()
         self._cond = threading.Condition()
         self._stopping = False
         self._waiting = 0  # workers inside _take_batch: the ones a burst of work is shared among
-        self._threads = [threading.Thread(target=self._work, args=(stream,), daemon=True,
+        self._threads = [threading.Thread(target=self._work, args=(WorkerStream(device),), daemon=True,
                                           name=f"device-worker:{name}" + (f"#{i}" if instances > 1 else ""))
-                         for i, stream in enumerate(self.streams)]
+                         for i in range(instances)]
         self._warm_up: Callable[[], None] | None = None
         self._warmed = threading.Event()
         self._warm_up_error: BaseException | None = None
@@ -161,11 +160,6 @@ class DynamicBatcher:
         self.forward_passes = 0  # batches actually run; tests and benchmarks read it
 
     # -- event-loop side ----------------------------------------------------------------------
-    @property
-    def stream(self) -> WorkerStream:
-        """The first worker's stream (the only one, unless the model has several instances)."""
-        return self.streams[0]
-
     def start(self, warm_up: Callable[[], None] | None = None) -> None:
         """Start the worker threads one after another, each waited for until it has run ``warm_up``
         (on its device and stream, with its torch threads); a warm-up failure stops the workers
