@@ -46,7 +46,7 @@ _FLAGS: list[tuple[str, dict]] = [
                                                                 "open (default 75)")),
     ("--preprocess-threads", dict(type=int, help="media decoding threads (default min(4, cores))")),
     ("--malloc-mmap-threshold-mb", dict(type=float, help="glibc: allocations from this size up go back to the "
-                                                          "system when freed (default 4; 0 = glibc's default)")),
+                                                          "system when freed (default 32; 0 = glibc's default)")),
 ]
 
 # Kept equal to server.EXIT_PORT_BUSY / EXIT_MODEL_FAILED / EXIT_NO_GPU (a test checks), written here so that

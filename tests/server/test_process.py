@@ -1,6 +1,7 @@
 """The process around the servers: flags map to settings, the allocator setting takes effect."""
 
 import platform
+import re
 import subprocess
 import sys
 
@@ -14,6 +15,21 @@ from perceiver_serve.settings import Settings
 def test_every_setting_has_a_flag_and_every_flag_a_setting():
     flags = {action.dest for action in parser()._actions if action.dest not in ("help", "version", "command")}
     assert flags == set(Settings.model_fields)
+
+
+
+def test_every_default_a_flag_names_is_the_settings_default(monkeypatch):
+    """--help states defaults by hand (it answers without importing the settings); they must not drift."""
+    for name in [n for n in __import__("os").environ if n.startswith("PERCEIVER_")]:
+        monkeypatch.delenv(name)
+    defaults = Settings().model_dump()
+    checked = 0
+    for action in parser()._actions:
+        found = re.search(r"\(default:? ([0-9.]+)\b", action.help or "")
+        if found and action.dest in defaults and isinstance(defaults[action.dest], int | float):
+            assert float(found.group(1)) == float(defaults[action.dest]), action.option_strings
+            checked += 1
+    assert checked >= 8
 
 
 def test_malloc_threshold_flag_and_environment(monkeypatch):
