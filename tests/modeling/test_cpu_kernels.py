@@ -116,6 +116,28 @@ def test_unmasked_attention_with_narrow_queries_in_16_bits_equals_sdpa(dtype):
     torch.testing.assert_close(got.float(), F.scaled_dot_product_attention(q, k, values).float(), rtol=1e-2, atol=1e-2)
 
 
+
+@pytest.mark.parametrize("native", [True, False])
+def test_16_bit_attention_rounds_probabilities_only_where_the_cpu_multiplies_16_bits(native, monkeypatch):
+    """Scores and softmax in float32; the product with the values in bf16 where the CPU has native bf16
+    products (as SDPA's flash kernels do), in float32 where it has not (emulated bf16 is slow)."""
+    monkeypatch.setitem(kernels.NATIVE_CPU_PRODUCTS, torch.bfloat16, native)
+    g = torch.Generator().manual_seed(8)
+    q, k = (torch.randn(1, 4, 24, 8, generator=g).bfloat16() for _ in range(2))
+    values = torch.randn(1, 4, 24, 40, generator=g).bfloat16()
+    probabilities = torch.softmax(q.float() @ k.float().transpose(-1, -2) * 8 ** -0.5, -1)
+    rounded = (probabilities.bfloat16().double() @ values.double()).bfloat16()
+    full = (probabilities.double() @ values.double()).bfloat16()
+    expected, other = (rounded, full) if native else (full, rounded)
+    with torch.inference_mode():
+        got = kernels.attend(q, k, values)
+    assert got.dtype == torch.bfloat16
+    # Equal to the expected computation but for the odd last-bit rounding tie; the other one differs
+    # in over a third of the elements.
+    assert (got != expected).sum() <= got.numel() // 100
+    assert (got != other).sum() > got.numel() // 3
+
+
 @needs_onednn
 def test_compiled_encoders_keep_the_onednn_products(tmp_path, monkeypatch):
     """Inductor would lower the layers to MKL's sgemm; the products reach oneDNN as one opaque op."""
