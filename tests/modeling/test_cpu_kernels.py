@@ -10,6 +10,9 @@ than values runs as two batched products with an in-place softmax.
 
 from __future__ import annotations
 
+import gc
+import weakref
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -251,3 +254,37 @@ def test_packed_weights_are_made_once_follow_changes_and_equal_f_linear():
         with torch.inference_mode():
             torch.testing.assert_close(kernels.linear(x, big, b), F.linear(x, w, b), rtol=1e-5, atol=1e-5)
         assert len(made) == 2 and not hasattr(big, "onednn_packed")
+
+
+@needs_onednn
+@pytest.mark.skipif(not kernels.ONEDNN_PACKING, reason="this torch build takes no packed oneDNN weights")
+def test_float32_cpu_models_hold_their_self_attention_weights_packed_only(tmp_path):
+    """The latent stack's weights are replaced by their packed copies (no plain copy kept beside them),
+    the cross-attention's (also read directly) stay plain, and the answers stay transformers' at batch
+    sizes whose latent products run through oneDNN and at batch 1, whose 8-row products do not."""
+    from perceiver_serve.modeling import attention
+    from perceiver_serve.modeling.attention import PerceiverEncoder
+
+    reference = build_reference("PerceiverForSequenceClassification")
+    directory = save_reference(reference, tmp_path)
+    plain = []
+    pack = kernels.pack_in_place
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(kernels, "pack_in_place", lambda layer: plain.append(weakref.ref(layer.weight)) or pack(layer))
+        patch.setattr(attention, "pack_in_place", kernels.pack_in_place)
+        ours = load_model(directory)
+    gc.collect()
+    assert plain and all(ref() is None for ref in plain), "a plain copy of a packed weight is still held"
+    (encoder,) = [m for m in ours.modules() if isinstance(m, PerceiverEncoder)]
+    latent = {m for m in encoder.self_attends.modules() if isinstance(m, kernels.Linear)}
+    packed = {m for m in ours.modules() if isinstance(m, kernels.Linear) and m.weight.is_mkldnn}
+    assert latent and packed == latent
+    assert not any(hasattr(m.weight, "onednn_packed") for m in latent)
+    for batch in (1, 2, ONEDNN_MAX_BATCH + 3):
+        ids, mask = _texts(batch)
+        with torch.inference_mode():
+            torch.testing.assert_close(ours(ids, mask), reference(inputs=ids, attention_mask=mask).logits,
+                                       rtol=1e-4, atol=1e-5)
+    for options in (dict(dtype="int8"), dict(dtype="bfloat16"), dict(compile=True)):
+        other = load_model(directory, **options)
+        assert not any(p.is_mkldnn for p in other.parameters()), options

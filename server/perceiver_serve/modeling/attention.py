@@ -15,7 +15,7 @@ from torch import nn
 from . import cross_attention, kernels
 from .config import PerceiverConfig
 from .cross_attention import LatentState, Queries
-from .kernels import ONEDNN_MAX_BATCH, Linear, attend, launch_bound
+from .kernels import ONEDNN_MAX_BATCH, Linear, attend, launch_bound, pack_in_place
 
 _ACTIVATIONS = {
     "gelu": lambda x: F.gelu(x),
@@ -218,6 +218,12 @@ class PerceiverEncoder(nn.Module):
         for module in latent_side:
             if isinstance(module, Linear):
                 module.onednn_max_rows = ONEDNN_MAX_BATCH * config.num_latents
+
+    def pack_latent_weights(self) -> int:
+        """Pack the self-attention layers' weights in place for oneDNN (:func:`kernels.pack_in_place`):
+        nothing else reads them (the cross-attention's are read directly too, and stay plain).
+        Returns how many were packed."""
+        return sum(pack_in_place(m) for m in self.self_attends.modules() if isinstance(m, Linear))
 
     def forward(self, latents: torch.Tensor, inputs: torch.Tensor,
                 key_mask: torch.Tensor | None = None) -> torch.Tensor:

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 
+from ..allocator import trim_heap
+from .attention import PerceiverEncoder
 from .config import PerceiverConfig
 from .errors import CheckpointError
 from .heads import ARCHITECTURES, PerceiverTaskModel
@@ -177,6 +179,7 @@ def load_model(
         model = cls(config)
     check_state_dict(model, state, str(directory))
     model.load_state_dict(state, strict=True, assign=True)
+    del state  # the model holds the tensors now; packing below frees some of them
     say(f"placing weights on {device}" + (f" ({precision} chosen for dtype 'auto')" if dtype == "auto" else ""))
     model = model.to(device=device, dtype=torch.float32).eval()
     model.requires_grad_(False)
@@ -189,7 +192,16 @@ def load_model(
         from .compiled import compile_encoder
 
         compile_encoder(model)
+    elif precision == "float32" and pack_latent_weights(model):
+        trim_heap()  # the plain weights' pages, freed in the middle of the heap, go back to the system
     return model
+
+
+def pack_latent_weights(model: torch.nn.Module) -> int:
+    """Pack every encoder's self-attention weights in place for oneDNN where the model serves in float32
+    on a CPU (see :func:`kernels.pack_in_place`; elsewhere nothing changes). The last step of loading:
+    a packed weight can't be moved or converted. Returns how many weights were packed."""
+    return sum(m.pack_latent_weights() for m in model.modules() if isinstance(m, PerceiverEncoder))
 
 
 def _reduce(model: PerceiverTaskModel, precision: str) -> PerceiverTaskModel:
