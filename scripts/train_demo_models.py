@@ -44,19 +44,23 @@ def main(argv: list[str] | None = None) -> None:
                         help="where the example inputs of the README go (default: examples/)")
     parser.add_argument("--quick", action="store_true", help="a few steps on a sliver of the data (for tests)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: on a busy machine a second thread waits more than it works)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads (default: each trainer's THREADS, the count its shipped model was "
+                             "trained with, else 1; a different count is a different draw)")
     args = parser.parse_args(argv)
     sys.stdout.reconfigure(line_buffering=True)  # progress shows up in a log file as it happens
 
-    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+    if args.threads is not None:
+        os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     import torch
 
     from demo_training.common import RunOptions, write_folder
 
-    torch.set_num_threads(args.threads)
-    run = RunOptions(seed=args.seed, quick=args.quick, threads=args.threads)
     for name in args.only or SHIPPED:
         trainer = importlib.import_module(f"demo_training.{TRAINERS[name]}")
+        threads = args.threads or getattr(trainer, "THREADS", 1)
+        torch.set_num_threads(threads)
+        run = RunOptions(seed=args.seed, quick=args.quick, threads=threads)
         torch.manual_seed(args.seed)
         started = time.monotonic()
         trained = trainer.train(run)

@@ -43,8 +43,11 @@ TRAINING_PICTURES = ("astronaut", "camera", "chelsea", "coffee", "brick", "grass
 #: Flow pixels decoded per training pair (the loss needs a sample, not every pixel).
 LOSS_PIXELS = 512
 #: Training steps of 8 pairs after the hand-set start (``flow_start.py``), and their peak learning rate.
-STEPS = 1500
+STEPS = 3000
 LR = 3e-4
+#: Torch threads the shipped model was trained with (a different count is a different draw): with one
+#: thread 3,000 steps take about 17 min on a 2-core machine, over the 15-minute budget; with two, 11.
+THREADS = 2
 
 CONFIG = config(
     "PerceiverForOpticalFlow",
@@ -277,6 +280,7 @@ def train(run: RunOptions, say=print) -> Trained:
     flower = estimate(model, frame1, frame2)
     figures = {
         "train_seconds": seconds,
+        "threads": run.threads,
         "train_pairs": steps * batch_size,
         "flower_epe": epe(flower, np.broadcast_to(np.float32(FLOWER_SHIFT), flower.shape)),
         "start_translation_epe": start_epe,
@@ -344,9 +348,8 @@ scikit-image's BSD-3-Clause), used only for evaluation.
 make demo-models            # or: .venv/bin/python scripts/train_demo_models.py --only {NAME}
 ```
 
-Seeded and deterministic on a given machine and thread count; it took {minutes(f['train_seconds'])} with one torch
-thread at the lowest priority, on a 2-core machine shared with other training and benchmark jobs
-(not measured alone).
+Seeded and deterministic on a given machine and thread count; it took {minutes(f['train_seconds'])} with
+{f['threads']} torch thread{'s' if f['threads'] != 1 else ''}, alone on a 2-core machine.
 
 ## Held-out results
 
