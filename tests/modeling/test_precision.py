@@ -4,8 +4,9 @@ import pytest
 import torch
 
 from perceiver_serve.modeling import load_model, precision
-from perceiver_serve.modeling.kernels import Linear
-from perceiver_serve.modeling.precision import int8_of
+from perceiver_serve.modeling.attention import QKVAttention
+from perceiver_serve.modeling.kernels import Linear, attend
+from perceiver_serve.modeling.precision import int8_linear, int8_of, int8_twin
 
 from ..numerics import BF16, FP16
 from .hf_models import HEAD_CONFIGS
@@ -47,8 +48,9 @@ def test_int8_agrees_with_float32(arch, reference_models, checkpoint_dirs):
 def test_int8_covers_the_absorbed_cross_attention(checkpoint_dirs):
     """The single-head encoder attends with its key weight folded into the queries: that product is int8 too."""
     model = load_model(checkpoint_dirs["PerceiverForImageClassificationFourier", "safetensors"], dtype="int8")
+    fused = _fused_weights(model)
     linears = [m for m in model.modules() if isinstance(m, Linear)]
-    assert linears and all(int8_of(m.weight) is not None for m in linears)
+    assert linears and fused and all((int8_of(m.weight) is None) == (id(m.weight) in fused) for m in linears)
     key = model.perceiver.encoder.cross_attention.attention.self.key
     assert int8_of(key.weight).transposed is not None  # packed when the absorbed path ran (the probe)
     x = torch.randn(1, 3, 16, 16)
@@ -56,6 +58,34 @@ def test_int8_covers_the_absorbed_cross_attention(checkpoint_dirs):
         int8_out = model(x)
         int8_of(key.weight).transposed = _pack_rounded_up(key.weight)
         assert not torch.equal(model(x), int8_out)  # the absorbed product reads the packed weight
+
+
+def _fused_weights(model) -> set[int]:
+    """ids of the weights an int8 model multiplies through a self-attention's shared twin."""
+    return {id(layer.weight) for m in model.modules() if isinstance(m, QKVAttention) and m.qkv_int8 is not None
+            for layer in (m.query, m.key, m.value)}
+
+
+def test_int8_self_attention_quantizes_its_input_once(checkpoint_dirs):
+    """Every self-attention multiplies by its three weights in one int8 product (one quantization of their
+    shared input), which equals the three products it replaces; cross-attentions keep theirs apart."""
+    model = load_model(checkpoint_dirs["PerceiverForSequenceClassification", "safetensors"], dtype="int8")
+    attentions = [m for m in model.modules() if isinstance(m, QKVAttention)]
+    assert all((m.qkv_int8 is None) == m.is_cross for m in attentions) and any(m.is_cross for m in attentions)
+    attention = next(m for m in attentions if not m.is_cross)
+    layers = (attention.query, attention.key, attention.value)
+    x = torch.randn(3, 8, attention.query.in_features, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        separate = [int8_linear(x, int8_twin(m.weight, m.bias), m.bias) for m in layers]
+        for fused, alone in zip(attention._project(x, x), separate, strict=True):
+            assert torch.allclose(fused, alone, rtol=0, atol=1e-5)
+        got = attention(x)  # layer norm, the shared product, attention
+        normed = attention.layernorm1(x)
+        expected = attend(*(attention._heads(int8_linear(normed, int8_twin(m.weight, m.bias), m.bias)) for m in layers))
+        assert torch.allclose(got, expected.transpose(1, 2).flatten(2), rtol=0, atol=1e-5)
+        attention.qkv_int8 = int8_twin(torch.cat([m.weight for m in layers]) * 1.5,
+                                       torch.cat([m.bias for m in layers]))
+        assert not torch.allclose(attention(x), got, atol=1e-3)  # the forward reads the shared twin
 
 
 def _pack_rounded_up(weight):
@@ -99,7 +129,9 @@ def test_int8_without_vnni_uses_seven_bit_activations(monkeypatch, checkpoint_di
     monkeypatch.setattr(precision, "cpu_features", lambda: {"avx2": True, "avx512": False, "bf16": False,
                                                             "vnni": False, "amx": False})
     model = load_model(checkpoint_dirs["PerceiverForSequenceClassification", "safetensors"], dtype="int8")
-    assert all(int8_of(m.weight).reduce_range for m in model.modules() if isinstance(m, Linear))
+    twins = [int8_of(m.weight) for m in model.modules() if isinstance(m, Linear)]
+    twins += [m.qkv_int8 for m in model.modules() if isinstance(m, QKVAttention)]
+    assert all(twin.reduce_range for twin in twins if twin is not None) and len(twins) > 4
     assert model.precision_check.argmax_agreement >= 0.75
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from ..allocator import trim_heap
-from .attention import PerceiverEncoder
+from .attention import PerceiverEncoder, QKVAttention
 from .config import PerceiverConfig
 from .errors import CheckpointError
 from .heads import ARCHITECTURES, PerceiverTaskModel
@@ -33,12 +33,17 @@ PYTORCH_BIN = "pytorch_model.bin"
 
 
 def quantize_int8(model: torch.nn.Module) -> int:
-    """Give every :class:`~.kernels.Linear` weight of ``model`` its int8 twin; returns how many."""
+    """Give every :class:`~.kernels.Linear` weight of ``model`` its int8 twin, and each self-attention's
+    three projections one shared twin (:meth:`~.attention.QKVAttention.fuse_int8`); returns how many
+    weights were quantized."""
     count = 0
     for module in model.modules():
         if isinstance(module, Linear):
             module.weight.int8 = int8_twin(module.weight, module.bias)
             count += 1
+    for module in model.modules():
+        if isinstance(module, QKVAttention):
+            module.fuse_int8()
     return count
 
 
