@@ -33,17 +33,16 @@ PYTORCH_BIN = "pytorch_model.bin"
 
 
 def quantize_int8(model: torch.nn.Module) -> int:
-    """Give every :class:`~.kernels.Linear` weight of ``model`` its int8 twin, and each self-attention's
-    three projections one shared twin (:meth:`~.attention.QKVAttention.fuse_int8`); returns how many
-    weights were quantized."""
-    count = 0
+    """Give each self-attention's three projections one shared int8 twin
+    (:meth:`~.attention.QKVAttention.fuse_int8`) and every other :class:`~.kernels.Linear` weight of
+    ``model`` its own; returns how many weights were quantized."""
+    fused = {id(layer) for module in model.modules() if isinstance(module, QKVAttention) and module.fuse_int8()
+             for layer in (module.query, module.key, module.value)}
+    count = len(fused)
     for module in model.modules():
-        if isinstance(module, Linear):
+        if isinstance(module, Linear) and id(module) not in fused:
             module.weight.int8 = int8_twin(module.weight, module.bias)
             count += 1
-    for module in model.modules():
-        if isinstance(module, QKVAttention):
-            module.fuse_int8()
     return count
 
 

@@ -7,8 +7,8 @@
   packed int8 twin; :func:`~.kernels.linear` and :func:`~.kernels.weight_matmul` use it, so
   the absorbed cross-attention paths, which multiply by weights directly rather than through
   a module, are quantized as well. A self-attention's query, key and value weights share one
-  twin instead, so that their common input is quantized once (``QKVAttention.fuse_int8``). The float32 weights stay (folds of two weights and the
-  fp32 self-check use them).
+  twin instead, so that their common input is quantized once (``QKVAttention.fuse_int8``).
+  The float32 weights stay (folds of two weights and the fp32 self-check use them).
 * ``auto`` picks, when the model is loaded, what the device multiplies natively: bfloat16 on
   CUDA sm80 or newer and on CPUs with AVX-512-BF16 or AMX, float16 on older GPUs, float32
   otherwise.
