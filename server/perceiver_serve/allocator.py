@@ -30,6 +30,9 @@ import logging
 log = logging.getLogger("perceiver_serve")
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # from glibc's <malloc.h>
+#: The threshold :func:`fix_mmap_threshold` last set in this process (0: none): model worker
+#: processes (``worker = "process"``) set the same in theirs.
+fixed_mmap_threshold = 0
 
 
 def fix_mmap_threshold(threshold_bytes: int) -> bool:
@@ -48,7 +51,10 @@ def fix_mmap_threshold(threshold_bytes: int) -> bool:
         return False
     mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
     done = mallopt(_M_MMAP_THRESHOLD, threshold_bytes) == 1 and mallopt(_M_TRIM_THRESHOLD, 2 * threshold_bytes) == 1
-    if not done:
+    if done:
+        global fixed_mmap_threshold
+        fixed_mmap_threshold = threshold_bytes
+    else:
         log.warning("could not fix the malloc mmap threshold at %d bytes", threshold_bytes)
     return done
 

@@ -107,6 +107,9 @@ class ModelInfo(Answer):
     instances: int | None = Field(None, description="Worker threads running its batches side by side "
                                   "(model.toml instances), once loaded.")
     threads_per_instance: int | None = Field(None, description="torch threads of each instance, once loaded.")
+    worker: str | None = Field(None, description="Where its instances compute: thread (in the server process) or "
+                               "process (model.toml worker), once loaded.")
+    worker_pids: list[int] | None = Field(None, description="The worker processes, one per instance (worker = process).")
     precision_check: PrecisionCheck | None = None
     geometry: dict[str, Any] | None = Field(None, description="The task's shapes, once the model is loaded.")
     versions: list[VersionState] = Field(default_factory=list, description="Every version loaded (or failing).")

@@ -246,7 +246,7 @@ def test_warm_up_runs_on_the_worker_thread_one_batch_per_key():
     runner = Recorder(fn=lambda payloads: threads.append(threading.current_thread().name) or list(payloads))
     runner.warmup_payloads = lambda: [1, 2, ("x", 3), 4]
     batcher = DynamicBatcher("m", runner, limits())
-    batcher.start(warm_up=lambda: warm_up(runner, 8, False, print))
+    batcher.start(warm_up=lambda executor: warm_up(executor, 8, False, print))
     batcher.stop()
     assert runner.batches == [[1, 2], [("x", 3)], [4]]
     assert threads == ["device-worker:m"] * 3
@@ -285,6 +285,35 @@ async def test_a_burst_is_split_evenly_between_idle_instances():
     assert time.monotonic() - began < 3  # the second half did not wait out max_delay_ms again
 
 
+async def test_a_free_instance_leaves_its_busy_peer_a_share_of_what_waits():
+    """One instance busy with one item, six more waiting: the free one takes its share of the seven,
+    four, and leaves two for its peer, which takes them when it is done. Taking all six would leave
+    the peer idle once it is done, while six items run one after another on the other instance."""
+    release = threading.Event()
+
+    def double(payloads):
+        if payloads == [-1]:
+            release.wait(10)
+        return [p * 2 for p in payloads]
+
+    runner = Recorder(fn=double)
+    batcher = DynamicBatcher("m", runner, limits(max_batch_size=8, max_delay_ms=100), instances=2)
+    batcher.start()
+    try:
+        busy = asyncio.ensure_future(batcher.submit(-1))
+        while not runner.batches:
+            await asyncio.sleep(0.01)
+        rest = asyncio.gather(*(batcher.submit(i) for i in range(6)))
+        while len(runner.batches) < 2:
+            await asyncio.sleep(0.01)
+        release.set()
+        assert await rest == [i * 2 for i in range(6)] and await busy == -2
+    finally:
+        release.set()
+        batcher.stop()
+    assert [len(batch) for batch in runner.batches] == [1, 4, 2]
+
+
 @pytest.mark.parametrize("instances, threads, expected", [(2, 1, 1), (2, None, None), (1, None, None), (1, 3, 3)])
 async def test_each_instance_runs_its_batches_on_its_own_torch_threads(instances, threads, expected):
     from perceiver_serve.engine.batcher import PROCESS_THREADS
@@ -294,7 +323,7 @@ async def test_each_instance_runs_its_batches_on_its_own_torch_threads(instances
                       or list(payloads), delay=0.05)
     batcher = DynamicBatcher("m", runner, limits(max_batch_size=1, max_delay_ms=0), instances=instances,
                              threads=threads)
-    batcher.start(warm_up=lambda: runner.run([0]))
+    batcher.start(warm_up=lambda executor: executor.run([0]))
     try:
         await asyncio.gather(*(batcher.submit(i) for i in range(6)))
     finally:
@@ -311,7 +340,7 @@ def test_a_failing_warm_up_is_raised_by_start_and_ends_the_worker():
 
     batcher = DynamicBatcher("m", Recorder(fn=fn), limits())
     with pytest.raises(RuntimeError, match="warm-up broke"):
-        batcher.start(warm_up=lambda: batcher.runner.run([1]))
+        batcher.start(warm_up=lambda executor: executor.run([1]))
     assert not any(thread.is_alive() for thread in batcher._threads)
 
 

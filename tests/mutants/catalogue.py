@@ -221,8 +221,21 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     Mutant(
         "an-instance-takes-every-waiting-item", "engine/batcher.py",
-        "batch = compatible[: min(share, limits.max_batch_size)]", "batch = compatible[: limits.max_batch_size]",
-        ("tests/engine/test_batcher.py::test_a_burst_is_split_evenly_between_idle_instances",),
+        "batch = compatible[: max(1, min(share, limits.max_batch_size))]", "batch = compatible[: limits.max_batch_size]",
+        ("tests/engine/test_batcher.py::test_a_burst_is_split_evenly_between_idle_instances",
+         "tests/engine/test_batcher.py::test_a_free_instance_leaves_its_busy_peer_a_share_of_what_waits"),
+    ),
+    Mutant(
+        "batches-run-in-the-server-process", "engine/batcher.py",
+        "results = list(executor.run([item.payload for item in batch]))",
+        "results = list(self.runner.run([item.payload for item in batch]))",
+        ("tests/engine/test_worker_process.py::test_the_batcher_splits_a_batch_its_worker_process_had_no_memory_for",
+         "tests/engine/test_instances.py::test_a_model_in_worker_processes_answers_as_in_threads"),
+    ),
+    Mutant(
+        "a-dead-worker-process-is-not-restarted", "engine/worker_process.py",
+        "if self._process is None or self._process.poll() is not None:", "if self._process is None:",
+        ("tests/engine/test_worker_process.py::test_a_worker_that_dies_fails_its_batch_and_the_next_batch_starts_another",),
     ),
     Mutant(
         "instances-share-the-process-torch-threads", "engine/batcher.py",

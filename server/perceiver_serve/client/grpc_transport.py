@@ -116,6 +116,8 @@ class GrpcTransport:
                 del info[key]
             if "labels_url" not in info:  # a label count only for models that answer with labels
                 info.pop("labels", None)
+            if not info.get("worker_pids"):  # only models in worker processes have them
+                info.pop("worker_pids", None)
             for version in info.get("versions", []):
                 if not version.get("reason"):
                     version.pop("reason", None)

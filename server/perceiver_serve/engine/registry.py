@@ -26,13 +26,15 @@ from typing import Any
 import torch
 from pydantic import ValidationError
 
+from .. import allocator
 from ..allocator import trim_heap
 from ..errors import ModelNotFound, NotReady, ServeError
-from ..modeling import PerceiverTaskModel, load_model
-from .batcher import BatchObserver, DynamicBatcher
+from ..modeling import PerceiverTaskModel, load_model, model_outline
+from .batcher import BatchObserver, DynamicBatcher, threads_per_instance
 from .devices import asked_for_gpu, configure_tf32, resolve_device
 from .repository import ModelRepository, ModelSpec, RepositoryError, SpecProblem, describe_validation_error
 from .warmup import warm_up
+from .worker_process import ProcessRunner, WorkerSetup
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +53,7 @@ class ServedModel:
     batcher: DynamicBatcher | None = None
     device: str | None = None
     device_fallback: str | None = None  # why the model runs on the CPU although it asked for a GPU
+    worker: str = "thread"  # where its instances compute: "thread" or "process" (see worker_process)
     load_seconds: float | None = None
     version: str = "1"
     leases: int = 0  # requests holding this copy now
@@ -80,7 +83,10 @@ class ServedModel:
             if self.model.compiled:
                 info["compile"] = True
             if self.batcher is not None:
-                info.update(instances=self.batcher.instances, threads_per_instance=self.batcher.threads)
+                info.update(instances=self.batcher.instances, threads_per_instance=self.batcher.threads,
+                            worker=self.worker)
+                if self.worker == "process":
+                    info["worker_pids"] = [executor.pid for executor in self.batcher.executors]
             if self.model.precision_check is not None:
                 info["precision_check"] = self.model.precision_check.as_dict()
         return info
@@ -150,18 +156,36 @@ class ModelRegistry:
             placement = resolve_device(spec.device)
             served.device, served.device_fallback = placement.device, placement.fallback
             say = lambda message: self.progress(f"{served.name}: {message}")  # noqa: E731
-            model = load_model(spec.checkpoint_dir(served.version), device=served.device, dtype=spec.dtype, progress=say,
-                               compile=spec.compile)
+            checkpoint = spec.checkpoint_dir(served.version)
+            served.worker = "process" if spec.worker == "process" and served.device == "cpu" else "thread"
+            if served.worker != spec.worker:
+                log.warning("model %r runs on %s, where its instances compute in threads (worker = \"process\" "
+                            "is for CPU models)", served.name, served.device)
+            # A process worker loads the weights itself: this process needs only the model's outline.
+            model = (model_outline(checkpoint) if served.worker == "process" else
+                     load_model(checkpoint, device=served.device, dtype=spec.dtype, progress=say, compile=spec.compile))
             if model.architecture not in definition.architectures:
                 raise ValueError(
                     f"{spec.toml_path}: checkpoint is a {model.architecture}, which cannot serve task "
                     f"{spec.task!r} (needs one of {', '.join(definition.architectures)})"
                 )
             runner = definition.runner(model, options)
+            threads = threads_per_instance(spec.instances, spec.threads)
+            executors = None
+            if served.worker == "process":
+                setup = WorkerSetup(served.name, checkpoint, served.device, spec.dtype, spec.compile, definition.runner,
+                                    options, threads, spec.batching.max_batch_size, allocator.fixed_mmap_threshold)
+                executors = [ProcessRunner(setup, say) for _ in range(spec.instances)]
             batcher = DynamicBatcher(served.name, runner, spec.batching, self.observer, device=served.device,
-                                     hand_back=trim_heap, instances=spec.instances, threads=spec.threads)
-            # On the worker thread, whose device, stream and cuBLAS/cuDNN handles requests then find ready.
-            batcher.start(warm_up=lambda: warm_up(runner, spec.batching.max_batch_size, model.compiled, say))
+                                     hand_back=trim_heap, instances=spec.instances, threads=threads, executors=executors)
+            if executors is None:
+                # On the worker thread, whose device, stream and cuBLAS/cuDNN handles requests then find ready.
+                batcher.start(warm_up=lambda runner: warm_up(runner, spec.batching.max_batch_size, model.compiled, say))
+            else:
+                batcher.start(warm_up=lambda executor: executor.start())  # loads and warms in its process
+                facts = executors[0].facts
+                model.precision, model.precision_check, model.compiled = (facts.precision, facts.precision_check,
+                                                                          facts.compiled)
         except Exception as exc:  # noqa: BLE001 - any failure marks this model failed, never the server
             plain = isinstance(exc, (ValueError, OSError))  # our own messages name file and field
             served.state, served.reason = FAILED, str(exc) if plain else f"{type(exc).__name__}: {exc}"

@@ -85,6 +85,9 @@ class ModelSpec(BaseModel):
                            "(Triton's instance group), sharing its weights and queue.")
     threads: int | None = Field(None, ge=1, le=1024, description="torch threads of each instance; default: the "
                                 "process's torch threads divided among the instances.")
+    worker: Literal["thread", "process"] = Field("thread", description="Where each instance computes: a thread of "
+                                                 "the server process, or a process of its own (CPU models; see "
+                                                 "engine/worker_process.py).")
     default: bool = False
     batching: BatchingConfig = BatchingConfig()
     options: dict[str, Any] = Field(default_factory=dict)
@@ -106,9 +109,10 @@ class ModelSpec(BaseModel):
 
     @model_validator(mode="after")
     def _one_compiled_instance(self) -> "ModelSpec":
-        if self.compile and self.instances > 1:
-            raise ValueError("instances: a compiled model (compile = true) runs as one instance; torch.compile's "
-                             "code is not made to be called from several threads at once")
+        if self.compile and self.instances > 1 and self.worker == "thread":
+            raise ValueError("instances: a compiled model (compile = true) runs as one instance in threads; "
+                             "torch.compile's code is not made to be called from several threads at once "
+                             "(worker = \"process\" runs each instance in a process of its own)")
         return self
 
     @model_validator(mode="after")

@@ -14,7 +14,7 @@ from .heads import (
     PerceiverForSequenceClassification,
     PerceiverTaskModel,
 )
-from .loading import load_model, resolve_dtype
+from .loading import load_model, model_outline, resolve_dtype
 from .processing import ByteTokenizer, ImageProcessor, flow_patches, video_frames
 
 __all__ = [
@@ -34,6 +34,7 @@ __all__ = [
     "PerceiverTaskModel",
     "flow_patches",
     "load_model",
+    "model_outline",
     "resolve_dtype",
     "video_frames",
 ]

@@ -201,6 +201,19 @@ def load_model(
     return model
 
 
+def model_outline(directory: str | Path) -> PerceiverTaskModel:
+    """The task head named by ``config.json``, built without reading its weights (on the meta device).
+
+    Its config, architecture and geometry, for a process that prepares requests for a model that
+    computes in another process (``worker = "process"``); it cannot compute.
+    """
+    config = load_config(directory)
+    cls = architecture_of(config, str(Path(directory) / "config.json"))
+    with torch.device("meta"):
+        model = cls(config)
+    return model.eval().requires_grad_(False)
+
+
 def pack_latent_weights(model: torch.nn.Module) -> int:
     """Pack every encoder's self-attention weights in place for oneDNN where the model serves in float32
     on a CPU (see :func:`kernels.pack_in_place`; elsewhere nothing changes). The last step of loading:

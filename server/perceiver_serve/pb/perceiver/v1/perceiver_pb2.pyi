@@ -157,7 +157,7 @@ class BatchingConfig(_message.Message):
     def __init__(self, max_batch_size: _Optional[int] = ..., max_delay_ms: _Optional[float] = ..., max_queue: _Optional[int] = ..., timeout_ms: _Optional[float] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "task", "state", "reason", "device", "dtype", "batching", "options", "architecture", "labels", "load_seconds", "requested_dtype", "compile", "precision_check", "labels_url", "geometry", "requested_device", "device_fallback", "tf32", "version", "versions", "instances", "threads_per_instance")
+    __slots__ = ("name", "task", "state", "reason", "device", "dtype", "batching", "options", "architecture", "labels", "load_seconds", "requested_dtype", "compile", "precision_check", "labels_url", "geometry", "requested_device", "device_fallback", "tf32", "version", "versions", "instances", "threads_per_instance", "worker", "worker_pids")
     NAME_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -181,6 +181,8 @@ class ModelInfo(_message.Message):
     VERSIONS_FIELD_NUMBER: _ClassVar[int]
     INSTANCES_FIELD_NUMBER: _ClassVar[int]
     THREADS_PER_INSTANCE_FIELD_NUMBER: _ClassVar[int]
+    WORKER_FIELD_NUMBER: _ClassVar[int]
+    WORKER_PIDS_FIELD_NUMBER: _ClassVar[int]
     name: str
     task: str
     state: str
@@ -204,7 +206,9 @@ class ModelInfo(_message.Message):
     versions: _containers.RepeatedCompositeFieldContainer[VersionState]
     instances: int
     threads_per_instance: int
-    def __init__(self, name: _Optional[str] = ..., task: _Optional[str] = ..., state: _Optional[str] = ..., reason: _Optional[str] = ..., device: _Optional[str] = ..., dtype: _Optional[str] = ..., batching: _Optional[_Union[BatchingConfig, _Mapping]] = ..., options: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., architecture: _Optional[str] = ..., labels: _Optional[int] = ..., load_seconds: _Optional[float] = ..., requested_dtype: _Optional[str] = ..., compile: _Optional[bool] = ..., precision_check: _Optional[_Union[PrecisionCheck, _Mapping]] = ..., labels_url: _Optional[str] = ..., geometry: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., requested_device: _Optional[str] = ..., device_fallback: _Optional[str] = ..., tf32: _Optional[bool] = ..., version: _Optional[str] = ..., versions: _Optional[_Iterable[_Union[VersionState, _Mapping]]] = ..., instances: _Optional[int] = ..., threads_per_instance: _Optional[int] = ...) -> None: ...
+    worker: str
+    worker_pids: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, name: _Optional[str] = ..., task: _Optional[str] = ..., state: _Optional[str] = ..., reason: _Optional[str] = ..., device: _Optional[str] = ..., dtype: _Optional[str] = ..., batching: _Optional[_Union[BatchingConfig, _Mapping]] = ..., options: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., architecture: _Optional[str] = ..., labels: _Optional[int] = ..., load_seconds: _Optional[float] = ..., requested_dtype: _Optional[str] = ..., compile: _Optional[bool] = ..., precision_check: _Optional[_Union[PrecisionCheck, _Mapping]] = ..., labels_url: _Optional[str] = ..., geometry: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., requested_device: _Optional[str] = ..., device_fallback: _Optional[str] = ..., tf32: _Optional[bool] = ..., version: _Optional[str] = ..., versions: _Optional[_Iterable[_Union[VersionState, _Mapping]]] = ..., instances: _Optional[int] = ..., threads_per_instance: _Optional[int] = ..., worker: _Optional[str] = ..., worker_pids: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class VersionState(_message.Message):
     __slots__ = ("version", "state", "reason")
