@@ -4,9 +4,11 @@
 :mod:`benchmarks.server_bench`). One perceiver-serve process serves the mid-size text
 classifier of issue 12 in each variant (``max_batch_size = 32``); a load generator in its own
 process sends ≈100-byte texts from 16 and 32 closed-loop clients, the variants interleaved,
-``--rounds`` times to show the spread. With the servers idle, each variant is then loaded in
-this process and run alone on the same texts in batches of 16 and 32: the isolated batched
-throughput. The served / isolated ratio says how much of its model's speed the server keeps.
+``--rounds`` times to show the spread. After each round, with the servers idle, each variant is
+loaded in this process (or, for ``worker = "process"``, in processes of its own) and run alone on
+the same texts in batches of 16 and 32 for 3 s: the isolated batched throughput, its median over
+the rounds (on a shared machine one measurement of either side can be off by 20%). The served /
+isolated ratio says how much of its model's speed the server keeps.
 
 The plain transformers + FastAPI server of :mod:`benchmarks.baseline_server` (one request at a
 time, the same checkpoint) runs beside it, interleaved with the variants: the served / baseline
@@ -22,6 +24,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 from . import report
@@ -42,6 +45,12 @@ VARIANTS = {
     "fp32-x2": {"dtype": "float32", "instances": 2, "threads": 1},
     "bf16-x2": {"dtype": "bfloat16", "instances": 2, "threads": 1},
     "int8-x2": {"dtype": "int8", "instances": 2, "threads": 1},
+    # The same, each instance in a worker process of its own (model.toml ``worker = "process"``).
+    "fp32-x2p": {"dtype": "float32", "instances": 2, "threads": 1, "worker": "process"},
+    "bf16-x2p": {"dtype": "bfloat16", "instances": 2, "threads": 1, "worker": "process"},
+    "int8-x2p": {"dtype": "int8", "instances": 2, "threads": 1, "worker": "process"},
+    "fp32-p": {"dtype": "float32", "worker": "process"},
+    "int8-p": {"dtype": "int8", "worker": "process"},
 }
 BATCHING = {"max_batch_size": 32, "max_delay_ms": 5, "max_queue": 1024, "timeout_ms": 300_000}
 LEVELS = (16, 32)
@@ -49,8 +58,10 @@ BASELINE = "transformers + FastAPI"
 
 
 def _served(servers: dict[str, tuple[Service, str]], rounds: int, requests: int, duration: float,
-            say: report.Progress) -> tuple[dict[str, dict[int, list[dict[str, Any]]]], dict[str, tuple[float, float]]]:
-    """Each target's load levels per round, and its server's (user, system) CPU seconds per answered request.
+            say: report.Progress, after_round: Callable[[int], None] = lambda r: None,
+            ) -> tuple[dict[str, dict[int, list[dict[str, Any]]]], dict[str, tuple[float, float]]]:
+    """Each target's load levels per round, and its server's (user, system) CPU seconds per answered request;
+    ``after_round(r)`` runs after each round.
 
     ``servers``: target → (its server, the ``#model`` suffix of its loadgen target). CPU time per
     request hardly depends on what else runs on the machine, so beside the throughput (which
@@ -67,19 +78,26 @@ def _served(servers: dict[str, tuple[Service, str]], rounds: int, requests: int,
         say(f"  round {r + 1}/{rounds}: {', '.join(servers)} at {LEVELS} clients")
         for target, (server, model) in servers.items():
             process = psutil.Process(server.process.pid)
-            before = process.cpu_times()
+            before = _cpu_times(process)
             result = loadgen(["sweep", "--endpoint", "text", "--target", f"{target}={server.url}{model}",
                               "--levels", ",".join(map(str, LEVELS)), "--requests", str(requests),
                               "--duration", str(duration)], timeout=len(LEVELS) * (duration + 60) + 60)
-            after = process.cpu_times()
-            cpu[target][0] += after.user - before.user
-            cpu[target][1] += after.system - before.system
+            after = _cpu_times(process)
+            cpu[target][0] += after[0] - before[0]
+            cpu[target][1] += after[1] - before[1]
             for c, level in zip(LEVELS, result["results"][target]):
                 served[target][c].append(level)
                 answered[target] += level["ok"]
+        after_round(r)
     nan = float("nan")
     return served, {t: (cpu[t][0] / answered[t], cpu[t][1] / answered[t]) if answered[t] else (nan, nan)
                     for t in servers}
+
+
+def _cpu_times(process: Any) -> tuple[float, float]:
+    """(user, system) CPU seconds of a server process and its worker processes (``worker = "process"``)."""
+    times = [process.cpu_times()] + [child.cpu_times() for child in process.children(recursive=True)]
+    return sum(t.user for t in times), sum(t.system for t in times)
 
 
 def isolated(checkpoint: Path, variant: str, threads: int, budget_s: float) -> tuple[dict[int, float], float]:
@@ -87,7 +105,8 @@ def isolated(checkpoint: Path, variant: str, threads: int, budget_s: float) -> t
     ``size`` of LEVELS, and its CPU seconds per item (all sizes together).
 
     A variant of several instances runs as the server runs it: one thread per instance with its own
-    torch threads, each passing batches of ``size / instances`` texts, all at once.
+    torch threads (or, for ``worker = "process"``, one process per instance), each passing batches
+    of ``size / instances`` texts, all at once.
     """
     from perceiver_serve.modeling import ByteTokenizer, load_model
 
@@ -102,7 +121,11 @@ def isolated(checkpoint: Path, variant: str, threads: int, budget_s: float) -> t
                for size in LEVELS}
     rates, items, cpu = {}, 0, 0.0
     for size, (ids, mask) in batches.items():
-        rates[size], counted, seconds = _side_by_side(model, ids, mask, instances, per_instance, budget_s)
+        if settings.get("worker") == "process":
+            rates[size], counted, seconds = _in_processes(checkpoint, settings, ids, mask, instances, per_instance,
+                                                          budget_s)
+        else:
+            rates[size], counted, seconds = _side_by_side(model, ids, mask, instances, per_instance, budget_s)
         items, cpu = items + counted, cpu + seconds
     return rates, cpu / items
 
@@ -136,7 +159,46 @@ def _side_by_side(model: Any, ids: Any, mask: Any, instances: int, threads: int,
     return sum(counts) / (time.perf_counter() - started), sum(counts), time.process_time() - cpu_started
 
 
-def measure(variants: list[str], quick: bool, threads: int, rounds: int, say: report.Progress) -> dict[str, Any]:
+def _in_processes(checkpoint: Path, settings: dict[str, Any], ids: Any, mask: Any, instances: int, threads: int,
+                  budget_s: float) -> tuple[float, int, float]:
+    """Like :func:`_side_by_side`, each instance in a process of its own (loading the model itself)."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    ready, results = context.Barrier(instances + 1), context.Queue()
+    processes = [context.Process(target=_alone, args=(checkpoint, settings, ids, mask, threads, budget_s, ready, results))
+                 for _ in range(instances)]
+    for process in processes:
+        process.start()
+    ready.wait()
+    done = [results.get(timeout=600) for _ in processes]
+    for process in processes:
+        process.join()
+    return sum(count / seconds for count, seconds, _ in done), sum(d[0] for d in done), sum(d[2] for d in done)
+
+
+def _alone(checkpoint: Path, settings: dict[str, Any], ids: Any, mask: Any, threads: int, budget_s: float,
+           ready: Any, results: Any) -> None:
+    """One instance's process for :func:`_in_processes`: (items, seconds, CPU seconds) into ``results``."""
+    import torch
+
+    from perceiver_serve.modeling import load_model
+
+    torch.set_num_threads(threads)
+    model = load_model(checkpoint, dtype=settings["dtype"], compile=settings.get("compile", False))
+    count = 0
+    with torch.inference_mode():
+        model(ids, mask)
+        ready.wait()
+        started, cpu_started = time.perf_counter(), time.process_time()
+        while time.perf_counter() - started < budget_s:
+            model(ids, mask)
+            count += ids.shape[0]
+    results.put((count, time.perf_counter() - started, time.process_time() - cpu_started))
+
+
+def measure(variants: list[str], quick: bool, threads: int, rounds: int, say: report.Progress,
+            batching: dict[str, Any] = BATCHING) -> dict[str, Any]:
     spec = classifier_spec(quick)
     checkpoint = checkpoint_dir(spec)
     models = {f"text-{v}": {"task": "text-classification", "source": str(checkpoint), "device": "cpu",
@@ -144,7 +206,7 @@ def measure(variants: list[str], quick: bool, threads: int, rounds: int, say: re
     requests, duration = (16, 3.0) if quick else (192, 10.0)
     TMP.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="served-ratio-", dir=TMP) as work:
-        repository = write_repository(Path(work) / "repository", models, BATCHING)
+        repository = write_repository(Path(work) / "repository", models, batching)
         server, _ = perceiver_serve("perceiver-serve-variants", repository, Path(work), threads)
         baseline = baseline_server("transformers-fastapi", checkpoint, Path(work), threads)
         try:
@@ -153,7 +215,14 @@ def measure(variants: list[str], quick: bool, threads: int, rounds: int, say: re
             server.wait_ready(timeout=1800)
             baseline.wait_ready(timeout=600)
             targets = {**{v: (server, f"#text-{v}") for v in variants}, BASELINE: (baseline, "")}
-            served, served_cpu = _served(targets, rounds, requests, duration, say)
+            alone_runs: dict[str, list[tuple[dict[int, float], float]]] = {v: [] for v in variants}
+
+            def measure_alone(r: int) -> None:  # each round, so that served and isolated share the machine's mood
+                for v in variants:
+                    say(f"  round {r + 1}/{rounds}: {v} alone, batches of {LEVELS} (servers idle)")
+                    alone_runs[v].append(isolated(checkpoint, v, threads, 0.5 if quick else 3.0))
+
+            served, served_cpu = _served(targets, rounds, requests, duration, say, measure_alone)
         finally:
             exit_code = server.stop()
             baseline.stop()
@@ -165,13 +234,14 @@ def measure(variants: list[str], quick: bool, threads: int, rounds: int, say: re
 
     rows = []
     for v in variants:
-        say(f"  {v} alone, batches of {LEVELS}")
-        alone, alone_cpu = isolated(checkpoint, v, threads, 0.5 if quick else 5.0)
+        alone_rounds = {c: [rates[c] for rates, _ in alone_runs[v]] for c in LEVELS}
+        alone = {c: statistics.median(alone_rounds[c]) for c in LEVELS}
+        alone_cpu = statistics.mean(cpu for _, cpu in alone_runs[v])
         for c in LEVELS:
             batches = [level["mean_batch_size"] for level in served[v][c] if level["mean_batch_size"]]
             rows.append({"variant": v, "concurrency": c, "served_rps": [level["throughput_rps"] for level in served[v][c]],
                          "served_median": median_rps(v, c), "mean_batch": statistics.mean(batches) if batches else None,
-                         "isolated": alone[c], "ratio": median_rps(v, c) / alone[c],
+                         "isolated": alone[c], "isolated_rounds": alone_rounds[c], "ratio": median_rps(v, c) / alone[c],
                          "vs_baseline": median_rps(v, c) / median_rps(BASELINE, c),
                          "served_cpu_ms_per_request": 1000 * sum(served_cpu[v]),
                          "served_system_cpu_ms_per_request": 1000 * served_cpu[v][1],
@@ -180,7 +250,7 @@ def measure(variants: list[str], quick: bool, threads: int, rounds: int, say: re
     baseline_rows = [{"concurrency": c, "served_rps": [level["throughput_rps"] for level in served[BASELINE][c]],
                       "served_median": median_rps(BASELINE, c), "served_cpu_ms_per_request": 1000 * sum(served_cpu[BASELINE]),
                       "failed": sum(level["failed"] for level in served[BASELINE][c])} for c in LEVELS]
-    return {"model": spec.name, "config": spec.config, "batching": BATCHING, "rounds": rounds,
+    return {"model": spec.name, "config": spec.config, "batching": batching, "rounds": rounds,
             "requests_per_level": requests, "rows": rows, "baseline": baseline_rows, "server_exit_code": exit_code}
 
 
@@ -202,8 +272,10 @@ def markdown(result: dict[str, Any]) -> str:
             f"`max_delay_ms = {result['batching']['max_delay_ms']}`), and {BASELINE} (one request at a time, "
             f"the same checkpoint) runs beside it; {result['rounds']} rounds of at most "
             f"{result['requests_per_level']} requests per level, all interleaved. Isolated: the same model "
-            "alone in the benchmark process, batches of as many texts as there are clients. CPU ms: the server "
-            "process's CPU time per answered request (both levels; of it, the kernel's) against the model's alone "
+            "alone (in the benchmark process, or in processes of its own for worker processes), batches of as many "
+            "texts as there are clients, measured after each round with the servers idle; the median of the rounds. "
+            "CPU ms: the server process's CPU time (with its worker processes') per answered request (both levels; "
+            "of it, the kernel's) against the model's alone "
             "per item; unlike throughput it hardly depends on other load on the machine. The load generator's own "
             "CPU per request is taken from the same two cores.\n\n"
             + report.markdown_table(["variant", "clients", "served req/s, median (rounds)", "mean batch",
@@ -214,8 +286,10 @@ def markdown(result: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny model, few requests: checks the harness")
-    parser.add_argument("--variants", default="fp32,fp32-x2,int8,int8-x2,compiled", help="comma-separated: " + ", ".join(VARIANTS))
+    parser.add_argument("--variants", default="fp32,fp32-x2,fp32-x2p,int8,int8-x2,int8-x2p,compiled", help="comma-separated: " + ", ".join(VARIANTS))
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--max-delay-ms", type=float, default=BATCHING["max_delay_ms"],
+                        help="every variant's batching max_delay_ms")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args(argv)
@@ -223,7 +297,8 @@ def main(argv: list[str] | None = None) -> int:
     if unknown := [v for v in variants if v not in VARIANTS]:
         parser.error(f"unknown variant(s) {unknown}; known: {list(VARIANTS)}")
     say = report.Progress(sys.stderr)
-    result = measure(variants, args.quick, args.threads, args.rounds, say)
+    result = measure(variants, args.quick, args.threads, args.rounds, say,
+                     batching={**BATCHING, "max_delay_ms": args.max_delay_ms})
     result["environment"] = report.environment()
     args.out.mkdir(parents=True, exist_ok=True)
     report.write_json(args.out / "served_ratio.json", result)
