@@ -1,8 +1,11 @@
-"""The load test again, on int8 and compiled models: no 5xx, nothing lost, flat memory, answers as alone.
+"""The load test again, on int8, compiled and worker-process models: no 5xx, nothing lost, flat memory,
+answers as alone.
 
-One server holds the text model twice more: ``dtype = "int8"`` and ``compile = true``. 64
-clients send the load test's texts to both, alternating. A compiled model computes in float32
-at a padded length bucket, so its answers must equal the float32 answers computed alone. An
+One server holds the text model three times more: ``dtype = "int8"``, ``compile = true``, and two
+instances in worker processes (``worker = "process"``). 64 clients send the load test's texts to
+all three, in turn. A compiled model computes in float32 at a padded length bucket, and a worker
+process computes in float32 as the server would, so their answers must equal the float32 answers
+computed alone; the memory that must stay flat is the server's with its worker processes'. An
 int8 model quantizes each batch's activations with that batch's own range, so its answer to
 a text moves a little with its batch-mates: each must stay within twice the largest int8
 difference measured alone at batch sizes 1, 8 and 32 (what the float32 load test checks
@@ -18,6 +21,7 @@ import shutil
 import aiohttp
 import httpx
 import numpy as np
+import psutil
 import pytest
 import torch
 
@@ -29,7 +33,8 @@ from ..support import rss_bytes, running
 from .repository import repository
 from .test_load import CLIENTS, RSS_GROWTH, TEXT_TOLERANCE, Job, Reply, inputs, post, run  # noqa: F401 - inputs is a fixture
 
-VARIANTS = {"text-int8": {"dtype": '"int8"'}, "text-compiled": {"compile": "true"}}
+VARIANTS = {"text-int8": {"dtype": '"int8"'}, "text-compiled": {"compile": "true"},
+            "text-processes": {"worker": '"process"', "instances": "2", "threads": "1"}}
 WARM_UP, MEASURED = 1500, 3000
 
 
@@ -82,7 +87,7 @@ def _check(inputs, tolerance: float):
         assert body["model"] == _model(job)
         logits = np.asarray(result["logits"], np.float32)
         assert logits.shape == inputs.text_logits[job.key].shape and np.isfinite(logits).all()
-        if _model(job) == "text-compiled":
+        if _model(job) in ("text-compiled", "text-processes"):
             assert_close(logits, inputs.text_logits[job.key], TEXT_TOLERANCE)
         else:
             difference = float(np.abs(logits - inputs.text_logits[job.key]).max())
@@ -90,9 +95,15 @@ def _check(inputs, tolerance: float):
     return check
 
 
-def test_int8_and_compiled_models_under_load_answer_as_alone_with_flat_memory(variant_server, inputs, int8_tolerance):
+def _rss_with_workers(pid: int) -> int:
+    return rss_bytes(pid) + sum(rss_bytes(child.pid) for child in psutil.Process(pid).children(recursive=True))
+
+
+def test_int8_compiled_and_process_models_under_load_answer_as_alone_with_flat_memory(variant_server, inputs,
+                                                                                      int8_tolerance):
     models = {m["name"]: m for m in httpx.get(variant_server.url + "/models", timeout=30).json()["models"]}
     assert models["text-int8"]["dtype"] == "int8" and models["text-compiled"]["compile"] is True
+    assert models["text-processes"]["worker"] == "process" and len(models["text-processes"]["worker_pids"]) == 2
 
     def texts(count: int, seed: int) -> list[Job]:
         return [Job("text", int(k)) for k in np.random.default_rng(seed).integers(len(inputs.texts), size=count)]
@@ -100,11 +111,11 @@ def test_int8_and_compiled_models_under_load_answer_as_alone_with_flat_memory(va
     send, check = _send(inputs), _check(inputs, int8_tolerance)
     warm = asyncio.run(run(variant_server.url, texts(WARM_UP, 1), inputs, send=send, check=check))
     assert not warm.lost and not warm.wrong, (warm.lost[:5], warm.wrong[:5])
-    before = rss_bytes(variant_server.process.pid)
+    before = _rss_with_workers(variant_server.process.pid)
     outcome = asyncio.run(run(variant_server.url, texts(MEASURED, 2), inputs, send=send, check=check))
-    after = rss_bytes(variant_server.process.pid)
-    print(f"\nint8 + compiled load: {MEASURED} requests by {CLIENTS} clients in {outcome.seconds:.1f} s, statuses "
-          f"{dict(outcome.statuses)}, int8 tolerance {int8_tolerance:.3g}; server RSS {before / 2**20:.0f} -> "
+    after = _rss_with_workers(variant_server.process.pid)
+    print(f"\nint8 + compiled + worker-process load: {MEASURED} requests by {CLIENTS} clients in {outcome.seconds:.1f} s, statuses "
+          f"{dict(outcome.statuses)}, int8 tolerance {int8_tolerance:.3g}; server and worker RSS {before / 2**20:.0f} -> "
           f"{after / 2**20:.0f} MiB")
     assert not outcome.lost, outcome.lost[:10]
     assert not outcome.wrong, outcome.wrong[:10]
