@@ -115,13 +115,15 @@ def isolated(checkpoint: Path, variant: str, threads: int, budget_s: float) -> t
     settings = VARIANTS[variant]
     instances = settings.get("instances", 1)
     per_instance = settings.get("threads") or max(1, threads // instances)
-    model = load_model(checkpoint, dtype=settings["dtype"], compile=settings.get("compile", False))
+    in_processes = settings.get("worker") == "process"  # each process loads its own model
+    model = None if in_processes else load_model(checkpoint, dtype=settings["dtype"],
+                                                 compile=settings.get("compile", False))
     tokenizer = ByteTokenizer()
     batches = {size: tokenizer.batch([tokenizer.encode(TEXTS[i % len(TEXTS)]) for i in range(size // instances)])
                for size in LEVELS}
     rates, items, cpu = {}, 0, 0.0
     for size, (ids, mask) in batches.items():
-        if settings.get("worker") == "process":
+        if in_processes:
             rates[size], counted, seconds = _in_processes(checkpoint, settings, ids, mask, instances, per_instance,
                                                           budget_s)
         else:
@@ -134,18 +136,10 @@ def _side_by_side(model: Any, ids: Any, mask: Any, instances: int, threads: int,
                   budget_s: float) -> tuple[float, int, float]:
     """``instances`` threads of ``threads`` torch threads each passing ``(ids, mask)`` for ``budget_s``:
     ``(items/s, items, CPU seconds)``, after each has run one pass (a compiled model compiles there)."""
-    import torch
-
     counts, ready, until = [0] * instances, threading.Barrier(instances + 1), threading.Event()
 
     def loop(index: int) -> None:
-        torch.set_num_threads(threads)
-        with torch.inference_mode():
-            model(ids, mask)
-            ready.wait()
-            while not until.is_set():
-                model(ids, mask)
-                counts[index] += ids.shape[0]
+        counts[index], _, _ = _passes(model, ids, mask, threads, ready, lambda elapsed: not until.is_set())
 
     workers = [threading.Thread(target=loop, args=(i,)) for i in range(instances)]
     for worker in workers:
@@ -180,21 +174,28 @@ def _in_processes(checkpoint: Path, settings: dict[str, Any], ids: Any, mask: An
 def _alone(checkpoint: Path, settings: dict[str, Any], ids: Any, mask: Any, threads: int, budget_s: float,
            ready: Any, results: Any) -> None:
     """One instance's process for :func:`_in_processes`: (items, seconds, CPU seconds) into ``results``."""
-    import torch
-
     from perceiver_serve.modeling import load_model
 
-    torch.set_num_threads(threads)
     model = load_model(checkpoint, dtype=settings["dtype"], compile=settings.get("compile", False))
+    results.put(_passes(model, ids, mask, threads, ready, lambda elapsed: elapsed < budget_s))
+
+
+def _passes(model: Any, ids: Any, mask: Any, threads: int, ready: Any,
+            keep_going: Callable[[float], bool]) -> tuple[int, float, float]:
+    """One instance's loop: a first pass (a compiled model compiles there), ``ready.wait()``, then passes while
+    ``keep_going(seconds since ready)``: ``(items, seconds, this process's CPU seconds meanwhile)``."""
+    import torch
+
+    torch.set_num_threads(threads)
     count = 0
     with torch.inference_mode():
         model(ids, mask)
         ready.wait()
         started, cpu_started = time.perf_counter(), time.process_time()
-        while time.perf_counter() - started < budget_s:
+        while keep_going(time.perf_counter() - started):
             model(ids, mask)
             count += ids.shape[0]
-    results.put((count, time.perf_counter() - started, time.process_time() - cpu_started))
+    return count, time.perf_counter() - started, time.process_time() - cpu_started
 
 
 def measure(variants: list[str], quick: bool, threads: int, rounds: int, say: report.Progress,

@@ -180,7 +180,8 @@ class ModelRegistry:
                                      hand_back=trim_heap, instances=spec.instances, threads=threads, executors=executors)
             if executors is None:
                 # On the worker thread, whose device, stream and cuBLAS/cuDNN handles requests then find ready.
-                batcher.start(warm_up=lambda runner: warm_up(runner, spec.batching.max_batch_size, model.compiled, say))
+                batcher.start(warm_up=lambda executor: warm_up(executor, spec.batching.max_batch_size, model.compiled,
+                                                               say))
             else:
                 batcher.start(warm_up=lambda executor: executor.start())  # loads and warms in its process
                 facts = executors[0].facts

@@ -157,9 +157,6 @@ def _serve(conn: Connection, setup: WorkerSetup) -> None:
         if kind == "stop":
             return
         worked = True
-        if time.monotonic() - handed_back_at >= HAND_BACK_EVERY_S:
-            trim_heap()
-            handed_back_at = time.monotonic()
         try:
             with stream.running(), torch.inference_mode():
                 answer: Any = list(runner.run(payloads))
@@ -175,6 +172,9 @@ def _serve(conn: Connection, setup: WorkerSetup) -> None:
             send(kind, answer)
         except OSError:  # the server process is gone
             return
+        if time.monotonic() - handed_back_at >= HAND_BACK_EVERY_S:  # after the answer, not before the batch
+            trim_heap()
+            handed_back_at = time.monotonic()
 
 
 # -- the server process's side ----------------------------------------------------------------------
@@ -211,7 +211,7 @@ class ProcessRunner:
                                        env=env, stdin=subprocess.DEVNULL, start_new_session=True)
         self._process, self._conn = process, Connection(ours.detach())
         self.starts += 1
-        self._conn.send_bytes(dumps(self.setup))
+        self._send(self.setup)
         while True:
             kind, value = self._receive("loading its model")
             if kind == "progress":
@@ -230,15 +230,19 @@ class ProcessRunner:
             if self._process is not None:
                 self._progress(f"worker process {self._process.pid} exited (exit code {self._reap()}); starting another")
             self.start()
-        assert self._conn is not None
-        try:
-            self._conn.send_bytes(dumps(("run", list(payloads))))
-        except OSError:  # it died since the check above; _receive says how
-            pass
+        self._send(("run", list(payloads)))
         kind, value = self._receive(f"computing a batch of {len(payloads)}")
         if kind == "error":
             raise value
         return value
+
+    def _send(self, message: Any) -> None:
+        """Send ``message`` to the worker process; if it has died, the next :meth:`_receive` says how."""
+        assert self._conn is not None
+        try:
+            self._conn.send_bytes(dumps(message))
+        except OSError:
+            pass
 
     def _receive(self, doing: str) -> tuple[str, Any]:
         assert self._conn is not None
@@ -270,10 +274,7 @@ class ProcessRunner:
         if process is None:
             return
         if self._conn is not None:
-            try:
-                self._conn.send_bytes(dumps(("stop", None)))
-            except OSError:
-                pass
+            self._send(("stop", None))
         try:
             process.wait(STOP_TIMEOUT_S)
         except subprocess.TimeoutExpired:
