@@ -10,6 +10,7 @@ import pytest
 import torch
 from perceiver_serve.modeling import (
     PerceiverConfig,
+    PerceiverForMaskedLM,
     PerceiverForMultimodalAutoencoding,
     PerceiverForOpticalFlow,
     PerceiverForSequenceClassification,
@@ -113,6 +114,46 @@ def test_latent_memo_hits_by_identity_without_reading_values(monkeypatch):
         whole = model.decode(latents.clone(), torch.arange(500))["image"]
     assert len(prepared) == 2  # once for the five chunks, once for the new tensor
     assert (torch.cat(chunks, dim=1) - whole).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("heads", [1, 2])
+def test_queries_of_learned_arrays_are_computed_once_and_follow_changes(heads, monkeypatch):
+    """The latent array's queries (in the inputs' space where the encoder absorbs its keys) and the MLM
+    decoder's learned queries depend on no request: computed once per model, for one batch item, and
+    again after a parameter they come from changes; with gradients on, every call computes them."""
+    model = _model(PerceiverForMaskedLM, num_cross_attention_heads=heads)
+    layers = {"encoder": model.perceiver.encoder.cross_attention.attention.self.query,
+              "decoder": model.perceiver.decoder.decoding_cross_attention.attention.self.query}
+    calls = []
+    for name, layer in layers.items():
+        layer.register_forward_hook(lambda m, a, o, name=name: calls.append((name, a[0].shape[0])))
+    ids = torch.randint(6, 262, (3, 30), generator=torch.Generator().manual_seed(6))
+
+    def direct():
+        with monkeypatch.context() as m:
+            m.setattr(cross_attention, "fixed_queries", lambda module, kind, hidden, compute: compute(hidden))
+            return model(ids)
+
+    with torch.no_grad():
+        first = model(ids)
+        assert torch.equal(model(ids[:2]), first[:2]) and sorted(calls) == [("decoder", 1), ("encoder", 1)]
+        assert (first - direct()).abs().max() <= 1e-5
+        calls.clear()
+        model.perceiver.embeddings.latents.mul_(1.5)
+        layers["decoder"].weight.mul_(1.5)
+        changed = model(ids)
+        assert sorted(calls) == [("decoder", 1), ("encoder", 1)]
+        assert (changed - first).abs().max() > 1e-2
+        assert (changed - direct()).abs().max() <= 1e-5
+    calls.clear()
+    model(ids)
+    assert sorted(calls) == [("decoder", 3), ("encoder", 3)]
+    calls.clear()
+    with torch.no_grad():
+        model.to(torch.bfloat16)  # swaps every parameter's data: nothing remembered in float32 is used
+        low = model(ids)
+    assert low.dtype == torch.bfloat16 and sorted(calls) == [("decoder", 1), ("encoder", 1)]
+    assert (low.float() - changed).abs().max() <= 0.05 * changed.abs().max()
 
 
 def test_fourier_grid_features_equal_features_of_every_point():

@@ -99,8 +99,15 @@ def test_products_of_any_row_count_reach_onednn_at_a_few_shapes_and_equal_f_line
     assert len(rows.rows) == sum(-(-n // ONEDNN_CHUNK_ROWS) for n in counts if n >= ONEDNN_ROW_MULTIPLE)
 
 
+@pytest.fixture(params=["batched", "per head"])
+def attention_order(request, monkeypatch):
+    """Attention without a mask, over all heads at once or one head at a time (big heads)."""
+    monkeypatch.setattr(kernels, "PER_HEAD_SCORES", 1 if request.param == "per head" else 1 << 60)
+    return request.param
+
+
 @pytest.mark.parametrize("geometry", [(2, 8, 16, 16, 4, 8), (1, 3, 5, 9, 32, 160), (4, 1, 33, 17, 7, 8)])
-def test_unmasked_attention_with_narrow_queries_equals_sdpa(geometry):
+def test_unmasked_attention_with_narrow_queries_equals_sdpa(geometry, attention_order):
     b, h, nq, nk, qk, v = geometry
     g = torch.Generator().manual_seed(sum(geometry))
     q, k = (torch.randn(b, h, n, qk, generator=g) for n in (nq, nk))
@@ -110,7 +117,7 @@ def test_unmasked_attention_with_narrow_queries_equals_sdpa(geometry):
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_unmasked_attention_with_narrow_queries_in_16_bits_equals_sdpa(dtype):
+def test_unmasked_attention_with_narrow_queries_in_16_bits_equals_sdpa(dtype, attention_order):
     g = torch.Generator().manual_seed(7)
     q, k = (torch.randn(2, 8, 40, 32, generator=g).to(dtype) for _ in range(2))
     values = torch.randn(2, 8, 40, 160, generator=g).to(dtype)
@@ -121,7 +128,8 @@ def test_unmasked_attention_with_narrow_queries_in_16_bits_equals_sdpa(dtype):
 
 
 @pytest.mark.parametrize("native", [True, False])
-def test_16_bit_attention_rounds_probabilities_only_where_the_cpu_multiplies_16_bits(native, monkeypatch):
+def test_16_bit_attention_rounds_probabilities_only_where_the_cpu_multiplies_16_bits(native, monkeypatch,
+                                                                                    attention_order):
     """Scores and softmax in float32; the product with the values in bf16 where the CPU has native bf16
     products (as SDPA's flash kernels do), in float32 where it has not (emulated bf16 is slow)."""
     monkeypatch.setitem(kernels.NATIVE_CPU_PRODUCTS, torch.bfloat16, native)
@@ -139,6 +147,23 @@ def test_16_bit_attention_rounds_probabilities_only_where_the_cpu_multiplies_16_
     # in over a third of the elements.
     assert (got != expected).sum() <= got.numel() // 100
     assert (got != other).sum() > got.numel() // 3
+
+
+def test_big_heads_are_computed_one_at_a_time_into_the_layout_the_output_projection_reads():
+    """Heads of at least PER_HEAD_SCORES scores go one at a time (not under autograd); the result is
+    (B, H, N, C) as a view of (B, N, H, C) memory, so flattening the heads back costs no copy."""
+    g = torch.Generator().manual_seed(9)
+    big = kernels.PER_HEAD_SCORES // 64
+    q, k = torch.randn(2, 4, 64, 8, generator=g), torch.randn(2, 4, big, 8, generator=g)
+    values = torch.randn(2, 4, big, 24, generator=g)
+    with torch.inference_mode():
+        out = kernels.attend(q, k, values)
+    assert out.transpose(1, 2).is_contiguous()
+    torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, values), rtol=1e-5, atol=1e-6)
+    small = kernels.attend(q, k[:, :, :big // 2], values[:, :, :big // 2])
+    assert small.is_contiguous()  # batched: (B, H, N, C)
+    q.requires_grad_(True)
+    assert kernels.attend(q, k, values).is_contiguous()  # batched under autograd (out= has no derivative)
 
 
 @needs_onednn
@@ -287,4 +312,35 @@ def test_float32_cpu_models_hold_their_self_attention_weights_packed_only(tmp_pa
                                        rtol=1e-4, atol=1e-5)
     for options in (dict(dtype="int8"), dict(dtype="bfloat16"), dict(compile=True)):
         other = load_model(directory, **options)
-        assert not any(p.is_mkldnn for p in other.parameters()), options
+        packs = options == dict(dtype="bfloat16") and kernels.ONEDNN_BF16  # see the bf16 test below
+        assert any(p.is_mkldnn for p in other.parameters()) == packs, options
+
+
+@pytest.mark.skipif(not kernels.ONEDNN_BF16, reason="this CPU has no native bf16 products, or oneDNN takes none")
+def test_bf16_cpu_models_multiply_latents_through_onednn_with_packed_weights(tmp_path, monkeypatch):
+    """Where the CPU multiplies bf16 natively, a bf16 model's latent stack is packed in place as a float32
+    one is, its latent products go to oneDNN's op directly, and it answers as the same model does through
+    F.linear (the weights reordered in every call)."""
+    from perceiver_serve.modeling.attention import PerceiverEncoder
+
+    directory = save_reference(build_reference("PerceiverForSequenceClassification"), tmp_path)
+    ours = load_model(directory, dtype="bfloat16")
+    (encoder,) = [m for m in ours.modules() if isinstance(m, PerceiverEncoder)]
+    latent = {m for m in encoder.self_attends.modules() if isinstance(m, kernels.Linear)}
+    assert latent == {m for m in ours.modules() if isinstance(m, kernels.Linear) and m.weight.is_mkldnn}
+    monkeypatch.setattr(kernels, "ONEDNN_BF16", False)
+    plain = load_model(directory, dtype="bfloat16")
+    assert not any(p.is_mkldnn for p in plain.parameters())
+    products = []
+    product = kernels._onednn_product
+    monkeypatch.setattr(kernels, "_onednn_product", lambda x, *a: products.append(x.dtype) or product(x, *a))
+    for batch in (1, 2, ONEDNN_MAX_BATCH + 3):
+        ids, mask = _texts(batch)
+        with torch.inference_mode():
+            expected = plain(ids, mask)
+            monkeypatch.setattr(kernels, "ONEDNN_BF16", True)
+            got = ours(ids, mask)
+            monkeypatch.setattr(kernels, "ONEDNN_BF16", False)
+        assert got.dtype == torch.bfloat16
+        torch.testing.assert_close(got.float(), expected.float(), rtol=2e-2, atol=2e-2)
+    assert products.count(torch.bfloat16) >= len(latent) * 2  # batches 2 and 7 (batch 1's 8-row products: F.linear)

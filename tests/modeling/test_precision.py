@@ -57,6 +57,7 @@ def test_int8_covers_the_absorbed_cross_attention(checkpoint_dirs):
     with torch.no_grad():
         int8_out = model(x)
         int8_of(key.weight).transposed = _pack_rounded_up(key.weight)
+        model.perceiver.encoder.cross_attention.attention.self.query_memo.clear()  # computed once per model
         assert not torch.equal(model(x), int8_out)  # the absorbed product reads the packed weight
 
 

@@ -159,6 +159,21 @@ MUTANTS: tuple[Mutant, ...] = (
         ("tests/modeling/test_cpu_kernels.py::test_other_masks_keep_the_masked_form",),
     ),
     Mutant(
+        "per-head-attention-unscaled", "modeling/kernels.py",
+        "    q = q * scale\n    for i in range(b):", "    for i in range(b):",
+        ("tests/modeling/test_cpu_kernels.py::test_big_heads_are_computed_one_at_a_time_into_the_layout_the_output_projection_reads",),
+    ),
+    Mutant(
+        "bf16-latent-products-skip-onednn", "modeling/kernels.py",
+        "x.dtype == torch.bfloat16 and ONEDNN_BF16 and x.device.type", "x.dtype == torch.bfloat16 and False and x.device.type",
+        ("tests/modeling/test_cpu_kernels.py::test_bf16_cpu_models_multiply_latents_through_onednn_with_packed_weights",),
+    ),
+    Mutant(
+        "learned-queries-remembered-across-parameter-changes", "modeling/cross_attention.py",
+        "if memo is None or memo[0] is not base or not _same_form(memo[1], form):", "if memo is None or memo[0] is not base:",
+        ("tests/benchmarks/test_optimized_paths.py::test_queries_of_learned_arrays_are_computed_once_and_follow_changes",),
+    ),
+    Mutant(
         "packed-inputs-take-the-padding", "modeling/attention.py",
         "torch.cat([item[:n] for item, n in zip(inputs, lengths)])",
         "torch.cat([item[-n:] for item, n in zip(inputs, lengths)])",

@@ -57,6 +57,8 @@ class QKVAttention(nn.Module):
         self.value = Linear(kv_dim, v_channels)
         #: Self-attention in int8: the three projections as one int8 weight (see :meth:`fuse_int8`).
         self.qkv_int8: Int8Weight | None = None
+        #: Queries computed from a learned array, by kind (see :func:`.cross_attention.fixed_queries`).
+        self.query_memo: dict[str, tuple] = {}
 
     def fuse_int8(self) -> bool:
         """Self-attention of an int8 model: multiply by ``[W_q; W_k; W_v]`` in one int8 product, whose
@@ -83,14 +85,24 @@ class QKVAttention(nn.Module):
         if (inputs is not None and key_mask is not None and hidden.shape[0] == inputs.shape[0]
                 and (lengths := kernels.packable_lengths(inputs, key_mask))):
             return self._forward_packed(hidden, inputs, lengths)
-        hidden = self.layernorm1(hidden)
-        q, k, v = map(self._heads, self._project(hidden, self.layernorm2(inputs) if self.is_cross else hidden))
+        if self.is_cross:
+            source = self.layernorm2(inputs)
+            q, k, v = map(self._heads, (self.queries(hidden), self.key(source), self.value(source)))
+        else:
+            hidden = self.layernorm1(hidden)
+            q, k, v = map(self._heads, self._project(hidden, hidden))
         out = attend(q, k, v, key_mask)
         b, h, n, c = out.shape
         return out.transpose(1, 2).reshape(b, n, h * c)
 
+    def queries(self, hidden: torch.Tensor) -> torch.Tensor:
+        """``query(layernorm1(hidden))``; once per model where ``hidden`` is a learned array (the latents, a
+        decoder's learned queries: see :func:`.cross_attention.fixed_queries`)."""
+        return cross_attention.fixed_queries(self, "projected", hidden, lambda h: self.query(self.layernorm1(h)))
+
     def _project(self, hidden: torch.Tensor, source: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """Queries from ``hidden``, keys and values from ``source`` (the same tensor in self-attention)."""
+        """Queries from ``hidden``, keys and values from ``source`` (the same tensor in self-attention),
+        both already normalised."""
         if self.qkv_int8 is not None and not hidden.requires_grad:
             widths = (self.query.out_features, self.key.out_features, self.value.out_features)
             return int8_linear(hidden, self.qkv_int8, self.qkv_int8.bias).split(widths, -1)
@@ -101,7 +113,7 @@ class QKVAttention(nn.Module):
         are normalised and projected, and each item attends to its own keys without a mask. Equal to the
         masked form (masked keys get no weight), without the padding's work: for texts of 50 to 400 bytes
         in one batch about 45% of the input rows."""
-        q = self._heads(self.query(self.layernorm1(hidden)))
+        q = self._heads(self.queries(hidden))
         real = torch.cat([item[:n] for item, n in zip(inputs, lengths)]) if len(lengths) > 1 else inputs[0, :lengths[0]]
         source = self.layernorm2(real)
         keys, values = self.key(source).split(lengths), self.value(source).split(lengths)

@@ -40,6 +40,7 @@ import torch
 from torch import nn
 
 from .kernels import attend, batched_linear, few_rows_matmul, launch_bound, linear, weight_matmul
+from .precision import int8_of
 
 #: Explicitly computed scores are produced in row chunks of at most this many scores: on a CPU,
 #: what its caches hold; on accelerators, enough work per launch that a 50,176-pixel video chunk
@@ -86,11 +87,56 @@ def attend_inputs(attention: nn.Module, hidden: torch.Tensor, inputs: torch.Tens
                   key_mask: torch.Tensor | None) -> torch.Tensor:
     """``attention.output(attention.self(hidden, inputs))`` with the key and value projections absorbed."""
     qkv = attention.self
-    query = qkv.query(qkv.layernorm1(hidden))
-    query = weight_matmul(query, qkv.key.weight)  # into the inputs' space; q·b_k is constant per row
+    # Into the inputs' space (q·b_k is constant per row, so dropped); once per model for the latent array.
+    query = fixed_queries(qkv, "absorbed", hidden, lambda h: weight_matmul(qkv.queries(h), qkv.key.weight))
     source = qkv.layernorm2(inputs)[:, None]
     mixed = attend(query[:, None], source, source, key_mask, scale=qkv.query.out_features ** -0.5)
     return attention.output(qkv.value(mixed[:, 0]))
+
+
+# --- queries from a learned array ---------------------------------------------------------------
+
+def learned_array(x: torch.Tensor) -> nn.Parameter | None:
+    """The ``(N, C)`` parameter that ``x`` ``(B, N, C)`` repeats for every batch item without a copy (the
+    latent array, a decoder's learned queries: ``expand``-ed views), or None."""
+    base = x._base
+    if (not isinstance(base, nn.Parameter) or base.ndim != 2 or x.ndim != 3 or x.shape[1:] != base.shape
+            or x.stride()[1:] != base.stride() or x.data_ptr() != base.data_ptr()
+            or (x.shape[0] > 1 and x.stride(0) != 0)):
+        return None
+    return base
+
+
+def _form(tensors: list[torch.Tensor]) -> tuple:
+    """What a remembered result computed from ``tensors`` depends on beyond their identity: their storage,
+    dtype, device and version (so changes in place and ``.to``, which swaps a parameter's data, are seen),
+    and their int8 twins (``dtype = "int8"`` adds them to unchanged parameters)."""
+    return tuple((t.dtype, t.device, _tensor_version(t), None if t.is_mkldnn else t.data_ptr(), int8_of(t))
+                 for t in tensors)
+
+
+def _same_form(a: tuple, b: tuple) -> bool:
+    return len(a) == len(b) and all(x[:4] == y[:4] and x[4] is y[4] for x, y in zip(a, b))
+
+
+def fixed_queries(module: nn.Module, kind: str, hidden: torch.Tensor, compute) -> torch.Tensor:
+    """``compute(hidden)``, for a ``hidden`` that is a :func:`learned_array`: computed for one batch item,
+    remembered in ``module.query_memo[kind]`` while that array and the module's parameters keep their
+    form (:func:`_form`: an int8 conversion, a new dtype or device, or a change in place computes them
+    afresh), and expanded to the batch. Such queries are the same for every request: the latents'
+    projection into the inputs' space (the encoder) and the published MLM's 2,048 × 768 → 256 query
+    projection (its decoder, ~8 ms of a 1.2 s pass on one core) are then computed once per model.
+
+    Anything else, with gradients, or inside ``torch.compile``, is computed as it comes."""
+    base = None if torch.is_grad_enabled() or torch.compiler.is_compiling() else learned_array(hidden)
+    if base is None:
+        return compute(hidden)
+    form = _form([base, *module.parameters()])
+    memo = module.query_memo.get(kind)
+    if memo is None or memo[0] is not base or not _same_form(memo[1], form):
+        memo = module.query_memo[kind] = (base, form, compute(hidden[:1]))
+    out = memo[2]
+    return out.expand(hidden.shape[0], *out.shape[1:])
 
 
 # --- latents side ------------------------------------------------------------------------------

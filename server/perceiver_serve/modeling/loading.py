@@ -196,7 +196,7 @@ def load_model(
         from .compiled import compile_encoder
 
         compile_encoder(model)
-    elif precision == "float32" and pack_latent_weights(model):
+    elif precision in ("float32", "bfloat16") and pack_latent_weights(model):
         trim_heap()  # the plain weights' pages, freed in the middle of the heap, go back to the system
     return model
 
@@ -216,7 +216,7 @@ def model_outline(directory: str | Path) -> PerceiverTaskModel:
 
 def pack_latent_weights(model: torch.nn.Module) -> int:
     """Pack every encoder's self-attention weights in place for oneDNN where the model serves in float32
-    on a CPU (see :func:`kernels.pack_in_place`; elsewhere nothing changes). The last step of loading:
+    (or bf16, on a CPU that multiplies it natively) on a CPU (see :func:`kernels.pack_in_place`; elsewhere nothing changes). The last step of loading:
     a packed weight can't be moved or converted. Returns how many weights were packed."""
     return sum(m.pack_latent_weights() for m in model.modules() if isinstance(m, PerceiverEncoder))
 
