@@ -369,9 +369,11 @@ def _attention_per_head(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale
     all eight heads at once), and each head's output goes straight into its columns of a
     ``(B, Nq, H, C)`` array, so the usual transpose back to ``(B, Nq, H·C)`` is a view, not a copy.
 
-    On one Zen 4 core (8 heads, 32-wide keys): the encoder's 256 latents over 2,048 bytes (160-wide
-    values) 20.2 ms against 29.7 batched; the decoder's 2,048 queries over 256 latents (96-wide)
-    15.2 against 24.0; the latent self-attention (256², 160-wide) 2.68 against 2.75–2.9. Below
+    On one Zen 4 core (8 heads, 32-wide keys; the server's allocator setting, A/B in one process): the
+    encoder's 256 latents over 2,048 bytes (160-wide values) 21.5 ms against 23.2 batched; the
+    decoder's 2,048 queries over 256 latents (96-wide) 15.7 against 18.7; the latent self-attention
+    (256², 160-wide) 2.94 against 3.14 (without the allocator setting, batched scores are also
+    faulted in afresh: 29.3 and 18.6 ms for the first two). Below
     :data:`PER_HEAD_SCORES` scores a head (the mid-size classifier's 128² latents: 0.48 against 0.41 ms)
     the batched products win. Returns ``(B, H, Nq, C)`` in ``v``'s dtype, as a view."""
     b, h, n, _ = q.shape
