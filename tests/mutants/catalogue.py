@@ -165,12 +165,12 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     Mutant(
         "bf16-latent-products-skip-onednn", "modeling/kernels.py",
-        "x.dtype == torch.bfloat16 and ONEDNN_BF16 and x.device.type", "x.dtype == torch.bfloat16 and False and x.device.type",
+        "if latent and not torch.compiler.is_compiling():", "if False:",
         ("tests/modeling/test_cpu_kernels.py::test_bf16_cpu_models_multiply_latents_through_onednn_with_packed_weights",),
     ),
     Mutant(
         "learned-queries-remembered-across-parameter-changes", "modeling/cross_attention.py",
-        "if memo is None or memo[0] is not base or not _same_form(memo[1], form):", "if memo is None or memo[0] is not base:",
+        "if memo is None or memo[0] is not base or not same_form(memo[1], form):", "if memo is None or memo[0] is not base:",
         ("tests/benchmarks/test_optimized_paths.py::test_queries_of_learned_arrays_are_computed_once_and_follow_changes",),
     ),
     Mutant(

@@ -199,7 +199,7 @@ class PerceiverLayer(nn.Module):
         self.mlp = MLP(q_dim, widening_factor, config.hidden_act)
         #: (latents, their version, parameter versions, prepared state) of the last :meth:`decode`
         #: (see cross_attention.cached_state).
-        self.latent_memo: tuple[torch.Tensor, int | None, tuple[int | None, ...], LatentState] | None = None
+        self.latent_memo: tuple[torch.Tensor, int | None, tuple, LatentState] | None = None
 
     def forward(self, hidden: torch.Tensor, inputs: torch.Tensor | None = None,
                 key_mask: torch.Tensor | None = None) -> torch.Tensor:

@@ -39,8 +39,17 @@ import dataclasses
 import torch
 from torch import nn
 
-from .kernels import attend, batched_linear, few_rows_matmul, launch_bound, linear, weight_matmul
-from .precision import int8_of
+from .kernels import (
+    attend,
+    batched_linear,
+    few_rows_matmul,
+    launch_bound,
+    linear,
+    same_form,
+    tensor_form,
+    tensor_version,
+    weight_matmul,
+)
 
 #: Explicitly computed scores are produced in row chunks of at most this many scores: on a CPU,
 #: what its caches hold; on accelerators, enough work per launch that a 50,176-pixel video chunk
@@ -107,22 +116,10 @@ def learned_array(x: torch.Tensor) -> nn.Parameter | None:
     return base
 
 
-def _form(tensors: list[torch.Tensor]) -> tuple:
-    """What a remembered result computed from ``tensors`` depends on beyond their identity: their storage,
-    dtype, device and version (so changes in place and ``.to``, which swaps a parameter's data, are seen),
-    and their int8 twins (``dtype = "int8"`` adds them to unchanged parameters)."""
-    return tuple((t.dtype, t.device, _tensor_version(t), None if t.is_mkldnn else t.data_ptr(), int8_of(t))
-                 for t in tensors)
-
-
-def _same_form(a: tuple, b: tuple) -> bool:
-    return len(a) == len(b) and all(x[:4] == y[:4] and x[4] is y[4] for x, y in zip(a, b))
-
-
 def fixed_queries(module: nn.Module, kind: str, hidden: torch.Tensor, compute) -> torch.Tensor:
     """``compute(hidden)``, for a ``hidden`` that is a :func:`learned_array`: computed for one batch item,
     remembered in ``module.query_memo[kind]`` while that array and the module's parameters keep their
-    form (:func:`_form`: an int8 conversion, a new dtype or device, or a change in place computes them
+    form (:func:`.kernels.tensor_form`: an int8 conversion, a new dtype or device, or a change in place computes them
     afresh), and expanded to the batch. Such queries are the same for every request: the latents'
     projection into the inputs' space (the encoder) and the published MLM's 2,048 × 768 → 256 query
     projection (its decoder, ~8 ms of a 1.2 s pass on one core) are then computed once per model.
@@ -131,9 +128,9 @@ def fixed_queries(module: nn.Module, kind: str, hidden: torch.Tensor, compute) -
     base = None if torch.is_grad_enabled() or torch.compiler.is_compiling() else learned_array(hidden)
     if base is None:
         return compute(hidden)
-    form = _form([base, *module.parameters()])
+    form = tensor_form([base, *module.parameters()])
     memo = module.query_memo.get(kind)
-    if memo is None or memo[0] is not base or not _same_form(memo[1], form):
+    if memo is None or memo[0] is not base or not same_form(memo[1], form):
         memo = module.query_memo[kind] = (base, form, compute(hidden[:1]))
     out = memo[2]
     return out.expand(hidden.shape[0], *out.shape[1:])
@@ -178,7 +175,7 @@ def count_queries(queries: Queries) -> int:
 def cached_state(layer: nn.Module, latents: torch.Tensor) -> LatentState | None:
     """The state last prepared by ``layer`` if it came from this very ``latents`` tensor, unchanged.
 
-    Identity and version counters, never values: comparing values on a GPU waits for the device
+    Identity, version counters and the layer's parameters' form (:func:`.kernels.tensor_form`), never values: comparing values on a GPU waits for the device
     (11 times per flow ``decode_all``). Inference tensors keep no version counter, so one
     changed in place inside ``inference_mode`` after a decode is taken as unchanged; decode new
     latents from a new tensor (as every head and the server do).
@@ -187,16 +184,8 @@ def cached_state(layer: nn.Module, latents: torch.Tensor) -> LatentState | None:
     if memo is None:
         return None
     seen, version, params, state = memo
-    same = seen is latents and version == _tensor_version(latents) and params == _versions(layer)
+    same = seen is latents and version == tensor_version(latents) and same_form(params, tensor_form([*layer.parameters()]))
     return state if same else None
-
-
-def _tensor_version(tensor: torch.Tensor) -> int | None:
-    return None if tensor.is_inference() else tensor._version
-
-
-def _versions(layer: nn.Module) -> tuple[int | None, ...]:
-    return tuple(_tensor_version(p) for p in layer.parameters())
 
 
 def latent_state(layer: nn.Module, latents: torch.Tensor) -> LatentState:
@@ -211,7 +200,7 @@ def latent_state(layer: nn.Module, latents: torch.Tensor) -> LatentState:
         key_bias=torch.matmul(keys, qkv.query.bias) * scale,
         values=linear(values, out.weight, out.bias),
     )
-    layer.latent_memo = (latents, _tensor_version(latents), _versions(layer), state)
+    layer.latent_memo = (latents, tensor_version(latents), tensor_form([*layer.parameters()]), state)
     return state
 
 

@@ -153,22 +153,19 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
                       onednn_max_rows=onednn_max_rows).to(x.dtype)
     if (
         ONEDNN_LINEAR
-        and x.dtype == torch.float32
+        and _onednn_latent_dtype(x)
         and x.device.type == "cpu"
-        and weight.dtype == torch.float32
+        and weight.dtype == x.dtype
         and not (weight.requires_grad or x.requires_grad)
     ):
         rows = x.numel() // max(x.shape[-1], 1)
-        if _latent_shaped(rows, onednn_max_rows) or rows >= ONEDNN_ROW_MULTIPLE:
+        latent = _latent_shaped(rows, onednn_max_rows)
+        if x.dtype == torch.float32 and (latent or rows >= ONEDNN_ROW_MULTIPLE):
             if torch.compiler.is_compiling():
                 return torch.ops.perceiver_serve.onednn_linear(x, weight, bias, onednn_max_rows)
             return _onednn_product(x, weight, bias, onednn_max_rows)
-    if (
-        x.dtype == torch.bfloat16 and ONEDNN_BF16 and x.device.type == "cpu" and weight.dtype == torch.bfloat16
-        and not (weight.requires_grad or x.requires_grad or torch.compiler.is_compiling())
-        and _latent_shaped(x.numel() // max(x.shape[-1], 1), onednn_max_rows)
-    ):
-        return _onednn_product(x, weight, bias, onednn_max_rows)
+        if latent and not torch.compiler.is_compiling():  # bf16: latent products (compiled, inductor's own)
+            return _onednn_product(x, weight, bias, onednn_max_rows)
     return F.linear(x, weight, bias)
 
 
@@ -226,14 +223,31 @@ def packed_weight(weight: torch.Tensor) -> torch.Tensor:
     if (not ONEDNN_PACKING or weight.is_inference()  # made inside inference_mode: a temporary, or kept without a version
             or weight.numel() * weight.element_size() > PACK_MAX_BYTES):
         return weight
-    # Its version, storage and dtype: ``.to`` swaps a parameter's data without bumping its version.
-    form = (weight._version, weight.data_ptr(), weight.dtype)
+    form = tensor_form([weight])
     cached = getattr(weight, "onednn_packed", None)
-    if cached is not None and cached[0] == form:
+    if cached is not None and same_form(cached[0], form):
         return cached[1]
     packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach())
     weight.onednn_packed = (form, packed)
     return packed
+
+
+def tensor_version(tensor: torch.Tensor) -> int | None:
+    """How often ``tensor`` was changed in place; None for an inference tensor, which keeps no count."""
+    return None if tensor.is_inference() else tensor._version
+
+
+def tensor_form(tensors: list[torch.Tensor]) -> tuple:
+    """What a result remembered from ``tensors`` depends on beyond their identity: their dtype, device,
+    version and storage (so changes in place and ``.to``, which swaps a parameter's data without
+    bumping its version, are seen), and their int8 twins (``dtype = "int8"`` adds them to unchanged
+    parameters). Compare two with :func:`same_form`."""
+    return tuple((t.dtype, t.device, tensor_version(t), None if t.is_mkldnn else t.data_ptr(), int8_of(t))
+                 for t in tensors)
+
+
+def same_form(a: tuple, b: tuple) -> bool:
+    return len(a) == len(b) and all(x[:4] == y[:4] and x[4] is y[4] for x, y in zip(a, b))
 
 
 def pack_in_place(layer: Linear) -> bool:
@@ -402,7 +416,7 @@ def _unmasked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale
         return _attention_per_head(q, k, v, scale)
     q3, k3, v3 = (t.reshape(b * h, t.shape[2], t.shape[3]) for t in (q, k, v))
     scores = torch.baddbmm(q3.new_empty(b * h, n, k3.shape[1]), q3, k3.transpose(1, 2), beta=0, alpha=scale)
-    if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad):
+    if training:
         scores = torch.softmax(scores, -1)  # training (scripts/demo_training): out= has no derivative
     else:
         torch.softmax(scores, -1, out=scores)

@@ -215,8 +215,9 @@ def model_outline(directory: str | Path) -> PerceiverTaskModel:
 
 
 def pack_latent_weights(model: torch.nn.Module) -> int:
-    """Pack every encoder's self-attention weights in place for oneDNN where the model serves in float32
-    (or bf16, on a CPU that multiplies it natively) on a CPU (see :func:`kernels.pack_in_place`; elsewhere nothing changes). The last step of loading:
+    """Pack every encoder's self-attention weights in place for oneDNN where the model serves on a CPU in
+    float32, or in bf16 where that CPU multiplies it natively (see :func:`kernels.pack_in_place`;
+    elsewhere nothing changes). The last step of loading:
     a packed weight can't be moved or converted. Returns how many weights were packed."""
     return sum(m.pack_latent_weights() for m in model.modules() if isinstance(m, PerceiverEncoder))
 
