@@ -6,7 +6,7 @@ import torch
 from perceiver_serve.modeling import load_model, precision
 from perceiver_serve.modeling.attention import QKVAttention
 from perceiver_serve.modeling.kernels import Linear, attend
-from perceiver_serve.modeling.precision import int8_linear, int8_of, int8_twin
+from perceiver_serve.modeling.precision import int8_linear, int8_matmul, int8_of, int8_twin
 
 from ..numerics import BF16, FP16
 from .hf_models import HEAD_CONFIGS
@@ -33,8 +33,19 @@ def test_reduced_precision_agrees_with_float32(arch, dtype, reference_models, ch
             assert (got - ref).norm() <= tolerance * ref.norm(), (name, ((got - ref).norm() / ref.norm()).item())
 
 
+def _features(**flags: bool) -> dict[str, bool]:
+    return dict.fromkeys(("avx2", "avx512", "bf16", "vnni", "amx"), False) | {"avx2": True} | flags
+
+
+#: CPU features that pick each int8 engine (both run on any AVX2 CPU, oneDNN's without AMX there).
+ENGINES = {"fbgemm": _features(avx512=True, vnni=True), "onednn": _features(avx512=True, vnni=True, amx=True)}
+
+
+@pytest.mark.parametrize("engine", list(ENGINES))
 @pytest.mark.parametrize("arch", list(HEAD_CONFIGS))
-def test_int8_agrees_with_float32(arch, reference_models, checkpoint_dirs):
+def test_int8_agrees_with_float32(arch, engine, monkeypatch, reference_models, checkpoint_dirs):
+    monkeypatch.setattr(precision, "cpu_features", lambda: ENGINES[engine])
+    assert precision.int8_engine() == engine
     model = load_model(checkpoint_dirs[arch, "safetensors"], dtype="int8")
     assert model.precision == "int8" and model.dtype == torch.float32  # activations stay float
     for name, (ref, got) in run_pair(arch, reference_models[arch], model).items():
@@ -134,6 +145,23 @@ def test_int8_without_vnni_uses_seven_bit_activations(monkeypatch, checkpoint_di
     twins += [m.qkv_int8 for m in model.modules() if isinstance(m, QKVAttention)]
     assert all(twin.reduce_range for twin in twins if twin is not None) and len(twins) > 4
     assert model.precision_check.argmax_agreement >= 0.75
+
+
+def test_int8_engines_compute_the_same_product(monkeypatch):
+    """oneDNN (chosen with AMX) and fbgemm quantize alike: per-channel int8 weights, one 8-bit scale
+    per call for the activations; their products agree to float rounding, and both are the int8
+    answer, not the float one."""
+    weight, bias, x, y = torch.randn(96, 80) / 9, torch.randn(96), torch.randn(2, 33, 80), torch.randn(40, 96)
+    outputs = {}
+    for engine, features in ENGINES.items():
+        monkeypatch.setattr(precision, "cpu_features", lambda features=features: features)
+        twin = int8_twin(weight, bias)
+        assert not twin.reduce_range
+        outputs[engine] = int8_linear(x, twin, bias), int8_matmul(y, weight, twin)  # x Wᵀ + b, y W
+    exact = torch.nn.functional.linear(x, weight, bias), y @ weight
+    for got, fbgemm, want in zip(outputs["onednn"], outputs["fbgemm"], exact):
+        assert torch.allclose(got, fbgemm, atol=1e-5, rtol=1e-5)
+        assert 1e-4 < (got - want).abs().max() < 0.05 * want.abs().max()
 
 
 def test_bad_precisions(checkpoint_dirs):
