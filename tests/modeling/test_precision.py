@@ -43,10 +43,12 @@ ENGINES = {"fbgemm": _features(avx512=True, vnni=True), "onednn": _features(avx5
 
 @pytest.mark.parametrize("engine", list(ENGINES))
 @pytest.mark.parametrize("arch", list(HEAD_CONFIGS))
-def test_int8_agrees_with_float32(arch, engine, monkeypatch, reference_models, checkpoint_dirs):
+def test_int8_agrees_with_float32(arch, engine, monkeypatch, caplog, reference_models, checkpoint_dirs):
     monkeypatch.setattr(precision, "cpu_features", lambda: ENGINES[engine])
     assert precision.int8_engine() == engine
-    model = load_model(checkpoint_dirs[arch, "safetensors"], dtype="int8")
+    with caplog.at_level("INFO", logger="perceiver_serve.modeling.loading"):
+        model = load_model(checkpoint_dirs[arch, "safetensors"], dtype="int8")
+    assert f"converting to int8 ({engine} kernels)" in caplog.text  # the start-up log says which
     assert model.precision == "int8" and model.dtype == torch.float32  # activations stay float
     for name, (ref, got) in run_pair(arch, reference_models[arch], model).items():
         assert torch.isfinite(got).all(), name

@@ -21,7 +21,7 @@ from .config import PerceiverConfig
 from .errors import CheckpointError
 from .heads import ARCHITECTURES, PerceiverTaskModel
 from .kernels import Linear
-from .precision import FLOAT_DTYPES, PRECISIONS, check_against_float32, effective_precision, int8_twin
+from .precision import FLOAT_DTYPES, PRECISIONS, check_against_float32, effective_precision, int8_engine, int8_twin
 
 log = logging.getLogger(__name__)
 
@@ -189,7 +189,8 @@ def load_model(
     model.requires_grad_(False)
     model.precision, model.precision_check = precision, None
     if precision != "float32":
-        say(f"converting to {precision} and comparing with float32 on the probe input")
+        kernels = f" ({int8_engine()} kernels)" if precision == "int8" else ""
+        say(f"converting to {precision}{kernels} and comparing with float32 on the probe input")
         model, model.precision_check = check_against_float32(model, lambda m: _reduce(m, precision), precision)
         say(model.precision_check.describe())
     if compile:

@@ -4,9 +4,9 @@
   output channel, each activation is quantized on the fly (one scale per call) and the
   product is accumulated in int32 and returned in float32. The kernels are chosen at run time
   (:func:`int8_engine`): oneDNN's where the CPU has AMX (its tile instructions multiply int8
-  matrices; fbgemm does not use them), fbgemm's otherwise (AVX2, VNNI where present). Every :class:`~.kernels.Linear` weight gets its
-  packed int8 twin; :func:`~.kernels.linear` and :func:`~.kernels.weight_matmul` use it, so
-  the absorbed cross-attention paths, which multiply by weights directly rather than through
+  matrices; fbgemm does not use them), fbgemm's otherwise (AVX2, VNNI where present). Every
+  :class:`~.kernels.Linear` weight gets its packed int8 twin; :func:`~.kernels.linear` and
+  :func:`~.kernels.weight_matmul` use it, so the absorbed cross-attention paths, which multiply by weights directly rather than through
   a module, are quantized as well. A self-attention's query, key and value weights share one
   twin instead, so that their common input is quantized once (``QKVAttention.fuse_int8``).
   The float32 weights stay (folds of two weights and the fp32 self-check use them).
@@ -104,7 +104,7 @@ def effective_precision(requested: str, device: str | torch.device) -> str:
 
 @dataclasses.dataclass
 class Int8Weight:
-    """A float weight's packed int8 twin (fbgemm), and of its transpose once that is needed."""
+    """A float weight's packed int8 twin (for :func:`int8_engine`), and of its transpose once that is needed."""
 
     packed: torch.ScriptObject
     bias: torch.Tensor | None
@@ -119,7 +119,7 @@ def _pack(weight: torch.Tensor, bias: torch.Tensor | None) -> torch.ScriptObject
     previous = torch.backends.quantized.engine
     torch.backends.quantized.engine = int8_engine()
     try:
-        with warnings.catch_warnings():  # quantized tensors are deprecated; fbgemm's packing still takes them
+        with warnings.catch_warnings():  # quantized tensors are deprecated; the packing ops still take them
             warnings.simplefilter("ignore")
             quantized = torch.quantize_per_channel(weight.detach().float(), scales, zero_points, 0, torch.qint8)
         return torch.ops.quantized.linear_prepack(quantized, None if bias is None else bias.detach().float())
