@@ -166,6 +166,31 @@ def test_int8_engines_compute_the_same_product(monkeypatch):
         assert 1e-4 < (got - want).abs().max() < 0.05 * want.abs().max()
 
 
+def test_onednn_int8_products_meet_few_shapes(monkeypatch):
+    """oneDNN keeps a compiled kernel per shape: its products run in chunks of at most 512 rows, padded
+    to a multiple of 64, so that inputs of any length meet a few shapes; the padding changes no answer
+    beyond float rounding (zero rows leave the activation scale as it was), and a longer input is a
+    product per chunk."""
+    monkeypatch.setattr(precision, "cpu_features", lambda: ENGINES["onednn"])
+    weight, bias = torch.randn(48, 40) / 7, torch.randn(48)
+    twin = int8_twin(weight, bias)
+    dynamic = torch.ops.quantized.linear_dynamic
+    seen = []
+
+    def spy(x, packed, reduce_range):
+        seen.append(x.shape[0])
+        return dynamic(x, packed, reduce_range)
+
+    monkeypatch.setattr(torch.ops.quantized, "linear_dynamic", spy)
+    for rows in (1, 66, 128, 511, 700, 1500):
+        x = torch.randn(rows, 40) * 3
+        got = int8_linear(x[None], twin, bias)[0]
+        expected = torch.cat([dynamic(x[i:i + 512], twin.packed, False) for i in range(0, rows, 512)])
+        assert torch.allclose(got, expected, rtol=1e-5, atol=1e-5), rows  # another kernel: float rounding
+        assert got.shape == (rows, 48)
+    assert set(seen) <= {64 * k for k in range(1, 9)} and 512 in seen
+
+
 def test_bad_precisions(checkpoint_dirs):
     directory = checkpoint_dirs["PerceiverForSequenceClassification", "safetensors"]
     with pytest.raises(ValueError, match="unsupported dtype"):

@@ -257,4 +257,17 @@ MUTANTS: tuple[Mutant, ...] = (
         "torch.set_num_threads(self.threads)  # this thread's own", "pass  # this thread's own",
         ("tests/engine/test_batcher.py::test_each_instance_runs_its_batches_on_its_own_torch_threads",),
     ),
+    Mutant(
+        "big-decodes-take-turns-on-every-preprocessing-thread", "tasks/common.py",
+        "if opened.decoded_bytes < HAND_BACK_FROM_BYTES:", "if True:",
+        # The video test first, as in the suite: on a server fresh from start-up the big images alone
+        # meet fewer preprocessing threads, and the growth stays under the bound some of the time.
+        ("tests/reliability/test_decode_memory.py::test_sixteen_big_frames_in_one_message_peak_like_one",
+         "tests/reliability/test_decode_memory.py::test_concurrent_big_images_stay_within_the_budget"),
+    ),
+    Mutant(
+        "onednn-int8-products-unpadded", "modeling/precision.py",
+        "padded = -(-max(n, 1) // INT8_ROW_MULTIPLE) * INT8_ROW_MULTIPLE", "padded = n",
+        ("tests/modeling/test_precision.py::test_onednn_int8_products_meet_few_shapes",),
+    ),
 )

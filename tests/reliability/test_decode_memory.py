@@ -27,8 +27,10 @@ from .repository import repository
 MiB = 1 << 20
 BUDGET_MB = 160  # one decoded 6000×6000 picture at a time
 MAX_FRAMES = 64  # the video model's max_frames_per_stream in this repository
-# Beyond the budget: the models' activations for a batch, allocator slack, request bodies.
-MODEL_MEMORY = 160 * MiB
+# Beyond the budget: the models' activations for a batch, allocator slack, request bodies. (32 big
+# images grow the server by about 107 MiB; 240-355 MiB when big decodes took turns on the eight
+# preprocessing threads, each keeping freed memory in its own heap: see tasks.common._big_decodes.)
+MODEL_MEMORY = 64 * MiB
 SIDE = 6000
 
 

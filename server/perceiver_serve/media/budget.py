@@ -23,6 +23,9 @@ from collections.abc import AsyncIterator, Callable
 from ..errors import DeadlineExceeded, DecodeBudgetExceeded
 
 MiB = 1024 * 1024
+#: Holds of at least this many bytes hand freed memory back when they end (see :class:`DecodeBudget`):
+#: glibc's mmap threshold as the server fixes it, above which blocks are mapped and unmapped anyway.
+HAND_BACK_FROM_BYTES = 32 * MiB
 
 
 @dataclasses.dataclass(eq=False)
@@ -49,7 +52,7 @@ class DecodeBudget:
 
     def __init__(self, limit_bytes: int, *, on_change: Callable[[int], None] = _ignore_bytes,
                  on_reject: Callable[[str, str], None] = _ignore_rejection,
-                 hand_back: Callable[[], object] | None = None, hand_back_from_bytes: int = 32 * MiB) -> None:
+                 hand_back: Callable[[], object] | None = None, hand_back_from_bytes: int = HAND_BACK_FROM_BYTES) -> None:
         """``hand_back`` runs when a hold of at least ``hand_back_from_bytes`` ends, before its bytes
         go back to the budget: the server returns the decode's freed memory to the system there,
         which the allocator would otherwise keep for the thread that decoded (one arena per

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Protocol, TypeVar
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..media.budget import DecodeBudget
+from ..media.budget import HAND_BACK_FROM_BYTES, DecodeBudget
 
 if TYPE_CHECKING:
     from ..engine.registry import ServedModel
@@ -27,6 +27,9 @@ TopK = Annotated[int, Field(ge=1, le=MAX_TOP_K, description="How many best label
 DEFAULT_TOP_K = 5
 
 _POOL: concurrent.futures.ThreadPoolExecutor | None = None
+#: One thread for decodes that hold at least :data:`~..media.budget.HAND_BACK_FROM_BYTES` (see
+#: :func:`decode_in_budget`), made on first use.
+_BIG_DECODES: concurrent.futures.ThreadPoolExecutor | None = None
 
 
 def configure_preprocess_pool(threads: int | None = None) -> None:
@@ -71,7 +74,27 @@ async def decode_in_budget(served: "ServedModel", budget: DecodeBudget, opener: 
     opened = await off_loop(opener)
     async with budget.hold(opened.decoded_bytes, model=served.name, subject=subject,
                            deadline=request_deadline(served, deadline)):
-        return await off_loop(decode, opened)
+        if opened.decoded_bytes < HAND_BACK_FROM_BYTES:
+            return await off_loop(decode, opened)
+        return await asyncio.get_running_loop().run_in_executor(_big_decodes(), decode, opened)
+
+
+def _big_decodes() -> concurrent.futures.ThreadPoolExecutor:
+    """The thread that decodes big media, one at a time.
+
+    glibc gives each thread its own heap (arena), and a freed decode's memory stays at the top of
+    the heap that held it: ``malloc_trim`` (the budget's hand-back) returns the main heap's top and
+    free chunks inside any heap, but not the top of another thread's heap, which glibc shrinks only
+    when it exceeds the trim threshold (64 MiB, see :mod:`~..allocator`), as large as such a heap
+    can be. Big decodes taking turns on the eight preprocessing threads so kept up to tens of MiB
+    each: 32 concurrent 6000×6000 PNGs, one decode at a time under a 160 MiB budget, grew the
+    server's resident memory step by step to +290 MiB between decodes (+240 to +342 MiB at the peak,
+    on an Emerald Rapids Xeon). On one thread, one heap keeps it.
+    """
+    global _BIG_DECODES
+    if _BIG_DECODES is None:
+        _BIG_DECODES = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="big-decode")
+    return _BIG_DECODES
 
 
 class TaskOptions(BaseModel):
