@@ -317,6 +317,30 @@ def test_float32_cpu_models_hold_their_self_attention_weights_packed_only(tmp_pa
 
 
 @pytest.mark.skipif(not kernels.ONEDNN_BF16, reason="this CPU has no native bf16 products, or oneDNN takes none")
+def test_bf16_products_of_any_row_count_meet_a_few_shapes(monkeypatch):
+    """oneDNN compiles and keeps a kernel for every shape it meets: bf16 products of 64 rows or more whose
+    row count follows the input (a text's bytes) go through it in chunks of 512 rows padded to a multiple
+    of 64, as float32 ones do (through F.linear, 1,500 varied requests grew a bf16 server by 124 MiB), and
+    answer as F.linear does."""
+    weight, bias = (torch.randn(96, 80) / 9).bfloat16(), torch.randn(96).bfloat16()
+    op = torch.ops.mkldnn._linear_pointwise
+    rows_seen = []
+
+    class Spy:
+        def __call__(self, x, *rest):
+            rows_seen.append(x.shape[0])
+            return op(x, *rest)
+
+    monkeypatch.setattr(torch.ops.mkldnn, "_linear_pointwise", Spy())
+    with torch.inference_mode():
+        for rows in (64, 100, 511, 700, 1500):
+            x = torch.randn(rows, 80).bfloat16()
+            got = kernels.linear(x, weight, bias)
+            torch.testing.assert_close(got.float(), F.linear(x, weight, bias).float(), rtol=1e-2, atol=1e-2)
+    assert rows_seen and set(rows_seen) <= {ONEDNN_ROW_MULTIPLE * k for k in range(1, ONEDNN_CHUNK_ROWS // 64 + 1)}
+
+
+@pytest.mark.skipif(not kernels.ONEDNN_BF16, reason="this CPU has no native bf16 products, or oneDNN takes none")
 def test_bf16_cpu_models_multiply_latents_through_onednn_with_packed_weights(tmp_path, monkeypatch):
     """Where the CPU multiplies bf16 natively, a bf16 model's latent stack is packed in place as a float32
     one is, its latent products go to oneDNN's op directly, and it answers as the same model does through

@@ -165,7 +165,7 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     Mutant(
         "bf16-latent-products-skip-onednn", "modeling/kernels.py",
-        "if latent and not torch.compiler.is_compiling():", "if False:",
+        "if (latent or rows >= ONEDNN_ROW_MULTIPLE) and not torch.compiler.is_compiling():", "if False:",
         ("tests/modeling/test_cpu_kernels.py::test_bf16_cpu_models_multiply_latents_through_onednn_with_packed_weights",),
     ),
     Mutant(
@@ -256,6 +256,12 @@ MUTANTS: tuple[Mutant, ...] = (
         "instances-share-the-process-torch-threads", "engine/batcher.py",
         "torch.set_num_threads(self.threads)  # this thread's own", "pass  # this thread's own",
         ("tests/engine/test_batcher.py::test_each_instance_runs_its_batches_on_its_own_torch_threads",),
+    ),
+    Mutant(
+        "bf16-products-of-input-rows-through-f-linear", "modeling/kernels.py",
+        "if (latent or rows >= ONEDNN_ROW_MULTIPLE) and not torch.compiler.is_compiling():",
+        "if latent and not torch.compiler.is_compiling():",
+        ("tests/modeling/test_cpu_kernels.py::test_bf16_products_of_any_row_count_meet_a_few_shapes",),
     ),
     Mutant(
         "big-decodes-take-turns-on-every-preprocessing-thread", "tasks/common.py",

@@ -1,4 +1,4 @@
-"""Load on int8 and compiled models: no 5xx, answers agree with float32, memory stays flat.
+"""Load on int8, bf16 and compiled models: no 5xx, answers agree with float32, memory stays flat.
 
 Sized for 2 shared cores: one server holding an int8 and a compiled copy of the demo text
 model, 32 clients, a warm-up round then a measured round on each. Answers are compared with
@@ -28,7 +28,8 @@ from .test_load import ALPHABET, RSS_GROWTH, post
 
 CLIENTS = 32
 WARM_UP, MEASURED = 600, 1500
-MODELS = {"text-int8": 'dtype = "int8"', "text-compiled": 'dtype = "float32"\ncompile = true'}
+MODELS = {"text-int8": 'dtype = "int8"', "text-bf16": 'dtype = "bfloat16"',
+          "text-compiled": 'dtype = "float32"\ncompile = true'}
 
 
 @pytest.fixture(scope="module")

@@ -164,7 +164,9 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
             if torch.compiler.is_compiling():
                 return torch.ops.perceiver_serve.onednn_linear(x, weight, bias, onednn_max_rows)
             return _onednn_product(x, weight, bias, onednn_max_rows)
-        if latent and not torch.compiler.is_compiling():  # bf16: latent products (compiled, inductor's own)
+        if (latent or rows >= ONEDNN_ROW_MULTIPLE) and not torch.compiler.is_compiling():
+            # bf16 (compiled: inductor's own). Other products too, in chunks of a few shapes: F.linear reaches
+            # oneDNN as well, which compiles a kernel for every row count it meets and keeps it.
             return _onednn_product(x, weight, bias, onednn_max_rows)
     return F.linear(x, weight, bias)
 
