@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from .catalogue import MUTANTS
-from .mutate import StaleMutant, copy_package, imported_from, run_mutant, run_tests
+from .mutate import StaleMutant, copy_package, imported_from, run_mutant, run_tests, skipped_here
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,13 +48,18 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         print(f"baseline: the {len(tests)} killing tests pass on the unmutated code ({seconds:.0f} s)", flush=True)
 
-    failures, started = [], time.perf_counter()
+    failures, skipped, started = [], [], time.perf_counter()
     for number, mutant in enumerate(chosen, 1):
         try:
             outcome = run_mutant(mutant)
         except StaleMutant as exc:
             print(f"[{number}/{len(chosen)}] STALE    {mutant.name}: {exc}", flush=True)
             failures.append(mutant.name)
+            continue
+        if skipped_here(outcome.returncode, outcome.output):
+            print(f"[{number}/{len(chosen)}] skipped  {mutant.name}: its tests do not run on this machine "
+                  f"({' '.join(mutant.tests)})", flush=True)
+            skipped.append(mutant.name)
             continue
         verdict = "killed" if outcome.killed else "SURVIVED"
         print(f"[{number}/{len(chosen)}] {verdict:8} {mutant.name} ({outcome.seconds:.0f} s) by "
@@ -64,8 +69,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"    pytest exit status {outcome.returncode} (1 = tests failed); its output ends:\n"
                   + "\n".join("    " + line for line in outcome.output.splitlines()[-25:]), flush=True)
     total = time.perf_counter() - started
-    print(f"{len(chosen) - len(failures)} of {len(chosen)} mutants killed in {total:.0f} s"
-          + (f"; not killed: {', '.join(failures)}" if failures else ""))
+    print(f"{len(chosen) - len(failures) - len(skipped)} of {len(chosen)} mutants killed in {total:.0f} s"
+          + (f"; not killed: {', '.join(failures)}" if failures else "")
+          + (f"; not judged on this machine: {', '.join(skipped)}" if skipped else ""))
     return 1 if failures else 0
 
 

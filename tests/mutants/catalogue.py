@@ -264,6 +264,12 @@ MUTANTS: tuple[Mutant, ...] = (
         ("tests/modeling/test_cpu_kernels.py::test_bf16_products_of_any_row_count_meet_a_few_shapes",),
     ),
     Mutant(
+        "fp16-products-of-input-rows-through-f-linear-whole", "modeling/kernels.py",
+        "return _onednn_product(x, weight, bias, 0, lambda chunk: F.linear(chunk, weight, bias))",
+        "return F.linear(x, weight, bias)",
+        ("tests/modeling/test_cpu_kernels.py::test_fp16_products_of_any_row_count_meet_a_few_shapes",),
+    ),
+    Mutant(
         "big-decodes-take-turns-on-every-preprocessing-thread", "tasks/common.py",
         "if opened.decoded_bytes < HAND_BACK_FROM_BYTES:", "if True:",
         # The video test first, as in the suite: on a server fresh from start-up the big images alone

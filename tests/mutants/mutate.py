@@ -92,6 +92,13 @@ def killed(returncode: int, output: str) -> bool:
     return returncode == 1 or (returncode < 0 and re.search(r"(?m)^[.sxXE]*F", output) is not None)
 
 
+def skipped_here(returncode: int, output: str) -> bool:
+    """Every test pytest ran was skipped (a test of kernels this CPU does not have, such as native fp16
+    products): the mutant cannot be judged on this machine, only where its tests run."""
+    return returncode == 0 and re.search(r"\b\d+ skipped\b", output) is not None \
+        and re.search(r"\b\d+ passed\b", output) is None
+
+
 def imported_from(site: Path) -> Path:
     """Where a subprocess with ``site`` on ``PYTHONPATH`` imports the package from (must be the copy)."""
     env = {**os.environ, "PYTHONPATH": str(site)}

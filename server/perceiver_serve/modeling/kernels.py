@@ -39,6 +39,7 @@ run: 2.0×).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -168,6 +169,10 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
             # bf16 (compiled: inductor's own). Other products too, in chunks of a few shapes: F.linear reaches
             # oneDNN as well, which compiles a kernel for every row count it meets and keeps it.
             return _onednn_product(x, weight, bias, onednn_max_rows)
+    if (x.dtype == torch.float16 and x.device.type == "cpu" and not (weight.requires_grad or x.requires_grad)
+            and x.numel() // max(x.shape[-1], 1) >= ONEDNN_ROW_MULTIPLE and not torch.compiler.is_compiling()):
+        # fp16 (CPUs with native fp16 products): F.linear reaches oneDNN, so a few shapes for it too.
+        return _onednn_product(x, weight, bias, 0, lambda chunk: F.linear(chunk, weight, bias))
     return F.linear(x, weight, bias)
 
 
@@ -176,7 +181,8 @@ def _latent_shaped(rows: int, max_rows: int) -> bool:
     return max_rows >= ONEDNN_MIN_ROWS and rows >= ONEDNN_MIN_ROWS
 
 
-def _onednn_product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, max_rows: int) -> torch.Tensor:
+def _onednn_product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, max_rows: int,
+                    product: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
     """oneDNN's product in chunks, so that it meets only a few row counts per weight.
 
     Latent layers (``max_rows``, see :class:`Linear`) run in chunks of ``max_rows`` rows: a bigger
@@ -184,15 +190,16 @@ def _onednn_product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
     ``sgemm`` for a 16 × 128-latent batch). Any other product runs in chunks of
     :data:`ONEDNN_CHUNK_ROWS`, the last zero-padded up to a multiple of :data:`ONEDNN_ROW_MULTIPLE`
     (at most 63 rows of extra work). Chunks are copied into one output, so the peak memory stays
-    that of ``F.linear``.
+    that of ``F.linear``. ``product`` (a chunk → its product) replaces oneDNN's op with the packed weight.
     """
     flat = x.reshape(-1, x.shape[-1])
     rows = flat.shape[0]
     chunk_rows, multiple = (max_rows, 1) if _latent_shaped(rows, max_rows) else (ONEDNN_CHUNK_ROWS, ONEDNN_ROW_MULTIPLE)
-    op = torch.ops.mkldnn._linear_pointwise
-    weight = packed_weight(weight)
+    if product is None:
+        op, packed = torch.ops.mkldnn._linear_pointwise, packed_weight(weight)
+        product = lambda chunk: op(chunk, packed, bias, "none", [], "")  # noqa: E731
     if rows <= chunk_rows and rows % multiple == 0:
-        return op(flat, weight, bias, "none", [], "").view(*x.shape[:-1], weight.shape[0])
+        return product(flat).view(*x.shape[:-1], weight.shape[0])
     out = flat.new_empty(rows, weight.shape[0])
     for start in range(0, rows, chunk_rows):
         chunk = flat[start:start + chunk_rows]
@@ -200,7 +207,7 @@ def _onednn_product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
         padded = -(-n // multiple) * multiple
         if padded != n:
             chunk = F.pad(chunk, (0, 0, 0, padded - n))
-        out[start:start + n] = op(chunk, weight, bias, "none", [], "")[:n]
+        out[start:start + n] = product(chunk)[:n]
     return out.view(*x.shape[:-1], weight.shape[0])
 
 
