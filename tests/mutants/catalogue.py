@@ -278,8 +278,8 @@ MUTANTS: tuple[Mutant, ...] = (
          "tests/reliability/test_decode_memory.py::test_concurrent_big_images_stay_within_the_budget"),
     ),
     Mutant(
-        "onednn-int8-products-unpadded", "modeling/precision.py",
-        "padded = -(-max(n, 1) // INT8_ROW_MULTIPLE) * INT8_ROW_MULTIPLE", "padded = n",
+        "onednn-int8-products-unpadded", "modeling/chunking.py",
+        "padded = -(-max(n, 1) // multiple) * multiple", "padded = n",
         ("tests/modeling/test_precision.py::test_onednn_int8_products_meet_few_shapes",),
     ),
 )

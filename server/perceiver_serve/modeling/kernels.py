@@ -45,6 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .chunking import in_row_chunks
 from .precision import int8_linear, int8_matmul, int8_of
 
 #: Above this many attention scores per call, :func:`attend` keeps to fused kernels that
@@ -198,17 +199,7 @@ def _onednn_product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
     if product is None:
         op, packed = torch.ops.mkldnn._linear_pointwise, packed_weight(weight)
         product = lambda chunk: op(chunk, packed, bias, "none", [], "")  # noqa: E731
-    if rows <= chunk_rows and rows % multiple == 0:
-        return product(flat).view(*x.shape[:-1], weight.shape[0])
-    out = flat.new_empty(rows, weight.shape[0])
-    for start in range(0, rows, chunk_rows):
-        chunk = flat[start:start + chunk_rows]
-        n = chunk.shape[0]
-        padded = -(-n // multiple) * multiple
-        if padded != n:
-            chunk = F.pad(chunk, (0, 0, 0, padded - n))
-        out[start:start + n] = product(chunk)[:n]
-    return out.view(*x.shape[:-1], weight.shape[0])
+    return in_row_chunks(flat, chunk_rows, multiple, product).view(*x.shape[:-1], weight.shape[0])
 
 
 #: Weights up to this size get a packed copy (see :func:`packed_weight`).

@@ -28,7 +28,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
+
+from .chunking import in_row_chunks
 
 FLOAT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 PRECISIONS = (*FLOAT_DTYPES, "int8", "auto")
@@ -179,19 +180,8 @@ def _dynamic_product(x: torch.Tensor, packed: torch.ScriptObject, q: Int8Weight)
     x = x.float()
     if q.engine != "onednn":
         return torch.ops.quantized.linear_dynamic(x, packed, q.reduce_range)
-    flat = x.reshape(-1, x.shape[-1])
-    rows, out = flat.shape[0], None
-    for start in range(0, max(rows, 1), INT8_CHUNK_ROWS):
-        chunk = flat[start:start + INT8_CHUNK_ROWS]
-        n = chunk.shape[0]
-        padded = -(-max(n, 1) // INT8_ROW_MULTIPLE) * INT8_ROW_MULTIPLE
-        product = torch.ops.quantized.linear_dynamic(F.pad(chunk, (0, 0, 0, padded - n)) if padded != n else chunk,
-                                                     packed, q.reduce_range)
-        if rows <= INT8_CHUNK_ROWS:
-            return product[:n].reshape(*x.shape[:-1], product.shape[-1])
-        if out is None:
-            out = product.new_empty(rows, product.shape[-1])
-        out[start:start + n] = product[:n]
+    out = in_row_chunks(x.reshape(-1, x.shape[-1]), INT8_CHUNK_ROWS, INT8_ROW_MULTIPLE,
+                        lambda chunk: torch.ops.quantized.linear_dynamic(chunk, packed, q.reduce_range))
     return out.reshape(*x.shape[:-1], out.shape[-1])
 
 
