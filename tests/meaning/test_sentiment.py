@@ -9,10 +9,11 @@ import random
 
 from demo_training import sentiment
 
-#: The shipped model measured 91.7% (44 of 48) and 70.3% (its card; 73.8% on this test's 400); a
-#: model that guesses gets 50%. The hand-written threshold is the issue's target itself.
+#: The shipped model measured 97.9% (47 of 48) and 92.7% (its card; 91.25% on this test's 400); a
+#: model that guesses gets 50%. Both thresholds are the issue's targets, less a few sentences for
+#: the held-out one (these 400 are not the card's 2,000).
 HAND_WRITTEN_AT_LEAST = 0.85
-HELD_OUT_AT_LEAST = 0.68
+HELD_OUT_AT_LEAST = 0.88
 
 
 def _labels(rest, texts: list[str]) -> list[str]:
@@ -53,7 +54,7 @@ def test_held_out_pieces_are_never_trained_on():
     hand_written = {text for text, _ in sentiment.hand_written()}
     rng = random.Random(0)
     for progress in (0.0, 0.1, 0.5):
-        drawn = {text for text, _ in sentiment.training_sentences(train, rng, progress, 20000)}
+        drawn = {text for text, _, _ in sentiment.training_sentences(train, rng, progress, 20000)}
         assert not hand_written & drawn
 
 
@@ -64,3 +65,33 @@ def test_neutral_fillers_are_no_held_out_word_and_carry_no_sentiment():
     assert not fillers & (held.piece_words() | unseen.piece_words())
     assert not fillers & sentiment.STEERING
     assert not fillers & set(sentiment.lexicon())
+
+
+def _latents_reading(text: str, word: str) -> set[int]:
+    """Latents whose middle bytes (``align_inputs``: latent ``i`` starts at byte ``2i - 4``) cover ``word``."""
+    start = text.index(word)
+    return {i for i in range(sentiment.CONFIG.num_latents)
+            if start <= 2 * i + 1 and 2 * i - 2 <= start + len(word) - 1}
+
+
+def test_each_latent_is_taught_the_clause_of_the_sentiment_word_it_reads():
+    text = "The food was good, but the staff was not nice."
+    targets = sentiment.word_targets(text, (1, -1), sentiment.CONFIG.num_latents)
+    good, nice = _latents_reading(text, "good"), _latents_reading(text, "nice")
+    assert good and nice
+    classes = sentiment.WORD_CLASSES
+    for i, target in enumerate(targets):
+        expected = ("earlier positive" if i in good else "last negative" if i in nice else "none")
+        if 2 * i - 4 > len(text):
+            assert target == -100, i  # past the end: not taught
+        else:
+            assert classes[target] == expected, (i, classes[target], expected)
+
+
+def test_sentences_whose_words_do_not_pair_with_their_clauses_are_not_taught():
+    assert set(sentiment.word_targets("good and great and awful", (1, 1), 80)) == {-100}
+    assert set(sentiment.word_targets("the staff", (1,), 80)) == {-100}
+    train, _, _ = sentiment.vocabularies()
+    drawn = sentiment.training_sentences(train, random.Random(3), 1.0, 2000)
+    untaught = sum(set(sentiment.word_targets(t, c, 80)) == {-100} for t, _, c in drawn)
+    assert untaught <= 10, untaught
