@@ -351,9 +351,9 @@ WORD_CLASSES = ("none", "last negative", "last positive", "earlier negative", "e
 
 
 @cache
-def _sentiment_word() -> re.Pattern[str]:
+def _sentiment_word() -> re.Pattern[bytes]:
     words = {*ADJECTIVES, *UNSEEN_FORMS, *(form for forms in VERBS.values() for form in forms)}
-    return re.compile(r"(?<![A-Za-z])(?:" + "|".join(sorted(words, key=len, reverse=True)) + r")(?![A-Za-z])",
+    return re.compile(rb"(?<![A-Za-z])(?:" + "|".join(sorted(words, key=len, reverse=True)).encode() + rb")(?![A-Za-z])",
                       re.IGNORECASE)
 
 
@@ -364,16 +364,16 @@ def word_targets(text: str, clauses: tuple[int, ...], latents: int) -> list[int]
     window it starts reading (``align_inputs``). The whole sentence is left untaught (-100) in the
     rare case its sentiment words do not pair one to one with its clauses.
     """
-    found = [m.span() for m in _sentiment_word().finditer(text)]
-    first_bytes = [STRIDE * i - CONFIG.num_cross_attention_heads // 2 for i in range(latents)]
+    data = text.encode("utf-8")
+    found = [m.span() for m in _sentiment_word().finditer(data)]
     if len(found) != len(clauses):
         return [-100] * latents
-    targets = [0 if first <= len(text.encode("utf-8")) else -100 for first in first_bytes]
+    # Latent i reads bytes 2i - 4 … 2i + 3 (STRIDE 2, 8 heads); its middle ones are 2i - 2 … 2i + 1.
+    middles = [STRIDE * i for i in range(latents)]
+    targets = [0 if middle - CONFIG.num_cross_attention_heads // 2 <= len(data) else -100 for middle in middles]
     for number, ((start, end), sign) in enumerate(zip(found, clauses)):
         kind = (1 if number == len(clauses) - 1 else 3) + (sign > 0)
-        start, end = len(text[:start].encode("utf-8")), len(text[:end].encode("utf-8"))
-        for i, first in enumerate(first_bytes):
-            middle = first + CONFIG.num_cross_attention_heads // 2
+        for i, middle in enumerate(middles):
             if start <= middle + STRIDE - 1 and middle - STRIDE <= end - 1:
                 targets[i] = kind
     return targets
