@@ -358,4 +358,6 @@ regions; those tiles lean on the few pixels that do match. Motions beyond about 
 matches are not limited, but a shift near the tile size leaves little overlap), motion blur,
 lighting changes and real 3D scenes are outside what it was built and checked for. One latent
 per pixel costs more than the old 64: about a quarter of a second per tile on 2 cores.
+It needs float32 (its `model.toml` says so): its matching logits are deliberately huge, and in
+bfloat16 they collapse (the flower pair: 7.10 px instead of 0.00 px).
 """
