@@ -236,13 +236,13 @@ def train(run: RunOptions, say=print) -> Trained:
     rng = np.random.default_rng(run.seed)
     model = build(CONFIG, run.seed + 4).eval()
     made = [pair(pics, rng) for _ in range(2 if run.quick else FIT_PAIRS)]
-    frames = torch.from_numpy(np.stack([m[0] for m in made]))
+    inputs = flow_patches(torch.from_numpy(np.stack([m[0] for m in made])))  # once, not per setting
     truth = torch.from_numpy(np.stack([m[1] for m in made]))
     scores = {}
     for sharp in SHARPNESS_GRID[:1] if run.quick else SHARPNESS_GRID:
         pixel_matching(model, sharp, FLOW_SCALE)
         with torch.no_grad():
-            flow = torch.cat([model(flow_patches(frames[i:i + 8])) for i in range(0, len(frames), 8)]) * FLOW_SCALE
+            flow = torch.cat([model(inputs[i:i + 8]) for i in range(0, len(inputs), 8)]) * FLOW_SCALE
         scores[sharp] = float((flow - truth).norm(dim=-1).mean())
         say(f"{NAME}: {sharp} -> {scores[sharp]:.3f} px on {len(made)} training pairs")
     best = min(scores, key=scores.get)

@@ -75,7 +75,7 @@ def _read(weight: torch.Tensor, row: int, channel: int, value: float, zero: int 
     weight[row, zero] -= value
 
 
-def _token_layout(cfg) -> dict[str, int]:
+def _token_layout() -> dict[str, int]:
     content = 64
     return dict(sin_y=content + 2, sin_x=content + 2 + 64, cos_y=content + 2 + 128, cos_x=content + 2 + 192)
 
@@ -130,14 +130,14 @@ def pixel_matching(model: nn.Module, sharp: Sharpness, flow_scale: float) -> Non
         _cross_attention(p, cfg, std, token_std, head)
         _matching(p, sharp, std, head)
         _vote(p, sharp, std, head)
-        _decoder(p, model, sharp, std, flow_scale, d_lat)
+        _decoder(p, model, sharp, std, flow_scale)
 
 
 def _cross_attention(p, cfg, std: float, token_std: float, head: float) -> None:
     pre = "perceiver.encoder.cross_attention."
     q, k, v, o = (p[pre + "attention." + n] for n in ("self.query.weight", "self.key.weight", "self.value.weight",
                                                         "output.dense.weight"))
-    token = _token_layout(cfg)
+    token = _token_layout()
     row = 0
     for bands, (sin, cos) in ((BANDS_Y, (token["sin_y"], token["cos_y"])), (BANDS_X, (token["sin_x"], token["cos_x"]))):
         for band in bands:
@@ -186,7 +186,7 @@ def _vote(p, sharp: Sharpness, std: float, head: float) -> None:
     _read(k, 3, DSQ, std)
 
 
-def _decoder(p, model, sharp: Sharpness, std: float, flow_scale: float, d_lat: int) -> None:
+def _decoder(p, model, sharp: Sharpness, std: float, flow_scale: float) -> None:
     pre = "perceiver.decoder.decoder.decoding_cross_attention.attention."
     k, v, o = (p[pre + n] for n in ("self.key.weight", "self.value.weight", "output.dense.weight"))
     p[pre + "self.query.bias"][0] = -sharp.conf2 * math.sqrt(k.shape[0])
