@@ -384,3 +384,43 @@ def test_bf16_cpu_models_multiply_latents_through_onednn_with_packed_weights(tmp
         assert got.dtype == torch.bfloat16
         torch.testing.assert_close(got.float(), expected.float(), rtol=2e-2, atol=2e-2)
     assert products.count(torch.bfloat16) >= len(latent) * 2  # batches 2 and 7 (batch 1's 8-row products: F.linear)
+
+
+# A fresh interpreter: which element-wise functions run, on how many elements, before and while
+# perceiver_serve.modeling is imported (each one's first call must be a one-element call).
+_FIRST_CALLS = r"""
+import json
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+class FirstCalls(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.first = {}
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func._schema.name.removeprefix("aten::")
+        if args and isinstance(args[0], torch.Tensor):
+            self.first.setdefault(f"{name}/{args[0].dtype}", args[0].numel())
+        return func(*args, **(kwargs or {}))
+
+with FirstCalls() as calls:
+    import perceiver_serve.modeling
+print(json.dumps(calls.first))
+"""
+
+
+def test_vector_math_functions_are_first_called_on_one_element():
+    """MKL's vector math picks each function's kernel on its first call, and a first call shared by
+    several threads can pick a low-accuracy one (see ``kernels.VECTOR_MATH_FUNCTIONS``): importing
+    the model code makes each first call, with one element, before any model computes."""
+    import json
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", _FIRST_CALLS], capture_output=True, text=True, timeout=120, check=True)
+    first = json.loads(out.stdout.strip().splitlines()[-1])
+    for name in kernels.VECTOR_MATH_FUNCTIONS:
+        for dtype in ("torch.float32", "torch.float64"):
+            assert first.get(f"{name}/{dtype}") == 1, (name, dtype, first.get(f"{name}/{dtype}"))
+    # the functions the models use (position features, layer norms) are among them
+    assert {"sin", "cos", "rsqrt"} <= set(kernels.VECTOR_MATH_FUNCTIONS)

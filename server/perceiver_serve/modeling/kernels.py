@@ -48,6 +48,33 @@ from torch import nn
 from .chunking import in_row_chunks
 from .precision import int8_linear, int8_matmul, int8_of
 
+#: Element-wise functions that PyTorch hands to MKL's vector math library (VML) on x86. VML picks
+#: its kernel for each function and precision lazily, on the first call; when that first call
+#: comes from several intra-op threads at once (a large tensor on a multi-core CPU), a thread can
+#: run VML's low-accuracy kernel on its chunk (about 11 correct bits) although PyTorch asks for high
+#: accuracy (pytorch/pytorch#188792, oneMKL 2024.2). The Fourier position features are computed once
+#: per grid and cached, so one such first call would skew every later answer of that process: a CI
+#: run's server gave flow fields 3e-4 to 5e-4 (relative) away from the same model computed in the
+#: test process, 50 times the float32 rounding of that model; sin and cos at 11 bits on half a grid
+#: move its flow by 3e-3 (simulated here). :func:`resolve_vector_math` makes every first call a
+#: one-element one, which no second thread shares.
+VECTOR_MATH_FUNCTIONS = ("sin", "cos", "tan", "exp", "expm1", "log", "log1p", "log2", "log10", "sqrt",
+                         "rsqrt", "tanh", "erf", "erfc", "erfinv", "sigmoid", "atan", "asin", "acos")
+
+
+def resolve_vector_math() -> None:
+    """Call each of :data:`VECTOR_MATH_FUNCTIONS` once on one element, in float32 and float64, so that
+    VML settles its kernel choice before any multi-threaded call (run when this module is imported,
+    before any model exists)."""
+    with torch.no_grad():
+        for dtype in (torch.float32, torch.float64):
+            one = torch.full((1,), 0.5, dtype=dtype)
+            for name in VECTOR_MATH_FUNCTIONS:
+                getattr(torch, name)(one)
+
+
+resolve_vector_math()
+
 #: Above this many attention scores per call, :func:`attend` keeps to fused kernels that
 #: never hold the whole score matrix (about 16 MB of float32 scores).
 FUSED_SCORES_THRESHOLD = 1 << 22
