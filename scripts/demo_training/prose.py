@@ -223,7 +223,7 @@ def train(run: RunOptions, say=print) -> Trained:
     say(f"{NAME}: {figures}")
     for e in examples:
         say(f"{NAME}: {e}")
-    return Trained(model, "fill-mask", batching(16), {}, card(figures, examples), figures)
+    return Trained(model, "fill-mask", batching(16), {"context_bytes": WINDOW}, card(figures, examples), figures)
 
 
 def _cell(data: bytes) -> str:
@@ -298,9 +298,10 @@ Five held-out windows (the first five of the card's draw, not chosen), each with
 
 - It knows the vocabulary and phrasing of Python's reference documentation, and even there it
   guesses most whole words wrong.
-- Only the first {WINDOW} bytes of a text are read (one latent per position): bytes further on
-  reach no latent, and masks there are answered without context. The server still accepts
-  2046 bytes, as the official model does.
+- It reads {WINDOW} bytes (one latent per position). Its `model.toml` says so
+  (`context_bytes = {WINDOW}`), and the server answers each group of nearby masked bytes of a longer
+  text (up to 2046 bytes, as the official model) from the {WINDOW} bytes around it: context
+  further away is not used.
 - Words from other domains are guessed letter by letter from what is frequent in the
   documentation; other languages get bytes that mean nothing.
 """

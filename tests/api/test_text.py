@@ -7,7 +7,11 @@ import torch
 from perceiver_serve.modeling import ByteTokenizer
 
 from ..numerics import FP32, assert_close, assert_distinct, distinguishable
+from ..reactive import reactive_models
+from ..text_windows import answering_window, context_bytes
 from .conftest import PROB_TOLERANCE, assert_top_k, error_of
+
+rng = np.random.default_rng(17)
 
 TEXTS = ["I loved this film.", "Terrible, would not watch again!", "ünïcödé ☃ text", "x"]
 
@@ -125,6 +129,29 @@ def test_fill_mask_spans_equal_direct_pipeline(client, direct):
         assert m["original"] == text.encode()[m["position"]]
         filled[m["position"]] = m["predictions"][0]["byte"]
     assert body["text"] == filled.decode("utf-8", errors="replace")
+
+
+def test_fill_mask_of_a_long_text_reads_the_bytes_around_each_mask(client, direct):
+    """The demo model reads ``context_bytes`` (62) bytes: in a 150-byte text the masks at 10, 100–104
+    and 140 are answered from three windows (the masks that fall in a window are masked there too)."""
+    model = direct("fill-mask")
+    width = context_bytes(reactive_models())
+    assert width == 62
+    text = bytes(rng.integers(97, 123, 150, dtype=np.uint8)).decode()
+    r = client.post("/fill-mask", json={"text": text, "mask_spans": [[10, 11], [100, 105], [140, 141]], "top_k": 3})
+    assert r.status_code == 200, r.text
+    masked = {m["position"]: m["predictions"] for m in r.json()["masked"]}
+    assert sorted(masked) == [10, 100, 101, 102, 103, 104, 140]
+    data, every = text.encode(), [10, 100, 101, 102, 103, 104, 140]
+    for group in ([10], [100, 101, 102, 103, 104], [140]):
+        start, end = answering_window(len(data), group[0], group[-1], width)
+        probs = direct_fill(model, data[start:end], [p - start for p in every if start <= p < end])
+        whole = direct_fill(model, data, every)
+        for p in group:
+            assert_top_k(masked[p], probs[p - start + 1][6:], index_key="byte", k=3)
+            if p - start != p:  # where the window moved, reading the whole text would answer otherwise
+                assert_distinct(probs[p - start + 1][6:], whole[p + 1][6:], PROB_TOLERANCE, f"position {p} from the whole text")
+    assert answering_window(150, 100, 104, width) == (72, 134) and answering_window(150, 140, 140, width) == (88, 150)
 
 
 def test_fill_mask_markers(client, direct):

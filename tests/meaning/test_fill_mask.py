@@ -49,3 +49,22 @@ def test_masked_words_of_held_out_prose(rest, asked):
     accuracy = right / total
     assert accuracy >= LEAST_ACCURACY
     assert accuracy - prose.letter_accuracy(text, questions) >= LEAST_GAIN
+
+
+def test_masked_words_deep_in_longer_texts(rest, asked):
+    """The same questions inside 262 bytes of the held-out text (100 more on each side), so that
+    every mask lies beyond the 62 bytes the model reads at once: the server answers each from the
+    bytes around it (``context_bytes``), not from the start of the text, and keeps the accuracy."""
+    text, questions = asked
+    _, held = prose.corpus()
+    right = total = 0
+    for window, start, end in questions:
+        at = held.find(window)
+        longer = held[at - 100:at + len(window) + 100]
+        if at < 100 or len(longer) != len(window) + 200 or not _utf8(longer):
+            continue
+        filled = _filled(rest, longer, start + 100, end + 100)
+        right += sum(a == b for a, b in zip(filled, window[start:end]))
+        total += end - start
+    assert total >= 0.9 * sum(end - start for _, start, end in questions)
+    assert right / total >= LEAST_ACCURACY

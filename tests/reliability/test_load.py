@@ -27,7 +27,9 @@ from perceiver_serve.tasks.image import ImageClassificationRunner, ImageOptions
 
 from ..api.conftest import assert_top_k, direct, model_options, png_bytes  # noqa: F401 - direct is a fixture
 from ..numerics import FP32, FP32_PADDED, assert_close, distinguishable
+from ..reactive import reactive_models
 from ..support import rss_bytes
+from ..text_windows import answering_window, context_bytes
 from .conftest import SMALL_QUEUE
 
 CLIENTS = 64
@@ -130,11 +132,14 @@ def make_inputs(direct: Callable[[str], torch.nn.Module]) -> Inputs:
             found.text_logits[indices] = model(torch.tensor([ids[i] for i in indices])).numpy()
 
         model = direct("fill-mask")
+        width = context_bytes(reactive_models())
         ids, positions = [], []
-        for text in masks:
+        for text in masks:  # the 77-byte ones are answered from the bytes around the mask
             before, after = text.split("[MASK]")
-            positions.append(len(before.encode()) + 1)  # +1: [CLS]
-            ids.append(tokenizer.encode(f"{before} {after}".encode()))
+            data, at = f"{before} {after}".encode(), len(before.encode())
+            start, end = answering_window(len(data), at, at, width)
+            positions.append(at - start + 1)  # +1: [CLS]
+            ids.append(tokenizer.encode(data[start:end]))
             ids[-1][positions[-1]] = ByteTokenizer.MASK
         found.mask_probs = [None] * len(masks)
         for indices in same_length_batches(ids).values():

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from perceiver_serve.modeling import ByteTokenizer, load_model
-from perceiver_serve.tasks.text import FillMaskRunner, MaskedText, TextOptions
+from perceiver_serve.tasks.text import FillMaskOptions, FillMaskRunner, MaskedText, context_windows
 
 from ..numerics import FP32, assert_close, assert_distinct
 from ..reactive import reactive_models
@@ -13,7 +13,7 @@ from ..reactive import reactive_models
 
 @pytest.fixture(scope="module")
 def runner() -> FillMaskRunner:
-    return FillMaskRunner(load_model(reactive_models() / "language-mlm" / "checkpoint"), TextOptions())
+    return FillMaskRunner(load_model(reactive_models() / "language-mlm" / "checkpoint"), FillMaskOptions())
 
 
 def masked(runner: FillMaskRunner, text: bytes, positions: list[int]) -> MaskedText:
@@ -55,3 +55,20 @@ def test_a_batch_equals_its_items_run_one_by_one(runner):
         (alone,) = runner.run([item])
         assert_close(got, alone, FP32)
     assert_distinct(together[0][0], together[1][0], FP32, "the other item's answer")
+
+
+@pytest.mark.parametrize("length, positions, width, expected", [
+    (150, [3, 70], 0, [(0, 150, [3, 70])]),               # 0: the whole text, however long
+    (62, [0, 61], 62, [(0, 62, [0, 61])]),                # fits: the whole text
+    (150, [10], 62, [(0, 62, [10])]),                     # near the start: moved inside the text
+    (150, [100, 101, 102, 103, 104], 62, [(72, 134, [100, 101, 102, 103, 104])]),  # centred: 28 bytes each side
+    (150, [140], 62, [(88, 150, [140])]),                 # near the end
+    (150, [40, 70, 71], 62, [(25, 87, [40, 70]), (41, 103, [71])]),  # a group spans at most 31 bytes
+    (2046, list(range(0, 2046, 100)), 62, [(max(0, min(p - 30, 2046 - 62)), max(0, min(p - 30, 2046 - 62)) + 62, [p])
+                                           for p in range(0, 2046, 100)]),
+])
+def test_context_windows(length, positions, width, expected):
+    windows = context_windows(length, positions, width)
+    assert windows == expected
+    assert sorted(p for _, _, answered in windows for p in answered) == positions  # each answered once
+    assert all(end - start == min(width or length, length) for start, end, _ in windows)

@@ -6,6 +6,7 @@ longest member with a key mask, and fill-mask decodes only the masked positions.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import re
 from collections.abc import Mapping, Sequence
@@ -28,6 +29,15 @@ from .definition import Call, RequestSchema, RestRoute, Signature, Task, TensorS
 
 class TextOptions(TaskOptions):
     pass
+
+
+class FillMaskOptions(TaskOptions):
+    context_bytes: int = Field(
+        0, ge=0,
+        description="0: every masked byte is answered from the whole text (the published model reads up to "
+                    "2,046 bytes). A model trained on shorter windows names their length: each group of nearby "
+                    "masked bytes is then answered from a window of that many bytes centred on it.",
+    )
 
 
 def _tokenizer(model: PerceiverTaskModel) -> ByteTokenizer:
@@ -85,6 +95,10 @@ class FillMaskRunner(_TextRunner):
     """Payload: :class:`MaskedText`. Result: logits ``(P, vocab)`` at the masked positions."""
 
     labelled = False  # it predicts bytes; the checkpoint's label table means nothing
+
+    def __init__(self, model: PerceiverTaskModel, options: FillMaskOptions) -> None:
+        super().__init__(model, options)
+        self.context_bytes = options.context_bytes
 
     def run(self, payloads: Sequence[MaskedText]) -> list[np.ndarray]:
         ids, mask = self._ids([p.ids for p in payloads])
@@ -182,6 +196,55 @@ def _masked_positions(data: bytes, spans: Sequence[Sequence[int]]) -> list[int]:
     return sorted(positions)
 
 
+def context_windows(length: int, positions: Sequence[int], width: int) -> list[tuple[int, int, list[int]]]:
+    """``(start, end, answered positions)`` of each window that a text of ``length`` bytes is read in.
+
+    ``width`` 0, or a text no longer than it: one window, the whole text. Otherwise the sorted masked
+    ``positions`` are grouped, a group spanning at most ``width // 2`` bytes, and each group is
+    answered from the ``width`` bytes centred on it (moved inside the text at its ends): at least
+    ``width // 2`` bytes of context around every masked byte, as in the model's training windows.
+    """
+    if width <= 0 or length <= width:
+        return [(0, length, list(positions))]
+    reach = max(1, width // 2)
+    groups: list[list[int]] = []
+    for p in positions:
+        if groups and p - groups[-1][0] < reach:
+            groups[-1].append(p)
+        else:
+            groups.append([p])
+    windows = []
+    for group in groups:
+        start = group[0] - (width - (group[-1] - group[0] + 1)) // 2
+        start = min(max(0, start), length - width)
+        windows.append((start, start + width, group))
+    return windows
+
+
+async def _masked_logits(served: ServedModel, tokenizer: ByteTokenizer, data: bytes, ids: list[int],
+                         positions: list[int], deadline: float | None) -> np.ndarray:
+    """Logits ``(P, vocab)`` at ``positions`` of ``data`` (``ids``: its token ids), every masked byte
+    masked in every window it falls in."""
+    windows = context_windows(len(data), positions, served.runner.context_bytes)
+    pieces = []
+    for start, end, answered in windows:
+        window_ids = ids if (start, end) == (0, len(data)) else tokenizer.encode(data[start:end])
+        for p in positions:
+            if start <= p < end:
+                window_ids[p - start + 1] = ByteTokenizer.MASK  # +1: [CLS] comes first
+        pieces.append(MaskedText(window_ids, [p - start + 1 for p in answered]))
+    if len(pieces) == 1:
+        return await served.batcher.submit(pieces[0], deadline=deadline)
+    tasks = [asyncio.ensure_future(served.batcher.submit(piece, deadline=deadline)) for piece in pieces]
+    try:
+        parts = await asyncio.gather(*tasks)
+    except BaseException:  # the first error as it is (a full queue stays a 503); the other windows are dropped
+        for task in tasks:
+            task.cancel()
+        raise
+    return np.concatenate(parts)
+
+
 async def fill_mask(served: ServedModel, text: str, spans: Sequence[Sequence[int]] | None, *, top: int,
                     truncate: bool = False, deadline: float | None = None) -> FillMaskResult:
     markers = MASK_MARKER in text
@@ -195,9 +258,7 @@ async def fill_mask(served: ServedModel, text: str, spans: Sequence[Sequence[int
     ids = _encode(tokenizer, data, truncate=truncate)
     data = data[: len(ids) - 2]
     positions = _masked_positions(data, spans or [])
-    for p in positions:
-        ids[p + 1] = ByteTokenizer.MASK  # +1: [CLS] comes first
-    logits = await served.batcher.submit(MaskedText(ids, [p + 1 for p in positions]), deadline=deadline)
+    logits = await _masked_logits(served, tokenizer, data, ids, positions, deadline)
     probs = softmax(logits)
     byte_ids = np.arange(ByteTokenizer.NUM_SPECIAL, probs.shape[-1])
     filled = bytearray(data)
@@ -314,7 +375,7 @@ TEXT_CLASSIFICATION = Task(
 FILL_MASK = Task(
     name="fill-mask",
     architectures=("PerceiverForMaskedLM",),
-    options=TextOptions,
+    options=FillMaskOptions,
     runner=FillMaskRunner,
     request=FillMaskRequest,
     execute=_fill_mask,
