@@ -1,5 +1,7 @@
 """Reduced precision runs on CPU for every head and keeps the decisions of float32."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -137,6 +139,51 @@ def test_auto_on_this_cpu(checkpoint_dirs):
     native = precision.cpu_features()["bf16"] or precision.cpu_features()["amx"]
     assert model.precision == ("bfloat16" if native else "float32")
     assert (model.precision_check is None) == (not native)
+
+
+DEMO_FLOW = Path(__file__).resolve().parents[2] / "models" / "optical-flow" / "checkpoint"
+
+
+def _native_bf16(monkeypatch) -> None:
+    features = dict.fromkeys(("avx2", "avx512", "bf16", "vnni", "amx"), False) | {"bf16": True}
+    monkeypatch.setattr(precision, "cpu_features", lambda: features)
+
+
+def test_auto_serves_float32_where_bf16_changes_the_answers(monkeypatch, caplog):
+    """The optical-flow demo's matching logits are deliberately huge (its card: it needs float32): bf16
+    moves its probe output by more than its own size. ``auto`` loads it again in float32 and keeps the
+    failed check; an explicit ``bfloat16`` is served as asked, with a warning."""
+    _native_bf16(monkeypatch)
+    with caplog.at_level("WARNING"):
+        auto = load_model(DEMO_FLOW, dtype="auto")
+    assert auto.precision == "float32" and auto.dtype == torch.float32
+    assert auto.precision_check.precision == "bfloat16" and auto.precision_check.broken()
+    assert auto.precision_check.relative_diff > 1.0
+    assert "dtype 'auto' serves float32" in caplog.text
+    patches = torch.randn(1, 2, 27, 48, 64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.equal(auto(patches), load_model(DEMO_FLOW)(patches))
+    explicit = load_model(DEMO_FLOW, dtype="bfloat16")
+    assert explicit.precision == "bfloat16" and explicit.precision_check.broken()
+    assert "dtype 'auto' would serve float32" in caplog.text
+
+
+def test_auto_keeps_bf16_where_it_only_rounds(monkeypatch, checkpoint_dirs):
+    _native_bf16(monkeypatch)
+    model = load_model(checkpoint_dirs["PerceiverForSequenceClassification", "safetensors"], dtype="auto")
+    assert model.precision == "bfloat16" and not model.precision_check.broken()
+    assert 0 < model.precision_check.relative_diff < precision.BROKEN_RELATIVE_DIFF
+
+
+@pytest.mark.parametrize(("reference", "got", "broken"), [
+    ([1.0, -4.0], [1.0, -4.0], False),
+    ([1.0, -4.0], [2.0, -4.0], False),   # 1 of the largest 4: 25%, the limit
+    ([1.0, -4.0], [1.0, -2.9], True),    # 27.5%
+    ([0.0, 0.0], [0.0, 0.1], True),      # any change of an all-zero output
+])
+def test_broken_is_relative_to_the_largest_output(reference, got, broken):
+    check = precision.compare((None, torch.tensor(reference)), (None, torch.tensor(got)), "bfloat16")
+    assert check.broken() == broken
 
 
 def test_int8_without_vnni_uses_seven_bit_activations(monkeypatch, checkpoint_dirs):
