@@ -154,6 +154,14 @@ def test_fill_mask_of_a_long_text_reads_the_bytes_around_each_mask(client, direc
     assert answering_window(150, 100, 104, width) == (72, 134) and answering_window(150, 140, 140, width) == (88, 150)
 
 
+def test_fill_mask_of_every_byte_of_the_longest_text(client, direct):
+    """2046 bytes, every one masked: 66 windows of 62 bytes (at most), each a batch item; one answer a byte."""
+    limit = direct("fill-mask").config.max_position_embeddings - 2
+    r = client.post("/fill-mask", json={"text": "a" * limit, "mask_spans": [[0, limit]], "top_k": 1})
+    assert r.status_code == 200, r.text
+    assert [m["position"] for m in r.json()["masked"]] == list(range(limit))
+
+
 def test_fill_mask_markers(client, direct):
     r = client.post("/fill-mask", json={"text": "Hello w[MASK]rld[MASK]", "top_k": 1})
     assert r.status_code == 200
