@@ -23,7 +23,7 @@ MUTANTS: tuple[Mutant, ...] = (
     # -- survivors of the first mutation run (issue 20) ------------------------------------------
     Mutant(
         "fill-mask-decodes-the-byte-before", "tasks/text.py",
-        "MaskedText(ids, [p + 1 for p in positions])", "MaskedText(ids, [p for p in positions])",
+        "MaskedText(window_ids, [p - start + 1 for p in answered])", "MaskedText(window_ids, [p - start for p in answered])",
         (f"{TEXT_API}::test_fill_mask_spans_equal_direct_pipeline",),
     ),
     Mutant(
