@@ -36,11 +36,11 @@ def _utf8(window: bytes) -> bool:
 def asked():
     text, held = prose.corpus()
     drawn = prose.questions(held, QUESTIONS, seed=900)  # the card's figures use seed 200
-    return text, [q for q in drawn if _utf8(q[0])]
+    return text, held, [q for q in drawn if _utf8(q[0])]
 
 
 def test_masked_words_of_held_out_prose(rest, asked):
-    text, questions = asked
+    text, _, questions = asked
     right = total = 0
     for window, start, end in questions:
         filled = _filled(rest, window, start, end)
@@ -55,8 +55,7 @@ def test_masked_words_deep_in_longer_texts(rest, asked):
     """The same questions inside 262 bytes of the held-out text (100 more on each side), so that
     every mask lies beyond the 62 bytes the model reads at once: the server answers each from the
     bytes around it (``context_bytes``), not from the start of the text, and keeps the accuracy."""
-    text, questions = asked
-    _, held = prose.corpus()
+    _, held, questions = asked
     right = total = 0
     for window, start, end in questions:
         at = held.find(window)

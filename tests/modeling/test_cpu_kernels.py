@@ -11,6 +11,9 @@ than values runs as two batched products with an in-place softmax.
 from __future__ import annotations
 
 import gc
+import json
+import subprocess
+import sys
 import weakref
 
 import pytest
@@ -413,10 +416,6 @@ def test_vector_math_functions_are_first_called_on_one_element():
     """MKL's vector math picks each function's kernel on its first call, and a first call shared by
     several threads can pick a low-accuracy one (see ``kernels.VECTOR_MATH_FUNCTIONS``): importing
     the model code makes each first call, with one element, before any model computes."""
-    import json
-    import subprocess
-    import sys
-
     out = subprocess.run([sys.executable, "-c", _FIRST_CALLS], capture_output=True, text=True, timeout=120, check=True)
     first = json.loads(out.stdout.strip().splitlines()[-1])
     for name in kernels.VECTOR_MATH_FUNCTIONS:

@@ -167,8 +167,9 @@ def load_model(
     probe input; ``model.precision`` names the effective precision and ``model.precision_check``
     holds the comparison (None in float32). Where that comparison shows the reduced precision
     changing the answers (:meth:`~.precision.PrecisionCheck.broken`), ``"auto"`` loads the model
-    again in float32 (keeping the failed check); an explicit dtype is kept, with a warning. ``compile``: the encoder runs through
-    ``torch.compile`` (see :mod:`.compiled`); the first calls of each shape compile it.
+    again in float32 (keeping the failed check); an explicit dtype is kept, with a warning.
+    ``compile``: the encoder runs through ``torch.compile`` (see :mod:`.compiled`); the first calls
+    of each shape compile it.
     """
     directory = Path(directory)
     say = progress or log.info
@@ -195,16 +196,13 @@ def load_model(
         say(f"converting to {precision}{kernels} and comparing with float32 on the probe input")
         model, model.precision_check = check_against_float32(model, lambda m: _reduce(m, precision), precision)
         say(model.precision_check.describe())
-        if model.precision_check.broken():
-            check = model.precision_check
-            if dtype == "auto":
-                log.warning("%s: %s changes this model's answers (%s): dtype 'auto' serves float32", directory,
-                            precision, check.describe())
+        if (check := model.precision_check).broken():
+            log.warning("%s: %s changes this model's answers (%s)%s", directory, precision, check.describe(),
+                        ": dtype 'auto' serves float32" if dtype == "auto" else "; dtype 'auto' would serve float32")
+            if dtype == "auto":  # the reduced copy replaced the float32 weights: read them again (rare)
                 model = load_model(directory, device, "float32", progress, compile)
                 model.precision_check = check  # why it is float32 (GET /models shows it)
                 return model
-            log.warning("%s: %s changes this model's answers (%s); dtype 'auto' would serve float32", directory,
-                        precision, check.describe())
     if compile:
         from .compiled import compile_encoder
 

@@ -6,7 +6,7 @@ longest member with a key mask, and fill-mask decodes only the masked positions.
 
 from __future__ import annotations
 
-import asyncio
+import bisect
 import dataclasses
 import re
 from collections.abc import Mapping, Sequence
@@ -98,7 +98,7 @@ class FillMaskRunner(_TextRunner):
 
     def __init__(self, model: PerceiverTaskModel, options: FillMaskOptions) -> None:
         super().__init__(model, options)
-        self.context_bytes = options.context_bytes
+        self.options = options
 
     def run(self, payloads: Sequence[MaskedText]) -> list[np.ndarray]:
         ids, mask = self._ids([p.ids for p in payloads])
@@ -223,26 +223,15 @@ def context_windows(length: int, positions: Sequence[int], width: int) -> list[t
 
 async def _masked_logits(served: ServedModel, tokenizer: ByteTokenizer, data: bytes, ids: list[int],
                          positions: list[int], deadline: float | None) -> np.ndarray:
-    """Logits ``(P, vocab)`` at ``positions`` of ``data`` (``ids``: its token ids), every masked byte
-    masked in every window it falls in."""
-    windows = context_windows(len(data), positions, served.runner.context_bytes)
+    """Logits ``(P, vocab)`` at the sorted ``positions`` of ``data`` (``ids``: its token ids), every
+    masked byte masked in every window it falls in; the windows are one request to the batcher."""
     pieces = []
-    for start, end, answered in windows:
+    for start, end, answered in context_windows(len(data), positions, served.runner.options.context_bytes):
         window_ids = ids if (start, end) == (0, len(data)) else tokenizer.encode(data[start:end])
-        for p in positions:
-            if start <= p < end:
-                window_ids[p - start + 1] = ByteTokenizer.MASK  # +1: [CLS] comes first
+        for p in positions[bisect.bisect_left(positions, start):bisect.bisect_left(positions, end)]:
+            window_ids[p - start + 1] = ByteTokenizer.MASK  # +1: [CLS] comes first
         pieces.append(MaskedText(window_ids, [p - start + 1 for p in answered]))
-    if len(pieces) == 1:
-        return await served.batcher.submit(pieces[0], deadline=deadline)
-    tasks = [asyncio.ensure_future(served.batcher.submit(piece, deadline=deadline)) for piece in pieces]
-    try:
-        parts = await asyncio.gather(*tasks)
-    except BaseException:  # the first error as it is (a full queue stays a 503); the other windows are dropped
-        for task in tasks:
-            task.cancel()
-        raise
-    return np.concatenate(parts)
+    return np.concatenate(await served.batcher.submit_all(pieces, deadline=deadline))
 
 
 async def fill_mask(served: ServedModel, text: str, spans: Sequence[Sequence[int]] | None, *, top: int,
