@@ -67,12 +67,27 @@ def build_state(settings: Settings) -> ServerState:
 
 
 def bind_rest_socket(host: str, port: int) -> socket.socket:
-    """The REST listening socket, bound now so that a busy port is known before anything loads."""
+    """The REST listening socket, bound now so that a busy port is known before anything loads.
+
+    Its connections send without Nagle's delay (TCP_NODELAY). asyncio sets that on a connection only
+    when its socket says its protocol is TCP, and ``socket.create_server`` leaves the protocol 0: each
+    answer, written as a head and a body, then waited for the client's delayed ACK of the head,
+    40 ms on Linux (GET /health/live took 44 ms on loopback; a batch-1 text classification 64 ms
+    against 15).
+    """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
-        return socket.create_server((host, port), family=family, backlog=2048)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # accepted connections inherit it
+        if family == socket.AF_INET6:  # IPv6 only, as socket.create_server makes it
+            listener.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        listener.bind((host, port))
+        listener.listen(2048)
     except OSError as exc:
+        listener.close()
         raise PortUnavailable(f"cannot listen for REST on {host}:{port}: {exc.strerror or exc}") from None
+    return listener
 
 
 def startup_summary(registry: ModelRegistry, endpoints: str) -> tuple[int, str]:

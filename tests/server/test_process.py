@@ -83,3 +83,35 @@ def test_by_default_a_forward_pass_does_not_fault_its_activations_in_afresh():
     # clone's run saw 4 passes in 20 fault afresh).
     low, default = faults("4"), faults()
     assert low > 2000 and default < low / 8, (low, default)
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
+async def test_rest_connections_send_without_nagles_delay(host):
+    """Each answer is written as a head and a body: with Nagle's algorithm on, the body waited for the
+    client's delayed ACK of the head (40 ms on Linux), so every REST answer took at least 40 ms."""
+    import asyncio
+    import socket
+
+    from perceiver_serve.server import bind_rest_socket
+
+    if host == "::1" and not socket.has_ipv6:
+        pytest.skip("no IPv6 here")
+    try:
+        listener = bind_rest_socket(host, 0)
+    except Exception as exc:  # noqa: BLE001 - a machine without an IPv6 loopback
+        pytest.skip(f"cannot listen on {host}: {exc}")
+    accepted: asyncio.Future = asyncio.get_running_loop().create_future()
+
+    class Protocol(asyncio.Protocol):
+        def connection_made(self, transport):  # as uvicorn's connections are made, by asyncio
+            accepted.set_result(transport.get_extra_info("socket").getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+            transport.close()
+
+    server = await asyncio.get_running_loop().create_server(Protocol, sock=listener)
+    try:
+        _, writer = await asyncio.open_connection(host, listener.getsockname()[1])
+        assert await asyncio.wait_for(accepted, 10) != 0
+        writer.close()
+    finally:
+        server.close()
+        await server.wait_closed()
