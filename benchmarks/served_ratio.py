@@ -5,7 +5,7 @@
 classifier of issue 12 in each variant (``max_batch_size = 32``); a load generator in its own
 process sends ≈100-byte texts from 16 and 32 closed-loop clients, the variants interleaved,
 ``--rounds`` times to show the spread. After each round, with the servers idle, each variant is
-loaded in this process (or, for ``worker = "process"``, in processes of its own) and run alone on
+loaded in a process of its own (or, for ``worker = "process"``, one per instance) and run alone on
 the same texts in batches of 16 and 32 for 3 s: the isolated batched throughput, its median over
 the rounds (on a shared machine one measurement of either side can be off by 20%). The served /
 isolated ratio says how much of its model's speed the server keeps.
@@ -104,89 +104,85 @@ def isolated(checkpoint: Path, variant: str, threads: int, budget_s: float) -> t
     """Items/s of the variant alone on the load generator's texts, ``size`` texts at a time for each
     ``size`` of LEVELS, and its CPU seconds per item (all sizes together).
 
-    A variant of several instances runs as the server runs it: one thread per instance with its own
-    torch threads (or, for ``worker = "process"``, one process per instance), each passing batches
-    of ``size / instances`` texts, all at once.
+    Measured in processes of their own, arranged as the server arranges the variant: the model
+    loaded on a thread that then ends and each instance passing batches of ``size / instances``
+    texts on a thread of its own with its torch threads, all at once (for ``worker = "process"``,
+    one process per instance). This process has computed on several threads already (it made the
+    checkpoint), and OpenMP then slows every other thread's parallel work (see
+    :mod:`perceiver_serve.modeling.threads`): a measurement here would undercount the model.
     """
-    from perceiver_serve.modeling import ByteTokenizer, load_model
+    from perceiver_serve.modeling import ByteTokenizer
 
     from .loadgen import TEXTS
 
     settings = VARIANTS[variant]
     instances = settings.get("instances", 1)
     per_instance = settings.get("threads") or max(1, threads // instances)
-    in_processes = settings.get("worker") == "process"  # each process loads its own model
-    model = None if in_processes else load_model(checkpoint, dtype=settings["dtype"],
-                                                 compile=settings.get("compile", False))
+    processes, per_process = (instances, 1) if settings.get("worker") == "process" else (1, instances)
     tokenizer = ByteTokenizer()
     batches = {size: tokenizer.batch([tokenizer.encode(TEXTS[i % len(TEXTS)]) for i in range(size // instances)])
                for size in LEVELS}
     rates, items, cpu = {}, 0, 0.0
     for size, (ids, mask) in batches.items():
-        if in_processes:
-            rates[size], counted, seconds = _in_processes(checkpoint, settings, ids, mask, instances, per_instance,
-                                                          budget_s)
-        else:
-            rates[size], counted, seconds = _side_by_side(model, ids, mask, instances, per_instance, budget_s)
+        rates[size], counted, seconds = _in_processes(checkpoint, settings, ids, mask, processes, per_process,
+                                                      per_instance, budget_s)
         items, cpu = items + counted, cpu + seconds
     return rates, cpu / items
 
 
-def _side_by_side(model: Any, ids: Any, mask: Any, instances: int, threads: int,
-                  budget_s: float) -> tuple[float, int, float]:
-    """``instances`` threads of ``threads`` torch threads each passing ``(ids, mask)`` for ``budget_s``:
-    ``(items/s, items, CPU seconds)``, after each has run one pass (a compiled model compiles there)."""
-    counts, ready, until = [0] * instances, threading.Barrier(instances + 1), threading.Event()
-
-    def loop(index: int) -> None:
-        counts[index], _, _ = _passes(model, ids, mask, threads, ready, lambda elapsed: not until.is_set())
-
-    workers = [threading.Thread(target=loop, args=(i,)) for i in range(instances)]
-    for worker in workers:
-        worker.start()
-    ready.wait()
-    started, cpu_started = time.perf_counter(), time.process_time()
-    time.sleep(budget_s)
-    until.set()
-    for worker in workers:
-        worker.join()
-    return sum(counts) / (time.perf_counter() - started), sum(counts), time.process_time() - cpu_started
-
-
-def _in_processes(checkpoint: Path, settings: dict[str, Any], ids: Any, mask: Any, instances: int, threads: int,
-                  budget_s: float) -> tuple[float, int, float]:
-    """Like :func:`_side_by_side`, each instance in a process of its own (loading the model itself)."""
+def _in_processes(checkpoint: Path, settings: dict[str, Any], ids: Any, mask: Any, processes: int, instances: int,
+                  threads: int, budget_s: float) -> tuple[float, int, float]:
+    """``processes`` processes of ``instances`` instances of ``threads`` torch threads each passing
+    ``(ids, mask)`` for ``budget_s``, after each has run one pass (a compiled model compiles there):
+    ``(items/s, items, CPU seconds)``."""
     import multiprocessing
 
     context = multiprocessing.get_context("spawn")
-    ready, results = context.Barrier(instances + 1), context.Queue()
-    processes = [context.Process(target=_alone, args=(checkpoint, settings, ids, mask, threads, budget_s, ready, results))
-                 for _ in range(instances)]
-    for process in processes:
+    ready, results = context.Barrier(processes * instances + 1), context.Queue()
+    started = [context.Process(target=_alone, args=(checkpoint, settings, ids, mask, instances, threads, budget_s,
+                                                    ready, results))
+               for _ in range(processes)]
+    for process in started:
         process.start()
     ready.wait()
-    done = [results.get(timeout=600) for _ in processes]
-    for process in processes:
+    done = [results.get(timeout=600) for _ in started]
+    for process in started:
         process.join()
     return sum(count / seconds for count, seconds, _ in done), sum(d[0] for d in done), sum(d[2] for d in done)
 
 
-def _alone(checkpoint: Path, settings: dict[str, Any], ids: Any, mask: Any, threads: int, budget_s: float,
-           ready: Any, results: Any) -> None:
-    """One instance's process for :func:`_in_processes`: (items, seconds, CPU seconds) into ``results``."""
+def _alone(checkpoint: Path, settings: dict[str, Any], ids: Any, mask: Any, instances: int, threads: int,
+           budget_s: float, ready: Any, results: Any) -> None:
+    """One process of :func:`_in_processes`: (items, seconds, CPU seconds) of its instances into ``results``."""
+    from perceiver_serve.modeling.threads import in_fresh_thread, serve_single_threaded
     from perceiver_serve.modeling import load_model
 
-    model = load_model(checkpoint, dtype=settings["dtype"], compile=settings.get("compile", False))
-    results.put(_passes(model, ids, mask, threads, ready, lambda elapsed: elapsed < budget_s))
+    serve_single_threaded()  # as the server: only the instances' threads compute with several
+    model = in_fresh_thread(lambda: load_model(checkpoint, dtype=settings["dtype"],
+                                               compile=settings.get("compile", False)))
+    outcomes: list[tuple[int, float, float, float]] = []
+
+    def loop() -> None:
+        outcomes.append(_passes(model, ids, mask, threads, ready, lambda elapsed: elapsed < budget_s))
+
+    workers = [threading.Thread(target=loop) for _ in range(instances)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    cpu = max(o[3] for o in outcomes) - min(o[2] for o in outcomes)
+    results.put((sum(o[0] for o in outcomes), max(o[1] for o in outcomes), cpu))
 
 
 def _passes(model: Any, ids: Any, mask: Any, threads: int, ready: Any,
-            keep_going: Callable[[float], bool]) -> tuple[int, float, float]:
+            keep_going: Callable[[float], bool]) -> tuple[int, float, float, float]:
     """One instance's loop: a first pass (a compiled model compiles there), ``ready.wait()``, then passes while
-    ``keep_going(seconds since ready)``: ``(items, seconds, this process's CPU seconds meanwhile)``."""
+    ``keep_going(seconds since ready)``: ``(items, seconds, process CPU seconds at the start and at the end)``."""
     import torch
 
-    torch.set_num_threads(threads)
+    from perceiver_serve.modeling.threads import use_torch_threads
+
+    use_torch_threads(threads)
     count = 0
     with torch.inference_mode():
         model(ids, mask)
@@ -195,7 +191,7 @@ def _passes(model: Any, ids: Any, mask: Any, threads: int, ready: Any,
         while keep_going(time.perf_counter() - started):
             model(ids, mask)
             count += ids.shape[0]
-    return count, time.perf_counter() - started, time.process_time() - cpu_started
+    return count, time.perf_counter() - started, cpu_started, time.process_time()
 
 
 def measure(variants: list[str], quick: bool, threads: int, rounds: int, say: report.Progress,

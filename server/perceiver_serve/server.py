@@ -29,6 +29,7 @@ from .api.state import ServerState
 from .engine import ModelRegistry, ModelRepository
 from .engine.polling import RepositoryPoller
 from .engine.registry import FAILED, READY
+from .modeling.threads import serve_single_threaded
 from .errors import PortUnavailable
 from .media.budget import DecodeBudget
 from .engine.devices import cuda_unavailable_reason
@@ -105,6 +106,7 @@ def startup_summary(registry: ModelRegistry, endpoints: str) -> tuple[int, str]:
 async def serve(settings: Settings) -> int:
     """Run until drained; the process exit code (:data:`EXIT_MODEL_FAILED` with ``--strict`` and a failed model)."""
     fix_mmap_threshold(int(settings.malloc_mmap_threshold_mb * 1024 * 1024))
+    serve_single_threaded()  # only the device workers compute with several threads (see modeling.threads)
     configure_preprocess_pool(settings.preprocess_threads)
     state = build_state(settings)
     if settings.require_gpu and (stranded := state.registry.gpu_models_on_cpu()):

@@ -316,7 +316,7 @@ async def test_a_free_instance_leaves_its_busy_peer_a_share_of_what_waits():
 
 @pytest.mark.parametrize("instances, threads, expected", [(2, 1, 1), (2, None, None), (1, None, None), (1, 3, 3)])
 async def test_each_instance_runs_its_batches_on_its_own_torch_threads(instances, threads, expected):
-    from perceiver_serve.engine.batcher import PROCESS_THREADS
+    from perceiver_serve.modeling.threads import PROCESS_THREADS
 
     seen = set()
     runner = Recorder(fn=lambda payloads: seen.add((threading.current_thread().name, torch.get_num_threads()))
@@ -476,3 +476,44 @@ async def test_hand_back_runs_now_and_then_under_steady_work_between_batches(mon
         assert calls == sorted(set(calls)) and calls[0] >= 2
     finally:
         batcher.stop()
+
+
+async def test_closed_loop_clients_come_together_in_one_batch():
+    """Two groups of clients, each sending again as soon as it is answered, share one batch.
+
+    The second group arrives while the first one's batch runs. Taking the waiting group at once when
+    the first is answered (its head waited long enough) would make the groups take turns for good, in
+    batches of half the size; the worker waits instead, briefly, for the clients it answered.
+    """
+    runner = Recorder(delay=0.2)  # RETURN_WAIT_SHARE of it is 50 ms, RETURN_WAIT_MAX_S
+    batcher = started(runner, max_batch_size=8, max_delay_ms=5)
+
+    async def client(first: int, delay: float) -> None:
+        await asyncio.sleep(delay)
+        for i in range(5):
+            assert await batcher.submit(first + i) == 2 * (first + i)
+
+    try:
+        await asyncio.gather(*(client(10 * c, 0.0 if c < 4 else 0.05) for c in range(8)))
+    finally:
+        batcher.stop()
+    sizes = [len(batch) for batch in runner.batches]
+    # The first group alone, then everyone together, and the second group's last requests alone.
+    assert sizes == [4, 8, 8, 8, 8, 4], sizes
+
+
+async def test_a_client_that_does_not_come_back_delays_the_next_batch_briefly():
+    runner = Recorder(delay=0.2)
+    batcher = started(runner, max_batch_size=8, max_delay_ms=5)
+    try:
+        first = asyncio.ensure_future(batcher.submit(1))
+        await asyncio.to_thread(runner.started.wait)
+        second = asyncio.ensure_future(batcher.submit(2))  # waits while the first batch runs
+        assert await first == 2
+        answered = time.monotonic()
+        assert await second == 4
+        # Its batch waited at most RETURN_WAIT_MAX_S for the first client, which never came back.
+        assert time.monotonic() - answered < 0.2 + 0.05 + 0.15
+    finally:
+        batcher.stop()
+    assert [len(batch) for batch in runner.batches] == [1, 1]

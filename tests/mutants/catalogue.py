@@ -254,7 +254,7 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     Mutant(
         "instances-share-the-process-torch-threads", "engine/batcher.py",
-        "torch.set_num_threads(self.threads)  # this thread's own", "pass  # this thread's own",
+        "use_torch_threads(self.threads)  # this thread's own", "pass  # this thread's own",
         ("tests/engine/test_batcher.py::test_each_instance_runs_its_batches_on_its_own_torch_threads",),
     ),
     Mutant(
@@ -281,5 +281,21 @@ MUTANTS: tuple[Mutant, ...] = (
         "onednn-int8-products-unpadded", "modeling/chunking.py",
         "padded = -(-max(n, 1) // multiple) * multiple", "padded = n",
         ("tests/modeling/test_precision.py::test_onednn_int8_products_meet_few_shapes",),
+    ),
+    Mutant(
+        "idle-workers-keep-their-openmp-team", "engine/batcher.py",
+        'self._renew_when_idle = torch.device(device).type == "cpu" and self.threads > 1 and executors is None',
+        "self._renew_when_idle = False",
+        ("tests/engine/test_threads.py::test_import_and_idle_models_leave_no_openmp_team",),
+    ),
+    Mutant(
+        "kernel-probes-on-the-importing-thread", "modeling/kernels.py",
+        "ONEDNN_LINEAR = on_own_thread(_onednn_linear_works)", "ONEDNN_LINEAR = _onednn_linear_works()",
+        ("tests/engine/test_threads.py::test_import_and_idle_models_leave_no_openmp_team",),
+    ),
+    Mutant(
+        "answered-clients-not-waited-for", "engine/batcher.py",
+        "if not answered or self.instances > 1:", "if True:",
+        ("tests/engine/test_batcher.py::test_closed_loop_clients_come_together_in_one_batch",),
     ),
 )

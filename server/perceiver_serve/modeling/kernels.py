@@ -47,6 +47,7 @@ from torch import nn
 
 from .chunking import in_row_chunks
 from .precision import int8_linear, int8_matmul, int8_of
+from .threads import on_own_thread
 
 #: Element-wise functions that PyTorch hands to MKL's vector math library (VML) on x86. VML picks
 #: its kernel for each function and precision lazily, on the first call; when that first call
@@ -73,7 +74,10 @@ def resolve_vector_math() -> None:
                 getattr(torch, name)(one)
 
 
-resolve_vector_math()
+# The probes at import run on threads of their own, which end: oneDNN computes even their tiny
+# products with the calling thread's OpenMP team, and a team that outlives its use slows the parallel
+# work of every other thread (see .threads), here a server's device workers.
+on_own_thread(resolve_vector_math)
 
 #: Above this many attention scores per call, :func:`attend` keeps to fused kernels that
 #: never hold the whole score matrix (about 16 MB of float32 scores).
@@ -105,7 +109,7 @@ def _onednn_linear_works(dtype: torch.dtype = torch.float32) -> bool:
     return torch.allclose(got, expected, atol=1e-5 if dtype == torch.float32 else 5e-2)
 
 
-ONEDNN_LINEAR = _onednn_linear_works()
+ONEDNN_LINEAR = on_own_thread(_onednn_linear_works)
 
 
 def _packing_works(dtype: torch.dtype = torch.float32) -> bool:
@@ -124,7 +128,7 @@ def _packing_works(dtype: torch.dtype = torch.float32) -> bool:
 
 
 #: Whether oneDNN takes weights packed ahead of time (see :func:`packed_weight`).
-ONEDNN_PACKING = ONEDNN_LINEAR and _packing_works()
+ONEDNN_PACKING = ONEDNN_LINEAR and on_own_thread(_packing_works)
 
 
 def _native_cpu_support(name: str) -> bool:
@@ -146,8 +150,8 @@ NATIVE_CPU_PRODUCTS = {
 #: in place, as float32 ones do (where the CPU multiplies bf16 natively). ``F.linear`` reaches oneDNN
 #: for bf16 too, but reorders the weight in every call: on one Zen 4 core the published MLM's
 #: 256 × 1280 × 1280 product takes 3.75 ms packed against 4.09 (the same bits).
-ONEDNN_BF16 = (ONEDNN_PACKING and NATIVE_CPU_PRODUCTS[torch.bfloat16] and _onednn_linear_works(torch.bfloat16)
-               and _packing_works(torch.bfloat16))
+ONEDNN_BF16 = (ONEDNN_PACKING and NATIVE_CPU_PRODUCTS[torch.bfloat16]
+               and on_own_thread(_onednn_linear_works, torch.bfloat16) and on_own_thread(_packing_works, torch.bfloat16))
 
 
 def _onednn_latent_dtype(x: torch.Tensor) -> bool:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Protocol, TypeVar
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..modeling.threads import use_torch_threads
 from ..media.budget import HAND_BACK_FROM_BYTES, DecodeBudget
 
 if TYPE_CHECKING:
@@ -38,7 +39,8 @@ def configure_preprocess_pool(threads: int | None = None) -> None:
     if _POOL is not None:
         _POOL.shutdown(wait=False)
     _POOL = concurrent.futures.ThreadPoolExecutor(
-        max_workers=threads or min(4, os.cpu_count() or 1), thread_name_prefix="preprocess"
+        max_workers=threads or min(4, os.cpu_count() or 1), thread_name_prefix="preprocess",
+        initializer=use_torch_threads, initargs=(1,),  # the cores are the device workers' (see engine.threads)
     )
 
 
@@ -93,7 +95,8 @@ def _big_decodes() -> concurrent.futures.ThreadPoolExecutor:
     """
     global _BIG_DECODES
     if _BIG_DECODES is None:
-        _BIG_DECODES = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="big-decode")
+        _BIG_DECODES = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="big-decode",
+                                                           initializer=use_torch_threads, initargs=(1,))
     return _BIG_DECODES
 
 
