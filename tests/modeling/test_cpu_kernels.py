@@ -393,22 +393,29 @@ def test_bf16_cpu_models_multiply_latents_through_onednn_with_packed_weights(tmp
 # perceiver_serve.modeling is imported (each one's first call must be a one-element call).
 _FIRST_CALLS = r"""
 import json
+import threading
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-class FirstCalls(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.first = {}
+first = {}
+
+class FirstCalls(TorchDispatchMode):  # a dispatch mode holds for its own thread only
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         name = func._schema.name.removeprefix("aten::")
         if args and isinstance(args[0], torch.Tensor):
-            self.first.setdefault(f"{name}/{args[0].dtype}", args[0].numel())
+            first.setdefault(f"{name}/{args[0].dtype}", args[0].numel())
         return func(*args, **(kwargs or {}))
 
-with FirstCalls() as calls:
+run = threading.Thread.run
+
+def recorded(self):  # the import's probes run on threads of their own
+    with FirstCalls():
+        run(self)
+
+threading.Thread.run = recorded
+with FirstCalls():
     import perceiver_serve.modeling
-print(json.dumps(calls.first))
+print(json.dumps(first))
 """
 
 
