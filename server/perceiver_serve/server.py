@@ -29,12 +29,12 @@ from .api.state import ServerState
 from .engine import ModelRegistry, ModelRepository
 from .engine.polling import RepositoryPoller
 from .engine.registry import FAILED, READY
-from .modeling.threads import serve_single_threaded
 from .errors import PortUnavailable
 from .media.budget import DecodeBudget
 from .engine.devices import cuda_unavailable_reason
 from .media.image import allow_pixels
 from .metrics import Metrics
+from .modeling.threads import serve_single_threaded
 from .settings import Settings
 from .tasks import TASKS
 from .tasks.common import configure_preprocess_pool

@@ -390,7 +390,7 @@ class DynamicBatcher:
                 self._run(live, stream, executor)
             ended = time.monotonic()
             with self._cond:  # results are settled: requests admitted in parts may send more
-                returning = self._expect_returns(live, ended - started)
+                returning = self._expect_returns(live, started, ended)
                 self._running -= len(batch)
                 for item in batch:
                     item.finished = True
@@ -398,7 +398,7 @@ class DynamicBatcher:
             if self._hand_back is not None and time.monotonic() - self._handed_back_at >= HAND_BACK_EVERY_S:
                 self._call_hand_back()
 
-    def _expect_returns(self, answered: list[_Item], compute_s: float) -> _Returning | None:
+    def _expect_returns(self, answered: list[_Item], started: float, ended: float) -> _Returning | None:
         """What to wait for before the next batch (see RETURN_WAIT_SHARE): the items that waited when the
         results went out, and as many again as were answered. Called with the lock held."""
         if not answered or self.instances > 1:
@@ -406,7 +406,7 @@ class DynamicBatcher:
         key = answered[0].key
         waited = sum(1 for item in self._queue if item.key == key and item.enqueued < self._answered_at)
         return _Returning(key, waited + len(answered),
-                          time.monotonic() + min(RETURN_WAIT_SHARE * compute_s, RETURN_WAIT_MAX_S))
+                          ended + min(RETURN_WAIT_SHARE * (ended - started), RETURN_WAIT_MAX_S))
 
     def _renew(self, stream: WorkerStream, executor: BatchRunner) -> bool:
         """Start this worker's successor on a new thread (unless stopping), in this thread's place."""

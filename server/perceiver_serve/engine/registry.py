@@ -30,10 +30,10 @@ from .. import allocator
 from ..allocator import trim_heap
 from ..errors import ModelNotFound, NotReady, ServeError
 from ..modeling import PerceiverTaskModel, load_model, model_outline
+from ..modeling.threads import in_fresh_thread, threads_per_instance
 from .batcher import BatchObserver, DynamicBatcher
 from .devices import asked_for_gpu, configure_tf32, resolve_device
 from .repository import ModelRepository, ModelSpec, RepositoryError, SpecProblem, describe_validation_error
-from ..modeling.threads import in_fresh_thread, threads_per_instance
 from .warmup import warm_up
 from .worker_process import ProcessRunner, WorkerSetup
 
@@ -244,7 +244,7 @@ class ModelRegistry:
                 self.models[spec.name] = copy  # shown as loading: nothing else serves the name meanwhile
         event = "reload" if version in held else "load"
         self.progress(f"{event}ing model {spec.name!r} version {version} ({spec.task})")
-        # Loading computes with the process's threads, on a thread that then ends (see .threads).
+        # Loading computes with the process's threads, on a thread that then ends (see ..modeling.threads).
         in_fresh_thread(self._load, copy, name=f"load:{spec.name}")
         self._count(spec.name, event, copy.state == READY)
         return copy

@@ -40,7 +40,7 @@ def configure_preprocess_pool(threads: int | None = None) -> None:
         _POOL.shutdown(wait=False)
     _POOL = concurrent.futures.ThreadPoolExecutor(
         max_workers=threads or min(4, os.cpu_count() or 1), thread_name_prefix="preprocess",
-        initializer=use_torch_threads, initargs=(1,),  # the cores are the device workers' (see engine.threads)
+        initializer=use_torch_threads, initargs=(1,),  # the cores are the device workers' (see modeling.threads)
     )
 
 
