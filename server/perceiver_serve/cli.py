@@ -47,6 +47,8 @@ _FLAGS: list[tuple[str, dict]] = [
     ("--preprocess-threads", dict(type=int, help="media decoding threads (default min(4, cores))")),
     ("--malloc-mmap-threshold-mb", dict(type=float, help="glibc: allocations from this size up go back to the "
                                                           "system when freed (default 32; 0 = glibc's default)")),
+    ("--malloc-arenas", dict(type=int, help="glibc: most malloc heaps shared by the threads (default: one per core, "
+                                            "at least 2; 0 = glibc's eight per core)")),
 ]
 
 # Kept equal to server.EXIT_PORT_BUSY / EXIT_MODEL_FAILED / EXIT_NO_GPU (a test checks), written here so that
@@ -104,6 +106,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"perceiver-serve: invalid settings: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_format, settings.log_level)
+    from .allocator import configure_allocator
+
+    configure_allocator(settings.malloc_arenas, settings.malloc_mmap_threshold_mb)  # before any thread (serve() again)
     from .engine import RepositoryError  # these import torch: after argument errors have had their say
     from .errors import PortUnavailable
     from .server import EXIT_PORT_BUSY, serve

@@ -22,7 +22,7 @@ import time
 
 import uvicorn
 
-from .allocator import fix_mmap_threshold, trim_heap
+from .allocator import configure_allocator, trim_heap
 from .api.grpc import GrpcServer
 from .api.rest import create_app
 from .api.state import ServerState
@@ -105,7 +105,7 @@ def startup_summary(registry: ModelRegistry, endpoints: str) -> tuple[int, str]:
 
 async def serve(settings: Settings) -> int:
     """Run until drained; the process exit code (:data:`EXIT_MODEL_FAILED` with ``--strict`` and a failed model)."""
-    fix_mmap_threshold(int(settings.malloc_mmap_threshold_mb * 1024 * 1024))
+    configure_allocator(settings.malloc_arenas, settings.malloc_mmap_threshold_mb)
     serve_single_threaded()  # only the device workers compute with several threads (see modeling.threads)
     configure_preprocess_pool(settings.preprocess_threads)
     state = build_state(settings)

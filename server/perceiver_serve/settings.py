@@ -66,6 +66,10 @@ class Settings(BaseSettings):
         32.0, ge=0, le=32, description="glibc: allocations from this size up are returned to the system when "
                                        "freed, smaller ones once a model falls idle (bounds memory creep under "
                                        "varied batches; 0 leaves glibc's default).")
+    malloc_arenas: int | None = Field(
+        None, ge=0, description="glibc: most malloc heaps the threads share (default: one per core, at least 2, "
+                                "unless MALLOC_ARENA_MAX is set; 0 leaves glibc's eight per core). Threads come "
+                                "and go, and each heap keeps its top resident.")
 
     @field_validator("api_key", "admin_key", mode="before")
     @classmethod

@@ -298,4 +298,9 @@ MUTANTS: tuple[Mutant, ...] = (
         "if not answered or self.instances > 1:", "if True:",
         ("tests/engine/test_batcher.py::test_closed_loop_clients_come_together_in_one_batch",),
     ),
+    Mutant(
+        "threads-take-glibcs-eight-arenas-per-core", "allocator.py",
+        "limit_arenas(default_arenas() if arenas is None else arenas)", "limit_arenas(arenas or 0)",
+        ("tests/server/test_process.py::test_the_server_limits_its_threads_to_a_few_heaps",),
+    ),
 )

@@ -1,15 +1,22 @@
 """The process around the servers: flags map to settings, the allocator setting takes effect."""
 
+import os
 import platform
 import re
 import subprocess
 import sys
+import time
 
+import httpx
 import pytest
 
-from perceiver_serve.allocator import fix_mmap_threshold
+from perceiver_serve.allocator import default_arenas, fix_mmap_threshold, limit_arenas
 from perceiver_serve.cli import parser
+from perceiver_serve.engine.batcher import RENEW_AFTER_S
 from perceiver_serve.settings import Settings
+
+from ..grpc.inprocess import write_repository
+from ..support import REPO, running, thread_heaps
 
 
 def test_every_setting_has_a_flag_and_every_flag_a_setting():
@@ -32,17 +39,28 @@ def test_every_default_a_flag_names_is_the_settings_default(monkeypatch):
     assert checked >= 8
 
 
-def test_malloc_threshold_flag_and_environment(monkeypatch):
-    args = vars(parser().parse_args(["--malloc-mmap-threshold-mb", "8"]))
-    assert Settings(**{k: v for k, v in args.items() if k != "command"}).malloc_mmap_threshold_mb == 8
-    monkeypatch.setenv("PERCEIVER_MALLOC_MMAP_THRESHOLD_MB", "0")
-    assert Settings().malloc_mmap_threshold_mb == 0
+@pytest.mark.parametrize("field, flag", [("malloc_mmap_threshold_mb", "8"), ("malloc_arenas", "3")])
+def test_allocator_flags_and_environment(monkeypatch, field, flag):
+    args = vars(parser().parse_args(["--" + field.replace("_", "-"), flag]))
+    assert Settings(**{k: v for k, v in args.items() if k != "command"}).model_dump()[field] == float(flag)
+    monkeypatch.setenv("PERCEIVER_" + field.upper(), "0")
+    assert Settings().model_dump()[field] == 0
     with pytest.raises(ValueError):
-        Settings(malloc_mmap_threshold_mb=-1)
+        Settings(**{field: -1})
+
+
+def test_arenas_default_to_the_cores_unless_glibc_was_told(monkeypatch):
+    monkeypatch.delenv("PERCEIVER_MALLOC_ARENAS", raising=False)
+    monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
+    assert Settings().malloc_arenas is None  # the server takes default_arenas()
+    assert default_arenas() == max(2, len(os.sched_getaffinity(0)))
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
+    assert default_arenas() == 0  # glibc has followed the variable already
 
 
 def test_zero_leaves_the_allocator_alone():
     assert fix_mmap_threshold(0) is False
+    assert limit_arenas(0) is False
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
@@ -83,6 +101,51 @@ def test_by_default_a_forward_pass_does_not_fault_its_activations_in_afresh():
     # clone's run saw 4 passes in 20 fault afresh).
     low, default = faults("4"), faults()
     assert low > 2000 and default < low / 8, (low, default)
+
+
+_CHURN = """
+import os, sys, threading
+from perceiver_serve.allocator import default_arenas, limit_arenas
+limit_arenas(default_arenas() if sys.argv[1] == "default" else int(sys.argv[1]))
+import torch
+def work(before):
+    torch.ones(1 << 16)  # 256 KiB from this thread's arena, freed
+    if before is not None:
+        before.join()
+before = None
+for _ in range(24):  # each thread starts before the one it follows has ended, as a renewed worker does
+    before = threading.Thread(target=work, args=(before,))
+    before.start()
+before.join()
+from tests.support import thread_heaps
+print(thread_heaps(os.getpid()))
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
+def test_threads_that_come_and_go_share_a_few_heaps():
+    """Each arena keeps its top resident (malloc_trim shrinks only the main heap's): threads that came
+    and went one after another, each overlapping the last, took one new arena after another."""
+    def heaps(arenas: str) -> int:
+        done = subprocess.run([sys.executable, "-c", _CHURN, arenas], capture_output=True, text=True, timeout=120,
+                              check=True, cwd=REPO)
+        return int(done.stdout.strip())
+
+    assert heaps("0") >= min(8, 2 * default_arenas())  # glibc's own limit: eight per core
+    assert heaps("default") <= default_arenas() - 1  # the main heap is the other one
+    assert heaps("3") <= 2
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
+def test_the_server_limits_its_threads_to_a_few_heaps(tmp_path):
+    """Without the limit the server had 5 thread heaps on a 2-core machine before its first request,
+    and up to 16 under a mixed load as its workers renewed their threads."""
+    with running(repository=write_repository(tmp_path / "repo", "text-sentiment")) as proc, \
+            httpx.Client(base_url=proc.url, timeout=60) as client:
+        for n in range(8):  # each answer, then a pause in which the worker hands its queue to a new thread
+            assert client.post("/classify/text", json={"text": "so good " * (n + 1)}).status_code == 200
+            time.sleep(RENEW_AFTER_S + 0.1)
+        assert thread_heaps(proc.process.pid) <= default_arenas() - 1, proc.logs()
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "::1"])

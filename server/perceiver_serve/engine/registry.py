@@ -175,7 +175,8 @@ class ModelRegistry:
             executors = None
             if served.worker == "process":
                 setup = WorkerSetup(served.name, checkpoint, served.device, spec.dtype, spec.compile, definition.runner,
-                                    options, threads, spec.batching.max_batch_size, allocator.fixed_mmap_threshold)
+                                    options, threads, spec.batching.max_batch_size, allocator.fixed_mmap_threshold,
+                                    allocator.limited_arenas)
                 executors = [ProcessRunner(setup, say) for _ in range(spec.instances)]
             batcher = DynamicBatcher(served.name, runner, spec.batching, self.observer, device=served.device,
                                      hand_back=trim_heap, instances=spec.instances, threads=threads, executors=executors)

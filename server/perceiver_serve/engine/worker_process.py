@@ -48,7 +48,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..allocator import fix_mmap_threshold, trim_heap
+from ..allocator import fix_mmap_threshold, limit_arenas, trim_heap
 from ..errors import InferenceFailed
 from ..modeling import load_model
 from .batcher import HAND_BACK_EVERY_S, IDLE_AFTER_S
@@ -75,6 +75,7 @@ class WorkerSetup:
     threads: int
     max_batch_size: int
     mmap_threshold: int = 0  # the server process's fixed malloc mmap threshold (0: none)
+    arenas: int = 0  # the server process's malloc arena limit (0: none)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,6 +122,7 @@ def _serve(conn: Connection, setup: WorkerSetup) -> None:
     """The worker process: load and warm the model, then answer batches until told to stop."""
     torch.set_num_threads(setup.threads)
     torch.set_grad_enabled(False)
+    limit_arenas(setup.arenas)
     fix_mmap_threshold(setup.mmap_threshold)
 
     def send(kind: str, value: Any) -> None:
