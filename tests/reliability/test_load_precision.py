@@ -22,9 +22,9 @@ from perceiver_serve.modeling import ByteTokenizer
 
 from ..api.conftest import direct  # noqa: F401 - a fixture
 from ..numerics import FP32_PADDED, assert_close
-from ..support import ServerProcess, rss_bytes
+from ..support import ServerProcess
 from .repository import clone_model, repository
-from .test_load import ALPHABET, RSS_GROWTH, post
+from .test_load import ALPHABET, RSS_GROWTH, idle_rss, post
 
 CLIENTS = 32
 WARM_UP, MEASURED = 600, 1500
@@ -85,11 +85,11 @@ def test_load_no_5xx_agreement_and_flat_memory(precision_server, texts_and_logit
     texts, expected = texts_and_logits
     warm, _ = asyncio.run(_load(precision_server.url, model, texts, WARM_UP, seed=1))
     assert set(warm) <= {200, 429}, warm
-    before = rss_bytes(precision_server.process.pid)
+    before = idle_rss(precision_server.process.pid)
     started = time.perf_counter()
     statuses, answers = asyncio.run(_load(precision_server.url, model, texts, MEASURED, seed=2))
     seconds = time.perf_counter() - started
-    after = rss_bytes(precision_server.process.pid)
+    after = idle_rss(precision_server.process.pid)
     got = np.array([answers[k] for k in sorted(answers)])
     want = expected[sorted(answers)]
     agreement = float((got.argmax(-1) == want.argmax(-1)).mean())
