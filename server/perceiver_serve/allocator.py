@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import logging
 import os
 from collections.abc import Callable
@@ -51,8 +52,10 @@ fixed_mmap_threshold = 0
 limited_arenas = 0
 
 
+@functools.cache
 def _libc(name: str, *argtypes: type) -> Callable[..., int] | None:
-    """The C library's function ``name`` returning an int, or None where it has none (musl, macOS)."""
+    """The C library's function ``name`` returning an int, or None where it has none (musl, macOS).
+    Looked up once: finding the library takes about a millisecond, and workers trim every few seconds."""
     try:
         function = getattr(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6"), name)
     except (OSError, AttributeError):
@@ -105,8 +108,8 @@ def limit_arenas(arenas: int) -> bool:
 
 def configure_allocator(arenas: int | None, mmap_threshold_mb: float) -> None:
     """The server's allocator settings: at most ``arenas`` heaps (None: :func:`default_arenas`) and
-    the mmap threshold (:func:`fix_mmap_threshold`). Before threads start: the CLI calls it before
-    it imports torch, whose kernel probes run on threads of their own."""
+    the mmap threshold (:func:`fix_mmap_threshold`). Once, before threads start: the CLI calls it
+    before it imports torch, whose kernel probes run on threads of their own."""
     limit_arenas(default_arenas() if arenas is None else arenas)
     fix_mmap_threshold(int(mmap_threshold_mb * 1024 * 1024))
 

@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(settings.log_format, settings.log_level)
     from .allocator import configure_allocator
 
-    configure_allocator(settings.malloc_arenas, settings.malloc_mmap_threshold_mb)  # before any thread (serve() again)
+    configure_allocator(settings.malloc_arenas, settings.malloc_mmap_threshold_mb)  # before any thread starts
     from .engine import RepositoryError  # these import torch: after argument errors have had their say
     from .errors import PortUnavailable
     from .server import EXIT_PORT_BUSY, serve

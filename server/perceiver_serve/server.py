@@ -22,7 +22,7 @@ import time
 
 import uvicorn
 
-from .allocator import configure_allocator, trim_heap
+from .allocator import trim_heap
 from .api.grpc import GrpcServer
 from .api.rest import create_app
 from .api.state import ServerState
@@ -104,8 +104,10 @@ def startup_summary(registry: ModelRegistry, endpoints: str) -> tuple[int, str]:
 
 
 async def serve(settings: Settings) -> int:
-    """Run until drained; the process exit code (:data:`EXIT_MODEL_FAILED` with ``--strict`` and a failed model)."""
-    configure_allocator(settings.malloc_arenas, settings.malloc_mmap_threshold_mb)
+    """Run until drained; the process exit code (:data:`EXIT_MODEL_FAILED` with ``--strict`` and a failed model).
+
+    The process's allocator is its starter's to set, before torch is imported (``cli.main`` calls
+    :func:`~.allocator.configure_allocator`)."""
     serve_single_threaded()  # only the device workers compute with several threads (see modeling.threads)
     configure_preprocess_pool(settings.preprocess_threads)
     state = build_state(settings)
