@@ -145,7 +145,9 @@ def test_the_server_limits_its_threads_to_a_few_heaps(tmp_path):
         for n in range(8):  # each answer, then a pause in which the worker hands its queue to a new thread
             assert client.post("/classify/text", json={"text": "so good " * (n + 1)}).status_code == 200
             time.sleep(RENEW_AFTER_S + 0.1)
-        assert thread_heaps(proc.process.pid) <= default_arenas() - 1, proc.logs()
+        # At most one arena per core besides the main one; an arena that ever held over 64 MiB at once
+        # maps a second heap (seen once in about 30 runs: 2 heaps on 2 cores).
+        assert thread_heaps(proc.process.pid) <= 2 * (default_arenas() - 1), proc.logs()
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
