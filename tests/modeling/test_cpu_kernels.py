@@ -19,7 +19,7 @@ import weakref
 import pytest
 import torch
 import torch.nn.functional as F
-from perceiver_serve.modeling import kernels, load_model
+from perceiver_serve.modeling import kernels, load_model, precision
 from perceiver_serve.modeling.kernels import ONEDNN_CHUNK_ROWS, ONEDNN_MAX_BATCH, ONEDNN_ROW_MULTIPLE
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -119,8 +119,16 @@ def test_unmasked_attention_with_narrow_queries_equals_sdpa(geometry, attention_
                                rtol=1e-5, atol=1e-6)
 
 
+@pytest.fixture(params=["amx", "no amx"])
+def amx(request, monkeypatch):
+    """A CPU with AMX tiles, or without (the bf16 attention's form follows, see ``kernels._fused_bf16``)."""
+    features = {**precision.cpu_features(), "amx": request.param == "amx"}
+    monkeypatch.setattr(precision, "cpu_features", lambda: features)
+    return request.param == "amx"
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_unmasked_attention_with_narrow_queries_in_16_bits_equals_sdpa(dtype, attention_order):
+def test_unmasked_attention_with_narrow_queries_in_16_bits_equals_sdpa(dtype, attention_order, amx):
     g = torch.Generator().manual_seed(7)
     q, k = (torch.randn(2, 8, 40, 32, generator=g).to(dtype) for _ in range(2))
     values = torch.randn(2, 8, 40, 160, generator=g).to(dtype)
@@ -133,9 +141,11 @@ def test_unmasked_attention_with_narrow_queries_in_16_bits_equals_sdpa(dtype, at
 @pytest.mark.parametrize("native", [True, False])
 def test_16_bit_attention_rounds_probabilities_only_where_the_cpu_multiplies_16_bits(native, monkeypatch,
                                                                                     attention_order):
-    """Scores and softmax in float32; the product with the values in bf16 where the CPU has native bf16
-    products (as SDPA's flash kernels do), in float32 where it has not (emulated bf16 is slow)."""
+    """Without AMX: scores and softmax in float32; the product with the values in bf16 where the CPU has
+    native bf16 products (as SDPA's flash kernels do), in float32 where it has not (emulated bf16 is slow)."""
     monkeypatch.setitem(kernels.NATIVE_CPU_PRODUCTS, torch.bfloat16, native)
+    features = {**precision.cpu_features(), "amx": False}
+    monkeypatch.setattr(precision, "cpu_features", lambda: features)
     g = torch.Generator().manual_seed(8)
     q, k = (torch.randn(1, 4, 24, 8, generator=g).bfloat16() for _ in range(2))
     values = torch.randn(1, 4, 24, 40, generator=g).bfloat16()
@@ -150,6 +160,35 @@ def test_16_bit_attention_rounds_probabilities_only_where_the_cpu_multiplies_16_
     # in over a third of the elements.
     assert (got != expected).sum() <= got.numel() // 100
     assert (got != other).sum() > got.numel() // 3
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_bf16_attention_of_unequal_widths_takes_the_fused_kernel_where_the_cpu_has_amx(amx, masked, monkeypatch):
+    """With AMX, bf16 queries narrower than the values are zero-padded to the values' width and go to
+    SDPA's fused kernel (one call, equal widths); without it, they don't. Either way the answer is the
+    float64 attention's within bf16 rounding."""
+    calls = []
+    sdpa = F.scaled_dot_product_attention
+
+    def spy(q, k, v, **kwargs):
+        calls.append((q.shape[-1], k.shape[-1], v.shape[-1]))
+        return sdpa(q, k, v, **kwargs)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
+    g = torch.Generator().manual_seed(10)
+    q, k = (torch.randn(2, 8, 48, 32, generator=g) for _ in range(2))
+    values = torch.randn(2, 8, 48, 64, generator=g)
+    mask = (torch.arange(48) < torch.tensor([[48], [30]])) if masked else None
+    with torch.inference_mode():
+        got = kernels.attend(q.bfloat16(), k.bfloat16(), values.bfloat16(), mask)
+    assert got.dtype == torch.bfloat16 and got.shape == (2, 8, 48, 64)
+    if amx:
+        assert calls == [(64, 64, 64)]
+    else:
+        assert (64, 64, 64) not in calls
+    bf = [t.bfloat16().double() for t in (q, k, values)]
+    expected = sdpa(*bf, attn_mask=None if mask is None else mask[:, None, None, :])
+    torch.testing.assert_close(got.double(), expected, rtol=0, atol=2e-2)
 
 
 def test_big_heads_are_computed_one_at_a_time_into_the_layout_the_output_projection_reads():

@@ -303,4 +303,9 @@ MUTANTS: tuple[Mutant, ...] = (
         "limit_arenas(default_arenas() if arenas is None else arenas)", "limit_arenas(arenas or 0)",
         ("tests/server/test_process.py::test_the_server_limits_its_threads_to_a_few_heaps",),
     ),
+    Mutant(
+        "bf16-attention-of-unequal-widths-never-fused", "modeling/kernels.py",
+        "(scores > FUSED_SCORES_THRESHOLD or _fused_bf16(q))", "(scores > FUSED_SCORES_THRESHOLD)",
+        ("tests/modeling/test_cpu_kernels.py::test_bf16_attention_of_unequal_widths_takes_the_fused_kernel_where_the_cpu_has_amx",),
+    ),
 )
