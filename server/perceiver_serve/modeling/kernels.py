@@ -45,8 +45,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .chunking import in_row_chunks
 from . import precision
+from .chunking import in_row_chunks
 from .precision import int8_linear, int8_matmul, int8_of
 from .threads import on_own_thread
 
