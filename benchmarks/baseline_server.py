@@ -1,17 +1,23 @@
-"""The baseline of the server benchmark: what a user would write with transformers and FastAPI.
+"""The baselines of the server benchmark: what a user would write with transformers or ONNX Runtime and FastAPI.
 
-``python -m benchmarks.baseline_server --checkpoint DIR --port P`` serves one
+``python -m benchmarks.baseline_server --checkpoint DIR --port P [--engine E]`` serves one
 ``PerceiverForSequenceClassification`` checkpoint at ``POST /classify/text`` (the same JSON
 request and answer shape as perceiver-serve, so one load generator drives both). Texts are
 tokenised by transformers' ``PerceiverTokenizer`` ([CLS], UTF-8 bytes shifted by the 6
 special ids, [SEP]: the ids perceiver-serve uses) without padding, and each request runs its
 own forward pass under a lock: one request at a time, no batching.
+
+Engines: ``transformers`` (the model as transformers runs it), ``onnxruntime`` (that model
+exported with ``torch.onnx.export`` and run by ONNX Runtime with ``OMP_NUM_THREADS`` threads)
+and ``onnxruntime-int8`` (the export after ``onnxruntime.quantization.quantize_dynamic``): the
+peer a performance-minded user would pick (see :mod:`benchmarks.peers`).
 """
 
 from __future__ import annotations
 
 import argparse
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -26,11 +32,40 @@ class ClassifyText(BaseModel):
     top_k: int = 5
 
 
-def create_app(checkpoint: Path) -> FastAPI:
+ENGINES = ("transformers", "onnxruntime", "onnxruntime-int8")
+
+
+def onnx_model(checkpoint: Path, engine: str, model: torch.nn.Module | None = None) -> Path:
+    """The ONNX file ``engine`` runs for ``checkpoint``: exported (and quantized) once, then cached. The
+    benchmark makes it before it starts the servers, which then only read it."""
+    from .peers import ONNX_CACHE, TEXT_AXES, export, quantized
+
+    if model is None:
+        import transformers
+
+        model = transformers.PerceiverForSequenceClassification.from_pretrained(checkpoint).eval()
+    example = (torch.tensor([[1, 70, 80, 2]]), torch.ones(1, 4, dtype=torch.long))
+    path = export(model, example, ("inputs", "attention_mask"), TEXT_AXES, ONNX_CACHE / f"{checkpoint.name}.onnx")
+    return quantized(path) if engine == "onnxruntime-int8" else path
+
+
+def _forward(engine: str, model: torch.nn.Module, checkpoint: Path) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """``(input ids, attention mask) → logits`` of one text through ``engine``."""
+    if engine == "transformers":
+        return lambda ids, mask: model(inputs=ids, attention_mask=mask).logits
+    from .peers import OnnxModel
+
+    return OnnxModel(onnx_model(checkpoint, engine, model), torch.get_num_threads())
+
+
+def create_app(checkpoint: Path, engine: str = "transformers") -> FastAPI:
     import transformers
 
+    if engine not in ENGINES:
+        raise ValueError(f"unknown engine {engine!r}; known: {ENGINES}")
     tokenizer = transformers.PerceiverTokenizer()
     model = transformers.PerceiverForSequenceClassification.from_pretrained(checkpoint).eval()
+    forward = _forward(engine, model, checkpoint)
     labels = model.config.id2label
     lock = threading.Lock()
     app = FastAPI()
@@ -41,7 +76,7 @@ def create_app(checkpoint: Path) -> FastAPI:
             raise HTTPException(400, "text is empty")
         encoded = tokenizer(body.text, return_tensors="pt")
         with lock, torch.inference_mode():
-            logits = model(inputs=encoded["input_ids"], attention_mask=encoded["attention_mask"]).logits[0]
+            logits = forward(encoded["input_ids"], encoded["attention_mask"])[0]
         scores, indices = logits.softmax(-1).topk(min(body.top_k, logits.numel()))
         predictions = [{"label": labels[i], "index": i, "score": s} for s, i in zip(scores.tolist(), indices.tolist())]
         return {"model": checkpoint.name, "results": [{"predictions": predictions}]}
@@ -59,10 +94,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--checkpoint", type=Path, required=True, help="HF-layout PerceiverForSequenceClassification")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8100)
+    p.add_argument("--engine", choices=ENGINES, default="transformers")
     args = p.parse_args(argv)
     # The asyncio event loop, as perceiver-serve runs uvicorn, so both servers differ only in their
     # application code.
-    uvicorn.run(create_app(args.checkpoint), host=args.host, port=args.port, log_level="warning", loop="asyncio")
+    uvicorn.run(create_app(args.checkpoint, args.engine), host=args.host, port=args.port, log_level="warning",
+                loop="asyncio")
 
 
 if __name__ == "__main__":

@@ -18,6 +18,8 @@ import torch
 from .checkpoints import DEFAULT_CACHE
 
 ONNX_CACHE = DEFAULT_CACHE.parent / "onnx"
+#: Dynamic axes of an exported text model: any batch size and length.
+TEXT_AXES = {"inputs": {0: "batch", 1: "length"}, "attention_mask": {0: "batch", 1: "length"}}
 
 
 class OnnxModel:

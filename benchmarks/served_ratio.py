@@ -10,9 +10,11 @@ the same texts in batches of 16 and 32 for 3 s: the isolated batched throughput,
 the rounds (on a shared machine one measurement of either side can be off by 20%). The served /
 isolated ratio says how much of its model's speed the server keeps.
 
-The plain transformers + FastAPI server of :mod:`benchmarks.baseline_server` (one request at a
-time, the same checkpoint) runs beside it, interleaved with the variants: the served / baseline
-ratio is what perceiver-serve gains over what a user would write.
+Plain FastAPI servers of :mod:`benchmarks.baseline_server` (one request at a time, the same
+checkpoint) run beside it, interleaved with the variants (``--peers``): transformers, and ONNX
+Runtime running the exported transformers model in float32 and in int8, each with the same
+threads. The served / peer ratios are what perceiver-serve gains over what a user would write
+instead.
 """
 
 from __future__ import annotations
@@ -54,7 +56,11 @@ VARIANTS = {
 }
 BATCHING = {"max_batch_size": 32, "max_delay_ms": 5, "max_queue": 1024, "timeout_ms": 300_000}
 LEVELS = (16, 32)
-BASELINE = "transformers + FastAPI"
+#: The plain FastAPI servers beside ours (:mod:`benchmarks.baseline_server`), by engine: what a user could
+#: write instead, one request at a time.
+PEERS = {"transformers": "transformers + FastAPI", "onnxruntime": "ONNX Runtime fp32 + FastAPI",
+         "onnxruntime-int8": "ONNX Runtime int8 + FastAPI"}
+BASELINE = PEERS["transformers"]
 
 
 def _served(servers: dict[str, tuple[Service, str]], rounds: int, requests: int, duration: float,
@@ -195,23 +201,30 @@ def _passes(model: Any, ids: Any, mask: Any, threads: int, ready: Any,
 
 
 def measure(variants: list[str], quick: bool, threads: int, rounds: int, say: report.Progress,
-            batching: dict[str, Any] = BATCHING) -> dict[str, Any]:
+            batching: dict[str, Any] = BATCHING, peers: tuple[str, ...] = tuple(PEERS)) -> dict[str, Any]:
+    from .baseline_server import onnx_model
+
     spec = classifier_spec(quick)
     checkpoint = checkpoint_dir(spec)
     models = {f"text-{v}": {"task": "text-classification", "source": str(checkpoint), "device": "cpu",
                             "default": False, **VARIANTS[v]} for v in variants}
     requests, duration = (16, 3.0) if quick else (192, 10.0)
+    for engine in peers:
+        if engine != "transformers":
+            say(f"exporting the transformers model for {PEERS[engine]} (cached): {onnx_model(checkpoint, engine).name}")
     TMP.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="served-ratio-", dir=TMP) as work:
         repository = write_repository(Path(work) / "repository", models, batching)
         server, _ = perceiver_serve("perceiver-serve-variants", repository, Path(work), threads)
-        baseline = baseline_server("transformers-fastapi", checkpoint, Path(work), threads)
+        baselines = {PEERS[e]: baseline_server(f"{e}-fastapi", checkpoint, Path(work), threads, e) for e in peers}
         try:
             say(f"starting perceiver-serve with {', '.join(models)} (compiled variants warm every shape first), "
-                f"and the {BASELINE} baseline")
+                f"and {', '.join(baselines)}")
             server.wait_ready(timeout=1800)
-            baseline.wait_ready(timeout=600)
-            targets = {**{v: (server, f"#text-{v}") for v in variants}, BASELINE: (baseline, "")}
+            for baseline in baselines.values():
+                baseline.wait_ready(timeout=600)
+            targets = {**{v: (server, f"#text-{v}") for v in variants},
+                       **{label: (baseline, "") for label, baseline in baselines.items()}}
             alone_runs: dict[str, list[tuple[dict[int, float], float]]] = {v: [] for v in variants}
 
             def measure_alone(r: int) -> None:  # each round, so that served and isolated share the machine's mood
@@ -222,7 +235,8 @@ def measure(variants: list[str], quick: bool, threads: int, rounds: int, say: re
             served, served_cpu = _served(targets, rounds, requests, duration, say, measure_alone)
         finally:
             exit_code = server.stop()
-            baseline.stop()
+            for baseline in baselines.values():
+                baseline.stop()
     def median_rps(target: str, c: int) -> float:
         return statistics.median(level["throughput_rps"] for level in served[target][c])
 
@@ -239,16 +253,17 @@ def measure(variants: list[str], quick: bool, threads: int, rounds: int, say: re
             rows.append({"variant": v, "concurrency": c, "served_rps": [level["throughput_rps"] for level in served[v][c]],
                          "served_median": median_rps(v, c), "mean_batch": statistics.mean(batches) if batches else None,
                          "isolated": alone[c], "isolated_rounds": alone_rounds[c], "ratio": median_rps(v, c) / alone[c],
-                         "vs_baseline": median_rps(v, c) / median_rps(BASELINE, c),
+                         "vs_peers": {label: median_rps(v, c) / median_rps(label, c) for label in baselines},
                          "served_cpu_ms_per_request": 1000 * sum(served_cpu[v]),
                          "served_system_cpu_ms_per_request": 1000 * served_cpu[v][1],
                          "isolated_cpu_ms_per_item": 1000 * alone_cpu, "loadgen_cpu_ms_per_request": loadgen_cpu(v, c),
                          "failed": sum(level["failed"] for level in served[v][c])})
-    baseline_rows = [{"concurrency": c, "served_rps": [level["throughput_rps"] for level in served[BASELINE][c]],
-                      "served_median": median_rps(BASELINE, c), "served_cpu_ms_per_request": 1000 * sum(served_cpu[BASELINE]),
-                      "failed": sum(level["failed"] for level in served[BASELINE][c])} for c in LEVELS]
+    peer_rows = {label: [{"concurrency": c, "served_rps": [level["throughput_rps"] for level in served[label][c]],
+                          "served_median": median_rps(label, c), "served_cpu_ms_per_request": 1000 * sum(served_cpu[label]),
+                          "failed": sum(level["failed"] for level in served[label][c])} for c in LEVELS]
+                 for label in baselines}
     return {"model": spec.name, "config": spec.config, "batching": batching, "rounds": rounds,
-            "requests_per_level": requests, "rows": rows, "baseline": baseline_rows, "server_exit_code": exit_code}
+            "requests_per_level": requests, "rows": rows, "peers": peer_rows, "server_exit_code": exit_code}
 
 
 def _rounds(row: dict[str, Any]) -> str:
@@ -256,18 +271,24 @@ def _rounds(row: dict[str, Any]) -> str:
 
 
 def markdown(result: dict[str, Any]) -> str:
+    peers = list(result["peers"])
     rows = [[r["variant"], str(r["concurrency"]), _rounds(r),
              "–" if r["mean_batch"] is None else f"{r['mean_batch']:.1f}", f"{r['isolated']:.1f}",
-             f"**{r['ratio']:.0%}**", f"**{r['vs_baseline']:.2f}×**",
+             f"**{r['ratio']:.0%}**", *(f"**{r['vs_peers'][label]:.2f}×**" for label in peers),
              f"{r['served_cpu_ms_per_request']:.1f} (system {r['served_system_cpu_ms_per_request']:.1f}) / "
              f"{r['isolated_cpu_ms_per_item']:.1f}", f"{r['loadgen_cpu_ms_per_request']:.2f}", str(r["failed"])]
             for r in result["rows"]]
-    rows += [[BASELINE, str(b["concurrency"]), _rounds(b), "1", "–", "–", "1.00×",
-              f"{b['served_cpu_ms_per_request']:.1f}", "–", str(b["failed"])] for b in result.get("baseline", [])]
+    medians = {label: {b["concurrency"]: b["served_median"] for b in levels} for label, levels in result["peers"].items()}
+    for label, levels in result["peers"].items():
+        rows += [[label, str(b["concurrency"]), _rounds(b), "1", "–", "–",
+                  *(f"{b['served_median'] / medians[other][b['concurrency']]:.2f}×" for other in peers),
+                  f"{b['served_cpu_ms_per_request']:.1f}", "–", str(b["failed"])] for b in levels]
     return (f"## Served vs isolated: `{result['model']}` in every variant\n\n"
             f"One server holds every variant (`max_batch_size = {result['batching']['max_batch_size']}`, "
-            f"`max_delay_ms = {result['batching']['max_delay_ms']}`), and {BASELINE} (one request at a time, "
-            f"the same checkpoint) runs beside it; {result['rounds']} rounds of at most "
+            f"`max_delay_ms = {result['batching']['max_delay_ms']}`), and {', '.join(peers)} (each one request at a "
+            "time, the same checkpoint; ONNX Runtime runs the transformers model exported with `torch.onnx.export`, "
+            "int8 after `quantize_dynamic`, with the same threads) run beside it; "
+            f"{result['rounds']} rounds of at most "
             f"{result['requests_per_level']} requests per level, all interleaved. Isolated: the same model "
             "alone in a process of its own as the server runs it (each instance on a thread of its own, or for worker "
             "processes one process each), batches of as many texts as there are clients, measured after each round "
@@ -277,7 +298,7 @@ def markdown(result: dict[str, Any]) -> str:
             "per item; unlike throughput it hardly depends on other load on the machine. The load generator's own "
             "CPU per request is taken from the same two cores.\n\n"
             + report.markdown_table(["variant", "clients", "served req/s, median (rounds)", "mean batch",
-                                     "isolated items/s", "served / isolated", f"vs {BASELINE}",
+                                     "isolated items/s", "served / isolated", *(f"vs {label}" for label in peers),
                                      "CPU ms served / isolated", "loadgen CPU ms", "failed"], rows))
 
 
@@ -289,14 +310,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-delay-ms", type=float, default=BATCHING["max_delay_ms"],
                         help="every variant's batching max_delay_ms")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--peers", default=",".join(PEERS), help="comma-separated, at least one: " + ", ".join(PEERS))
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args(argv)
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     if unknown := [v for v in variants if v not in VARIANTS]:
         parser.error(f"unknown variant(s) {unknown}; known: {list(VARIANTS)}")
+    peers = tuple(p.strip() for p in args.peers.split(",") if p.strip())
+    if not peers or (unknown := [p for p in peers if p not in PEERS]):
+        parser.error(f"--peers: choose at least one of {list(PEERS)}")
     say = report.Progress(sys.stderr)
     result = measure(variants, args.quick, args.threads, args.rounds, say,
-                     batching={**BATCHING, "max_delay_ms": args.max_delay_ms})
+                     batching={**BATCHING, "max_delay_ms": args.max_delay_ms}, peers=peers)
     result["environment"] = report.environment()
     args.out.mkdir(parents=True, exist_ok=True)
     report.write_json(args.out / "served_ratio.json", result)
@@ -304,7 +329,8 @@ def main(argv: list[str] | None = None) -> int:
         markdown(result) + "\n" + report.machine_line(result["environment"], args.threads) + "\n", encoding="utf-8")
     for r in result["rows"]:
         say(f"{r['variant']:14s} c={r['concurrency']}: served {r['served_median']:.1f} req/s, isolated "
-            f"{r['isolated']:.1f} items/s, ratio {r['ratio']:.0%}, {r['vs_baseline']:.2f}x {BASELINE}")
+            f"{r['isolated']:.1f} items/s, ratio {r['ratio']:.0%}, "
+            + ", ".join(f"{ratio:.2f}x {label}" for label, ratio in r["vs_peers"].items()))
     return 0
 
 

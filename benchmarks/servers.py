@@ -155,11 +155,12 @@ def perceiver_serve(name: str, repository: Path, log_dir: Path, threads: int = 2
     return Service(name, command, http_port, log_dir, env=_thread_env(threads)), grpc_port
 
 
-def baseline_server(name: str, checkpoint: Path, log_dir: Path, threads: int = 2) -> Service:
-    """The plain transformers + FastAPI server of :mod:`benchmarks.baseline_server`."""
+def baseline_server(name: str, checkpoint: Path, log_dir: Path, threads: int = 2,
+                    engine: str = "transformers") -> Service:
+    """A plain FastAPI server of :mod:`benchmarks.baseline_server` running ``engine`` (transformers, ONNX Runtime)."""
     port = free_port()
     command = [sys.executable, "-m", "benchmarks.baseline_server", "--checkpoint", str(checkpoint),
-               "--port", str(port)]
+               "--port", str(port), "--engine", engine]
     return Service(name, command, port, log_dir, env=_thread_env(threads))
 
 

@@ -39,7 +39,7 @@ from perceiver_serve.settings import Settings
 from . import report
 from .checkpoints import checkpoint_dir, load_reference
 from .configs import HeadSpec, classifier_spec, head_spec
-from .peers import ONNX_CACHE, OnnxModel, export, quantized
+from .peers import ONNX_CACHE, TEXT_AXES, OnnxModel, export, quantized
 from .report import Progress
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
@@ -95,7 +95,6 @@ def _image_batches(config: dict[str, Any], quick: bool) -> dict[str, list[Batch]
             "agreement": [(torch.randn(4, 3, size, size, generator=g),)]}
 
 
-TEXT_AXES = {"inputs": {0: "batch", 1: "length"}, "attention_mask": {0: "batch", 1: "length"}}
 WORKLOADS = {w.name: w for w in (
     Workload("text-classifier", "mid-size text classifier (issue 12): 128 latents × 512, 8 layers, d_model 256",
              classifier_spec, _classifier_batches, ("inputs", "attention_mask"), TEXT_AXES),

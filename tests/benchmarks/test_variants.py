@@ -5,6 +5,8 @@ import json
 
 import pytest
 
+from benchmarks import served_ratio
+
 from . import run_quick
 
 ROWS = ["transformers fp32", "ours fp32", "ours bf16", "ours int8", "onnxruntime fp32", "onnxruntime int8"]
@@ -46,7 +48,34 @@ def test_served_ratio_quick(tmp_path):
         assert row["ratio"] == pytest.approx(row["served_median"] / row["isolated"])
         assert row["served_cpu_ms_per_request"] > 0 and row["isolated_cpu_ms_per_item"] > 0
         assert row["loadgen_cpu_ms_per_request"] > 0
-        baseline = next(b for b in result["baseline"] if b["concurrency"] == row["concurrency"])
-        assert baseline["failed"] == 0 and row["vs_baseline"] == pytest.approx(row["served_median"] / baseline["served_median"])
+        assert set(row["vs_peers"]) == set(served_ratio.PEERS.values())  # transformers and ONNX Runtime
+        for label, levels in result["peers"].items():
+            peer = next(b for b in levels if b["concurrency"] == row["concurrency"])
+            assert peer["failed"] == 0 and peer["served_median"] > 0
+            assert row["vs_peers"][label] == pytest.approx(row["served_median"] / peer["served_median"])
     markdown = (tmp_path / "served_ratio.md").read_text()
-    assert "served / isolated" in markdown and "transformers + FastAPI" in markdown
+    assert "served / isolated" in markdown
+    assert all(f"vs {label}" in markdown for label in served_ratio.PEERS.values())
+
+
+def test_onnx_runtime_baseline_answers_as_transformers(tmp_path):
+    """The ONNX Runtime peers serve the same checkpoint: the same top label as the transformers one, and
+    probabilities within float rounding (fp32) or int8's error."""
+    from fastapi.testclient import TestClient
+
+    from benchmarks.baseline_server import create_app
+    from benchmarks.checkpoints import checkpoint_dir
+    from benchmarks.configs import classifier_spec
+
+    checkpoint = checkpoint_dir(classifier_spec(quick=True))
+    texts = ["I loved it", "a longer text, with a few more bytes in it " * 3, "Grüße 👍"]
+    answers = {}
+    for engine in ("transformers", "onnxruntime", "onnxruntime-int8"):
+        with TestClient(create_app(checkpoint, engine)) as client:
+            answers[engine] = [client.post("/classify/text", json={"text": t, "top_k": 3}).json()["results"][0]
+                               ["predictions"] for t in texts]
+            assert client.post("/classify/text", json={"text": ""}).status_code == 400
+    for reference, fp32, int8 in zip(*answers.values()):
+        assert [p["label"] for p in fp32] == [p["label"] for p in reference]
+        assert max(abs(a["score"] - b["score"]) for a, b in zip(fp32, reference)) < 1e-4
+        assert int8[0]["label"] == reference[0]["label"] or reference[0]["score"] - reference[1]["score"] < 0.05
