@@ -64,7 +64,7 @@ BASELINE = PEERS["transformers"]
 
 
 def _served(servers: dict[str, tuple[Service, str]], rounds: int, requests: int, duration: float,
-            say: report.Progress, after_round: Callable[[int], None] = lambda r: None,
+            say: report.Progress, after_round: Callable[[int], None] = lambda r: None, levels: tuple[int, ...] = LEVELS,
             ) -> tuple[dict[str, dict[int, list[dict[str, Any]]]], dict[str, tuple[float, float]]]:
     """Each target's load levels per round, and its server's (user, system) CPU seconds per answered request;
     ``after_round(r)`` runs after each round.
@@ -78,20 +78,20 @@ def _served(servers: dict[str, tuple[Service, str]], rounds: int, requests: int,
 
     from .server_bench import loadgen
 
-    served: dict[str, dict[int, list[dict[str, Any]]]] = {t: {c: [] for c in LEVELS} for t in servers}
+    served: dict[str, dict[int, list[dict[str, Any]]]] = {t: {c: [] for c in levels} for t in servers}
     cpu, answered = {t: [0.0, 0.0] for t in servers}, dict.fromkeys(servers, 0)
     for r in range(rounds):
-        say(f"  round {r + 1}/{rounds}: {', '.join(servers)} at {LEVELS} clients")
+        say(f"  round {r + 1}/{rounds}: {', '.join(servers)} at {levels} clients")
         for target, (server, model) in servers.items():
             process = psutil.Process(server.process.pid)
             before = _cpu_times(process)
             result = loadgen(["sweep", "--endpoint", "text", "--target", f"{target}={server.url}{model}",
-                              "--levels", ",".join(map(str, LEVELS)), "--requests", str(requests),
-                              "--duration", str(duration)], timeout=len(LEVELS) * (duration + 60) + 60)
+                              "--levels", ",".join(map(str, levels)), "--requests", str(requests),
+                              "--duration", str(duration)], timeout=len(levels) * (duration + 60) + 60)
             after = _cpu_times(process)
             cpu[target][0] += after[0] - before[0]
             cpu[target][1] += after[1] - before[1]
-            for c, level in zip(LEVELS, result["results"][target]):
+            for c, level in zip(levels, result["results"][target]):
                 served[target][c].append(level)
                 answered[target] += level["ok"]
         after_round(r)
@@ -106,9 +106,10 @@ def _cpu_times(process: Any) -> tuple[float, float]:
     return sum(t.user for t in times), sum(t.system for t in times)
 
 
-def isolated(checkpoint: Path, variant: str, threads: int, budget_s: float) -> tuple[dict[int, float], float]:
+def isolated(checkpoint: Path, variant: str, threads: int, budget_s: float,
+             levels: tuple[int, ...] = LEVELS) -> tuple[dict[int, float], float]:
     """Items/s of the variant alone on the load generator's texts, ``size`` texts at a time for each
-    ``size`` of LEVELS, and its CPU seconds per item (all sizes together).
+    ``size`` of ``levels`` (each instance at least one), and its CPU seconds per item (all sizes together).
 
     Measured in processes of their own, arranged as the server arranges the variant: the model
     loaded on a thread that then ends and each instance passing batches of ``size / instances``
@@ -126,8 +127,9 @@ def isolated(checkpoint: Path, variant: str, threads: int, budget_s: float) -> t
     per_instance = settings.get("threads") or max(1, threads // instances)
     processes, per_process = (instances, 1) if settings.get("worker") == "process" else (1, instances)
     tokenizer = ByteTokenizer()
-    batches = {size: tokenizer.batch([tokenizer.encode(TEXTS[i % len(TEXTS)]) for i in range(size // instances)])
-               for size in LEVELS}
+    batches = {size: tokenizer.batch([tokenizer.encode(TEXTS[i % len(TEXTS)])
+                                       for i in range(max(1, size // instances))])
+               for size in levels}
     rates, items, cpu = {}, 0, 0.0
     for size, (ids, mask) in batches.items():
         rates[size], counted, seconds = _in_processes(checkpoint, settings, ids, mask, processes, per_process,
@@ -201,7 +203,8 @@ def _passes(model: Any, ids: Any, mask: Any, threads: int, ready: Any,
 
 
 def measure(variants: list[str], quick: bool, threads: int, rounds: int, say: report.Progress,
-            batching: dict[str, Any] = BATCHING, peers: tuple[str, ...] = tuple(PEERS)) -> dict[str, Any]:
+            batching: dict[str, Any] = BATCHING, peers: tuple[str, ...] = tuple(PEERS),
+            levels: tuple[int, ...] = LEVELS) -> dict[str, Any]:
     from .baseline_server import onnx_model
 
     spec = classifier_spec(quick)
@@ -229,10 +232,10 @@ def measure(variants: list[str], quick: bool, threads: int, rounds: int, say: re
 
             def measure_alone(r: int) -> None:  # each round, so that served and isolated share the machine's mood
                 for v in variants:
-                    say(f"  round {r + 1}/{rounds}: {v} alone, batches of {LEVELS} (servers idle)")
-                    alone_runs[v].append(isolated(checkpoint, v, threads, 0.5 if quick else 3.0))
+                    say(f"  round {r + 1}/{rounds}: {v} alone, batches of {levels} (servers idle)")
+                    alone_runs[v].append(isolated(checkpoint, v, threads, 0.5 if quick else 3.0, levels))
 
-            served, served_cpu = _served(targets, rounds, requests, duration, say, measure_alone)
+            served, served_cpu = _served(targets, rounds, requests, duration, say, measure_alone, levels)
         finally:
             exit_code = server.stop()
             for baseline in baselines.values():
@@ -245,10 +248,10 @@ def measure(variants: list[str], quick: bool, threads: int, rounds: int, say: re
 
     rows = []
     for v in variants:
-        alone_rounds = {c: [rates[c] for rates, _ in alone_runs[v]] for c in LEVELS}
-        alone = {c: statistics.median(alone_rounds[c]) for c in LEVELS}
+        alone_rounds = {c: [rates[c] for rates, _ in alone_runs[v]] for c in levels}
+        alone = {c: statistics.median(alone_rounds[c]) for c in levels}
         alone_cpu = statistics.mean(cpu for _, cpu in alone_runs[v])
-        for c in LEVELS:
+        for c in levels:
             batches = [level["mean_batch_size"] for level in served[v][c] if level["mean_batch_size"]]
             rows.append({"variant": v, "concurrency": c, "served_rps": [level["throughput_rps"] for level in served[v][c]],
                          "served_median": median_rps(v, c), "mean_batch": statistics.mean(batches) if batches else None,
@@ -260,7 +263,7 @@ def measure(variants: list[str], quick: bool, threads: int, rounds: int, say: re
                          "failed": sum(level["failed"] for level in served[v][c])})
     peer_rows = {label: [{"concurrency": c, "served_rps": [level["throughput_rps"] for level in served[label][c]],
                           "served_median": median_rps(label, c), "served_cpu_ms_per_request": 1000 * sum(served_cpu[label]),
-                          "failed": sum(level["failed"] for level in served[label][c])} for c in LEVELS]
+                          "failed": sum(level["failed"] for level in served[label][c])} for c in levels]
                  for label in baselines}
     return {"model": spec.name, "config": spec.config, "batching": batching, "rounds": rounds,
             "requests_per_level": requests, "rows": rows, "peers": peer_rows, "server_exit_code": exit_code}
@@ -311,6 +314,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="every variant's batching max_delay_ms")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--peers", default=",".join(PEERS), help="comma-separated, at least one: " + ", ".join(PEERS))
+    parser.add_argument("--levels", default=",".join(map(str, LEVELS)),
+                        help="comma-separated client counts (the isolated figure uses batches of as many texts)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args(argv)
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
@@ -319,9 +324,15 @@ def main(argv: list[str] | None = None) -> int:
     peers = tuple(p.strip() for p in args.peers.split(",") if p.strip())
     if not peers or (unknown := [p for p in peers if p not in PEERS]):
         parser.error(f"--peers: choose at least one of {list(PEERS)}")
+    try:
+        levels = tuple(int(c) for c in args.levels.split(","))
+    except ValueError:
+        levels = ()
+    if not levels or min(levels) < 1:
+        parser.error("--levels: positive client counts, e.g. 1,4,16,32")
     say = report.Progress(sys.stderr)
     result = measure(variants, args.quick, args.threads, args.rounds, say,
-                     batching={**BATCHING, "max_delay_ms": args.max_delay_ms}, peers=peers)
+                     batching={**BATCHING, "max_delay_ms": args.max_delay_ms}, peers=peers, levels=levels)
     result["environment"] = report.environment()
     args.out.mkdir(parents=True, exist_ok=True)
     report.write_json(args.out / "served_ratio.json", result)
