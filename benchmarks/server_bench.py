@@ -8,7 +8,8 @@ sweeps concurrency for text classification (a mid-size classifier, random weight
 run time), image classification and optical flow (the demo models), the servers interleaved
 level by level. Then sequential requests time REST against gRPC on the tiny demo text model.
 Last, :mod:`benchmarks.served_ratio` serves issue 12's mid-size classifier in each precision and
-compile setting (``--variants``) and sets its served throughput beside the isolated model's.
+compile setting (``--variants``) and sets its served throughput beside the isolated model's and
+beside FastAPI scripts running transformers and ONNX Runtime (fp32, int8) one request at a time.
 Writes ``server.json``, ``server.md``, ``server_throughput.png`` and ``server_latency.png``.
 """
 
