@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from perceiver_serve.modeling import load_model, precision
+from perceiver_serve.modeling import ByteTokenizer, cross_attention, load_model, precision
 from perceiver_serve.modeling.attention import QKVAttention
 from perceiver_serve.modeling.kernels import Linear, attend
 from perceiver_serve.modeling.precision import int8_linear, int8_matmul, int8_of, int8_twin
@@ -74,6 +74,29 @@ def test_int8_covers_the_absorbed_cross_attention(checkpoint_dirs):
         int8_of(key.weight).transposed = _pack_rounded_up(key.weight)
         model.perceiver.encoder.cross_attention.attention.self.query_memo.clear()  # computed once per model
         assert not torch.equal(model(x), int8_out)  # the absorbed product reads the packed weight
+
+
+def test_int8_mlm_quantizes_its_output_layer(checkpoint_dirs):
+    """MLM multiplies by its byte embedding, transposed, outside any Linear module: an int8 model quantizes
+    that weight too and keeps it apart from the decoder's MLP (a weight folded into the MLP per call would
+    have no int8 twin), and the logits read its twin."""
+    model = load_model(checkpoint_dirs["PerceiverForMaskedLM", "safetensors"], dtype="int8")
+    embedding, bias = model.output_projections()[0]
+    assert embedding is model.perceiver.input_preprocessor.embeddings.weight and int8_of(embedding) is not None
+    ids, mask = ByteTokenizer().batch([ByteTokenizer().encode("fill in what is missing")])
+    with torch.no_grad():
+        logits = model(ids, mask)
+        embedding.int8 = int8_twin(embedding * 1.5, bias)
+        assert not torch.equal(model(ids, mask), logits)  # the output layer reads the int8 twin
+    # An output layer narrower than its input, over many queries, is folded into the MLP; in int8 only
+    # if it is narrower than a quarter of its input (the folded product runs in float32).
+    layer = model.perceiver.decoder.decoding_cross_attention
+    width = layer.mlp.dense2.out_features
+    for out, folded_in_int8 in ((width // 2, False), (width // 8, True)):
+        projection = torch.randn(out, width)
+        assert cross_attention.output_map(layer, (projection, None), rows=1 << 20).folded is not None
+        projection.int8 = int8_twin(projection, None)
+        assert (cross_attention.output_map(layer, (projection, None), rows=1 << 20).folded is not None) == folded_in_int8
 
 
 def _fused_weights(model) -> set[int]:

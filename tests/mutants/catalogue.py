@@ -308,4 +308,9 @@ MUTANTS: tuple[Mutant, ...] = (
         "(scores > FUSED_SCORES_THRESHOLD or _fused_bf16(q))", "(scores > FUSED_SCORES_THRESHOLD)",
         ("tests/modeling/test_cpu_kernels.py::test_bf16_attention_of_unequal_widths_takes_the_fused_kernel_where_the_cpu_has_amx",),
     ),
+    Mutant(
+        "int8-output-layer-folded-into-float32", "modeling/cross_attention.py",
+        "(int8_of(weight) is not None and INT8_GAIN * out >= width)", "False",
+        ("tests/modeling/test_precision.py::test_int8_mlm_quantizes_its_output_layer",),
+    ),
 )

@@ -50,6 +50,7 @@ from .kernels import (
     tensor_version,
     weight_matmul,
 )
+from .precision import int8_of
 
 #: Explicitly computed scores are produced in row chunks of at most this many scores: on a CPU,
 #: what its caches hold; on accelerators, enough work per launch that a 50,176-pixel video chunk
@@ -278,6 +279,10 @@ def decode_prepared(layer: nn.Module, queries: Queries, state: LatentState,
 
 # --- output projection -------------------------------------------------------------------------
 
+#: About how many times fewer a CPU's int8 products cost per multiply than float32 ones (see output_map).
+INT8_GAIN = 4
+
+
 @dataclasses.dataclass
 class OutputMap:
     """A linear map after the decoder's MLP, and (when cheaper) that map multiplied into the MLP's
@@ -290,12 +295,19 @@ class OutputMap:
 
 def output_map(layer: nn.Module, projection: tuple[torch.Tensor, torch.Tensor | None] | None,
                rows: int) -> OutputMap | None:
-    """``projection`` (weight, bias), folded into the layer's MLP if that costs less for ``rows`` queries."""
+    """``projection`` (weight, bias), folded into the layer's MLP if that costs less for ``rows`` queries.
+
+    In an int8 model the folded weight, made per call, has no int8 twin: its product runs in float32,
+    at about :data:`INT8_GAIN` times an int8 product's cost per multiply, in place of the MLP's second
+    int8 product. So an int8 projection at least ``1 / INT8_GAIN`` as wide as its input stays apart
+    (the published MLM-2048's 262-wide byte projection: two float32 products of 2,048 × 768 × 262 took
+    about 10 ms of a 217 ms int8 pass on one Xeon core, 210 ms unfolded), and a narrow one (optical
+    flow's 2-wide) is folded, cheaper either way and closer to float32."""
     if projection is None:
         return None
     weight, bias = projection
     out, width = weight.shape
-    if rows * (width - out) <= out * width:
+    if rows * (width - out) <= out * width or (int8_of(weight) is not None and INT8_GAIN * out >= width):
         return OutputMap(weight, bias)
     dense2 = layer.mlp.dense2
     folded_bias = torch.mv(weight, dense2.bias) + (0 if bias is None else bias)

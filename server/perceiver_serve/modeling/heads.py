@@ -73,6 +73,11 @@ class PerceiverTaskModel(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.perceiver.embeddings.latents.dtype
 
+    def output_projections(self) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+        """Weights multiplied as linear maps outside any ``Linear`` module, with their biases (an int8
+        model quantizes them too, see ``loading.quantize_int8``)."""
+        return []
+
     @property
     def device(self) -> torch.device:
         return self.perceiver.embeddings.latents.device
@@ -130,6 +135,10 @@ class PerceiverForMaskedLM(_TextModel):
             ),
         )
         self.embedding_decoder = EmbeddingDecoder(config.vocab_size)
+
+    def output_projections(self) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+        """The byte embedding, transposed, maps the decoder's output to logits."""
+        return [self.embedding_decoder.head(self.perceiver.input_preprocessor.embeddings.weight)]
 
     def decode(self, latents: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
         """Byte logits ``(B, P, vocab)`` at ``positions`` (``(P,)`` or ``(B, P)``; default: all)."""

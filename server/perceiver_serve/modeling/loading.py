@@ -34,14 +34,20 @@ PYTORCH_BIN = "pytorch_model.bin"
 
 def quantize_int8(model: torch.nn.Module) -> int:
     """Give each self-attention's three projections one shared int8 twin
-    (:meth:`~.attention.QKVAttention.fuse_int8`) and every other :class:`~.kernels.Linear` weight of
-    ``model`` its own; returns how many weights were quantized."""
+    (:meth:`~.attention.QKVAttention.fuse_int8`), every other :class:`~.kernels.Linear` weight of
+    ``model`` its own, and so the weights a task model multiplies outside a module (MLM's byte embedding
+    as its output layer: :meth:`~.heads.PerceiverTaskModel.output_projections`); returns how many
+    weights were quantized."""
     fused = {id(layer) for module in model.modules() if isinstance(module, QKVAttention) and module.fuse_int8()
              for layer in (module.query, module.key, module.value)}
     count = len(fused)
     for module in model.modules():
         if isinstance(module, Linear) and id(module) not in fused:
             module.weight.int8 = int8_twin(module.weight, module.bias)
+            count += 1
+    if isinstance(model, PerceiverTaskModel):
+        for weight, bias in model.output_projections():
+            weight.int8 = int8_twin(weight, bias)
             count += 1
     return count
 
