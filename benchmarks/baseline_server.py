@@ -35,27 +35,34 @@ class ClassifyText(BaseModel):
 ENGINES = ("transformers", "onnxruntime", "onnxruntime-int8")
 
 
-def onnx_model(checkpoint: Path, engine: str, model: torch.nn.Module | None = None) -> Path:
-    """The ONNX file ``engine`` runs for ``checkpoint``: exported (and quantized) once, then cached. The
-    benchmark makes it before it starts the servers, which then only read it."""
+def _transformers_model(checkpoint: Path) -> torch.nn.Module:
+    import transformers
+
+    return transformers.PerceiverForSequenceClassification.from_pretrained(checkpoint).eval()
+
+
+def onnx_model(checkpoint: Path, engine: str) -> Path:
+    """The ONNX file ``engine`` runs for ``checkpoint``: exported (and quantized) once, then cached; the
+    transformers model is loaded only to export it. The benchmark makes it before it starts the servers,
+    which then only read it."""
     from .peers import ONNX_CACHE, TEXT_AXES, export, quantized
 
-    if model is None:
-        import transformers
-
-        model = transformers.PerceiverForSequenceClassification.from_pretrained(checkpoint).eval()
-    example = (torch.tensor([[1, 70, 80, 2]]), torch.ones(1, 4, dtype=torch.long))
-    path = export(model, example, ("inputs", "attention_mask"), TEXT_AXES, ONNX_CACHE / f"{checkpoint.name}.onnx")
+    path = ONNX_CACHE / f"{checkpoint.name}.onnx"
+    if not path.is_file():
+        example = (torch.tensor([[1, 70, 80, 2]]), torch.ones(1, 4, dtype=torch.long))
+        export(_transformers_model(checkpoint), example, ("inputs", "attention_mask"), TEXT_AXES, path)
     return quantized(path) if engine == "onnxruntime-int8" else path
 
 
-def _forward(engine: str, model: torch.nn.Module, checkpoint: Path) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """``(input ids, attention mask) → logits`` of one text through ``engine``."""
+def _forward(engine: str, checkpoint: Path) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """``(input ids, attention mask) → logits`` of one text through ``engine``: ONNX Runtime's engines hold
+    no torch model."""
     if engine == "transformers":
+        model = _transformers_model(checkpoint)
         return lambda ids, mask: model(inputs=ids, attention_mask=mask).logits
     from .peers import OnnxModel
 
-    return OnnxModel(onnx_model(checkpoint, engine, model), torch.get_num_threads())
+    return OnnxModel(onnx_model(checkpoint, engine), torch.get_num_threads())
 
 
 def create_app(checkpoint: Path, engine: str = "transformers") -> FastAPI:
@@ -64,9 +71,8 @@ def create_app(checkpoint: Path, engine: str = "transformers") -> FastAPI:
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}; known: {ENGINES}")
     tokenizer = transformers.PerceiverTokenizer()
-    model = transformers.PerceiverForSequenceClassification.from_pretrained(checkpoint).eval()
-    forward = _forward(engine, model, checkpoint)
-    labels = model.config.id2label
+    forward = _forward(engine, checkpoint)
+    labels = transformers.PerceiverConfig.from_pretrained(checkpoint).id2label
     lock = threading.Lock()
     app = FastAPI()
 

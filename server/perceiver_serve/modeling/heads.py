@@ -143,7 +143,7 @@ class PerceiverForMaskedLM(_TextModel):
     def decode(self, latents: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
         """Byte logits ``(B, P, vocab)`` at ``positions`` (``(P,)`` or ``(B, P)``; default: all)."""
         decoder = self.perceiver.decoder
-        head = self.embedding_decoder.head(self.perceiver.input_preprocessor.embeddings.weight)
+        (head,) = self.output_projections()
         return decoder(decoder.learned_queries(positions, latents.shape[0]), latents, head)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,

@@ -402,17 +402,17 @@ def sdpa_width_multiple(x: torch.Tensor) -> int:
 
 def _fused_bf16(q: torch.Tensor) -> bool:
     """Whether bf16 attention of unequal widths goes to SDPA's fused kernel, its narrower side zero-padded:
-    on CPUs with AMX, whose tiles that kernel's products use. On one core of an AMX Xeon (family 6,
-    model 167; A/B in one process) the mid-size classifier's latent attention (8 heads × 128²,
-    32-wide keys, 64-wide values) takes 174 µs against 307 through :func:`_unmasked_attention`'s
-    float32 scores, the published MLM's
-    (256², 160-wide values) 0.87 ms against 1.40, its decoder (2,048 queries over 256 latents,
-    256-wide keys, 768-wide values) 2.2 against 3.2, with answers as close to float64 ones or closer
-    (largest error 0.0021 against 0.0032 on the classifier's). In the models: the classifier +9.5% at
-    batch 16 and +5.5% at batch 1, MLM-2048 +7%. Elsewhere (AVX-512 BF16 without AMX: Zen 4) the
-    unfused form is the one measured."""
+    on CPUs with AMX, whose tiles that kernel's products use.
+
+    On one core of an AMX Xeon (family 6, model 167; A/B in one process), against
+    :func:`_unmasked_attention`'s float32 scores: the mid-size classifier's latent attention (8 heads ×
+    128², 32-wide keys, 64-wide values) 174 µs against 307, the published MLM's (256², 160-wide values)
+    0.87 ms against 1.40, its decoder (2,048 queries over 256 latents, 256-wide keys, 768-wide values)
+    2.2 against 3.2, with answers as close to float64 ones or closer (largest error 0.0021 against
+    0.0032 on the classifier's). In the models: the classifier +9.5% at batch 16 and +5.5% at batch 1,
+    MLM-2048 +7%. Elsewhere (AVX-512 BF16 without AMX: Zen 4) the unfused form is the one measured."""
     return (q.dtype == torch.bfloat16 and q.device.type == "cpu" and not q.requires_grad
-                and precision.cpu_features()["amx"])
+            and precision.cpu_features()["amx"])
 
 
 def _pad_width(x: torch.Tensor, width: int) -> torch.Tensor:
