@@ -132,8 +132,9 @@ def test_threads_that_come_and_go_share_a_few_heaps():
         return int(done.stdout.strip())
 
     assert heaps("0") >= min(8, 2 * default_arenas())  # glibc's own limit: eight per core
-    assert heaps("default") <= default_arenas() - 1  # the main heap is the other one
-    assert heaps("3") <= 2
+    # The main heap is the other one; an arena that once held over 64 MiB maps a second heap (seen once in CI).
+    assert heaps("default") <= 2 * (default_arenas() - 1)
+    assert heaps("3") <= 4
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
