@@ -35,12 +35,13 @@ to 473 MiB over 28,000 requests, at the same speed (175 to 193 req/s against 165
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import functools
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 log = logging.getLogger("perceiver_serve")
 
@@ -80,6 +81,24 @@ def fix_mmap_threshold(threshold_bytes: int) -> bool:
     else:
         log.warning("could not fix the malloc mmap threshold at %d bytes", threshold_bytes)
     return done
+
+
+@contextlib.contextmanager
+def own_mappings(threshold_bytes: int) -> Iterator[None]:
+    """Within, allocations of at least ``threshold_bytes`` get a mapping of their own, where this process
+    fixed a higher mmap threshold (:func:`fix_mmap_threshold`; elsewhere nothing changes). For buffers
+    that reserve far more than they touch (MKL's packed weights reserve 8 MB or more each and touch
+    about the weight's size): in a mapping of their own the untouched part never takes pages, where in
+    a thread's heap it would fill the heap's 64 MiB reservations and make the process map more heaps."""
+    previous = fixed_mmap_threshold
+    mallopt = _libc("mallopt", ctypes.c_int, ctypes.c_int)
+    if previous <= threshold_bytes or mallopt is None or mallopt(_M_MMAP_THRESHOLD, threshold_bytes) != 1:
+        yield
+        return
+    try:
+        yield
+    finally:
+        mallopt(_M_MMAP_THRESHOLD, previous)
 
 
 def default_arenas() -> int:

@@ -31,17 +31,35 @@ BUCKETS = set(range(ONEDNN_ROW_MULTIPLE, ONEDNN_CHUNK_ROWS + 1, ONEDNN_ROW_MULTI
 needs_onednn = pytest.mark.skipif(not kernels.ONEDNN_LINEAR, reason="this torch build has no oneDNN linear")
 
 
-class OneDnnRows(TorchDispatchMode):
-    """Records the row count of every product that reaches oneDNN's linear kernel."""
+class _ProductRows(TorchDispatchMode):
+    """Records the row count of every product that reaches the op named ``op``."""
+
+    op = ""
 
     def __init__(self) -> None:
         super().__init__()
         self.rows: list[int] = []
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func._schema.name == "mkldnn::_linear_pointwise":
+        if func._schema.name == self.op:
             self.rows.append(args[0].numel() // args[0].shape[-1])
         return func(*args, **(kwargs or {}))
+
+
+class OneDnnRows(_ProductRows):
+    """Products that reach oneDNN's linear kernel."""
+
+    op = "mkldnn::_linear_pointwise"
+
+
+class MklRows(_ProductRows):
+    """Products that reach MKL's packed ``sgemm``."""
+
+    op = "mkl::_mkl_linear"
+
+
+needs_mkl_packing = pytest.mark.skipif(not (kernels.ONEDNN_PACKING and kernels._mkl_packing_works()),
+                                       reason="this torch build takes no packed oneDNN or MKL weights")
 
 
 @pytest.fixture(scope="module")
@@ -356,6 +374,63 @@ def test_float32_cpu_models_hold_their_self_attention_weights_packed_only(tmp_pa
         other = load_model(directory, **options)
         packs = options == dict(dtype="bfloat16") and kernels.ONEDNN_BF16  # see the bf16 test below
         assert any(p.is_mkldnn for p in other.parameters()) == packs, options
+
+
+@needs_mkl_packing
+@pytest.mark.parametrize("only", [False, True], ids=["beside-onednn", "mkl-only"])
+def test_float32_latent_layers_multiply_one_item_through_mkls_packed_sgemm(tmp_path, monkeypatch, only):
+    """Where ``MKL_PACKING`` (Intel CPUs; forced here), a float32 model's latent self-attention weights are
+    also packed for MKL's ``sgemm`` at one item's rows (the latents): a batch of one multiplies through
+    it, bigger ones through oneDNN's packed copy. A weight too big for two copies (``PACK_MAX_BYTES``)
+    keeps only MKL's, and every batch runs through it one item at a time. No plain copy is held, and
+    the answers are transformers'."""
+    from perceiver_serve.modeling.attention import PerceiverEncoder
+
+    monkeypatch.setattr(kernels, "MKL_PACKING", True)
+    if only:
+        monkeypatch.setattr(kernels, "PACK_MAX_BYTES", 0)
+    reference = build_reference("PerceiverForSequenceClassification")
+    ours = load_model(save_reference(reference, tmp_path))
+    (encoder,) = [m for m in ours.modules() if isinstance(m, PerceiverEncoder)]
+    latent = {m for m in encoder.self_attends.modules() if isinstance(m, kernels.Linear)}
+    assert latent and latent == {m for m in ours.modules() if isinstance(m, kernels.Linear) and m.mkl_packed is not None}
+    items = reference.config.num_latents
+    for layer in latent:
+        assert (layer.mkl_packed.rows, layer.mkl_packed.only) == (items, only)
+        assert layer.weight.is_mkldnn and layer.mkl_packed.origin.stride() == (0, 0), "a plain copy is held"
+    calls_for_one = None
+    for batch in (1, 2, ONEDNN_MAX_BATCH + 3):
+        ids, mask = _texts(batch)
+        with MklRows() as mkl, OneDnnRows() as onednn, torch.inference_mode():
+            got = ours(ids, mask)
+        torch.testing.assert_close(got, reference(inputs=ids, attention_mask=mask).logits, rtol=1e-4, atol=1e-5)
+        if batch == 1:
+            calls_for_one = len(mkl.rows)
+            assert calls_for_one and set(mkl.rows) == {items}
+        elif only:
+            assert set(mkl.rows) == {items} and len(mkl.rows) == batch * calls_for_one
+        else:
+            assert not mkl.rows and min(batch, ONEDNN_MAX_BATCH) * items in onednn.rows
+
+
+@needs_mkl_packing
+def test_mkl_products_of_any_row_count_run_in_chunks_of_the_rows_packed_for():
+    """MKL's op falls back on the plain weight (here a zero-stride stand-in) for any row count but the
+    one packed for: every product runs in chunks of exactly that many rows, the last zero-padded."""
+    g = torch.Generator().manual_seed(3)
+    w, b = torch.randn(40, 24, generator=g), torch.randn(40, generator=g)
+    packed = kernels.mkl_packed(w, 16)
+    for rows in (0, 1, 5, 16, 37, 48):
+        x = torch.randn(2, rows, 24, generator=g)
+        with MklRows() as mkl, torch.inference_mode():
+            got = kernels.mkl_product(x, packed, b)
+        torch.testing.assert_close(got, F.linear(x, w, b), rtol=1e-5, atol=1e-5)
+        assert set(mkl.rows) == {16}
+    x = torch.randn(3, 24, generator=g).bfloat16()
+    with torch.inference_mode():
+        got = kernels.mkl_product(x, packed, b.bfloat16())
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), F.linear(x.float(), w, b.bfloat16().float()), rtol=1e-2, atol=2e-2)
 
 
 @pytest.mark.skipif(not kernels.ONEDNN_BF16, reason="this CPU has no native bf16 products, or oneDNN takes none")

@@ -309,6 +309,21 @@ MUTANTS: tuple[Mutant, ...] = (
         ("tests/modeling/test_cpu_kernels.py::test_bf16_attention_of_unequal_widths_takes_the_fused_kernel_where_the_cpu_has_amx",),
     ),
     Mutant(
+        "mkl-one-item-products-never-taken", "modeling/kernels.py",
+        "x.numel() == mkl.rows * x.shape[-1] and", "x.numel() == mkl.rows and",
+        ("tests/modeling/test_cpu_kernels.py::test_float32_latent_layers_multiply_one_item_through_mkls_packed_sgemm",),
+    ),
+    Mutant(
+        "mkl-products-not-padded-to-the-packed-rows", "modeling/kernels.py",
+        "in_row_chunks(flat, rows, rows, lambda", "in_row_chunks(flat, rows, 1, lambda",
+        ("tests/modeling/test_cpu_kernels.py::test_mkl_products_of_any_row_count_run_in_chunks_of_the_rows_packed_for",),
+    ),
+    Mutant(
+        "own-mappings-never-restore-the-threshold", "allocator.py",
+        "        mallopt(_M_MMAP_THRESHOLD, previous)\n", "        pass\n",
+        ("tests/server/test_process.py::test_own_mappings_map_big_buffers_apart_and_then_restore_the_threshold",),
+    ),
+    Mutant(
         "int8-output-layer-folded-into-float32", "modeling/cross_attention.py",
         "(int8_of(weight) is not None and INT8_GAIN * out >= width)", "False",
         ("tests/modeling/test_precision.py::test_int8_mlm_quantizes_its_output_layer",),

@@ -10,7 +10,7 @@ import time
 import httpx
 import pytest
 
-from perceiver_serve.allocator import default_arenas, fix_mmap_threshold, limit_arenas
+from perceiver_serve.allocator import default_arenas, fix_mmap_threshold, limit_arenas, own_mappings
 from perceiver_serve.cli import parser
 from perceiver_serve.engine.batcher import RENEW_AFTER_S
 from perceiver_serve.settings import Settings
@@ -101,6 +101,36 @@ def test_by_default_a_forward_pass_does_not_fault_its_activations_in_afresh():
     # clone's run saw 4 passes in 20 fault afresh).
     low, default = faults("4"), faults()
     assert low > 2000 and default < low / 8, (low, default)
+
+
+_OWN_MAPPINGS = """
+import resource, torch
+from perceiver_serve.allocator import fix_mmap_threshold, own_mappings
+assert fix_mmap_threshold(32 << 20)
+def median_faults():
+    torch.ones(4 << 20)
+    faults = []
+    for _ in range(11):
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        torch.ones(4 << 20)  # 16 MiB
+        faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    return sorted(faults)[5]
+with own_mappings(1 << 20):
+    inside = median_faults()
+print(inside, median_faults())
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
+def test_own_mappings_map_big_buffers_apart_and_then_restore_the_threshold():
+    """Inside ``own_mappings`` a 16 MiB buffer gets a mapping of its own (its 4,096 pages faulted in
+    afresh each time, as none is reused from the heap); after it, the fixed 32 MiB threshold holds again."""
+    done = subprocess.run([sys.executable, "-c", _OWN_MAPPINGS], capture_output=True, text=True, timeout=120,
+                          check=True)
+    inside, after = map(float, done.stdout.split())
+    assert inside > 2000 and after < inside / 8, (inside, after)
+    with own_mappings(1 << 20):  # a process that fixed no threshold (this one): nothing changes
+        pass
 
 
 _CHURN = """

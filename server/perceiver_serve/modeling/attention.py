@@ -252,6 +252,7 @@ class PerceiverEncoder(nn.Module):
         for module in latent_side:
             if isinstance(module, Linear):
                 module.onednn_max_rows = ONEDNN_MAX_BATCH * config.num_latents
+                module.item_rows = config.num_latents
 
     def pack_latent_weights(self) -> int:
         """Pack the self-attention layers' weights in place for oneDNN (:func:`kernels.pack_in_place`):

@@ -37,6 +37,17 @@ PRECISIONS = (*FLOAT_DTYPES, "int8", "auto")
 
 
 @functools.cache
+def cpu_vendor() -> str:
+    """The CPU's ``vendor_id`` from ``/proc/cpuinfo`` (``GenuineIntel``, ``AuthenticAMD``, …); "" where unknown."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
+            if line.startswith("vendor_id"):
+                return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return ""
+
+
 def cpu_features() -> dict[str, bool]:
     """The CPU features that decide which kernels are fast here, from ``/proc/cpuinfo``.
 
