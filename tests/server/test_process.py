@@ -104,31 +104,29 @@ def test_by_default_a_forward_pass_does_not_fault_its_activations_in_afresh():
 
 
 _OWN_MAPPINGS = """
-import resource, torch
+import torch
 from perceiver_serve.allocator import fix_mmap_threshold, own_mappings
 assert fix_mmap_threshold(32 << 20)
-def median_faults():
-    torch.ones(4 << 20)
-    faults = []
-    for _ in range(11):
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-        torch.ones(4 << 20)  # 16 MiB
-        faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
-    return sorted(faults)[5]
+def mapping(tensor):
+    for line in open("/proc/self/maps"):
+        fields = line.split()
+        start, end = (int(x, 16) for x in fields[0].split("-"))
+        if start <= tensor.data_ptr() < end:
+            return fields[5] if len(fields) > 5 else "anonymous"
 with own_mappings(1 << 20):
-    inside = median_faults()
-print(inside, median_faults())
+    inside = mapping(torch.ones(4 << 20))  # 16 MiB
+print(inside, mapping(torch.ones(4 << 20)))
 """
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
 def test_own_mappings_map_big_buffers_apart_and_then_restore_the_threshold():
-    """Inside ``own_mappings`` a 16 MiB buffer gets a mapping of its own (its 4,096 pages faulted in
-    afresh each time, as none is reused from the heap); after it, the fixed 32 MiB threshold holds again."""
+    """Inside ``own_mappings`` the main thread's 16 MiB buffer gets an anonymous mapping of its own; after
+    it, the fixed 32 MiB threshold holds again and such a buffer comes from the heap. (Placement, not page
+    faults: when glibc reuses freed heap memory varies from run to run.)"""
     done = subprocess.run([sys.executable, "-c", _OWN_MAPPINGS], capture_output=True, text=True, timeout=120,
                           check=True)
-    inside, after = map(float, done.stdout.split())
-    assert inside > 2000 and after < inside / 8, (inside, after)
+    assert done.stdout.split() == ["anonymous", "[heap]"]
     with own_mappings(1 << 20):  # a process that fixed no threshold (this one): nothing changes
         pass
 
