@@ -37,31 +37,33 @@ PRECISIONS = (*FLOAT_DTYPES, "int8", "auto")
 
 
 @functools.cache
-def cpu_vendor() -> str:
-    """The CPU's ``vendor_id`` from ``/proc/cpuinfo`` (``GenuineIntel``, ``AuthenticAMD``, …); "" where unknown."""
+def _cpuinfo() -> dict[str, str]:
+    """The first processor's fields in ``/proc/cpuinfo`` (empty where that file is missing: not Linux)."""
+    fields: dict[str, str] = {}
     try:
         for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
-            if line.startswith("vendor_id"):
-                return line.partition(":")[2].strip()
+            key, colon, value = line.partition(":")
+            if colon:
+                fields.setdefault(key.strip(), value.strip())
     except OSError:
         pass
-    return ""
+    return fields
 
 
+def cpu_vendor() -> str:
+    """The CPU's ``vendor_id`` (``GenuineIntel``, ``AuthenticAMD``, …); "" where unknown."""
+    return _cpuinfo().get("vendor_id", "")
+
+
+@functools.cache
 def cpu_features() -> dict[str, bool]:
     """The CPU features that decide which kernels are fast here, from ``/proc/cpuinfo``.
 
     Where that file is missing (not Linux), torch's own dispatch level stands in for the
     vector width, and bf16/VNNI/AMX count as absent.
     """
-    flags: set[str] = set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
-            if line.startswith(("flags", "Features")):
-                flags = set(line.partition(":")[2].split())
-                break
-    except OSError:
-        pass
+    info = _cpuinfo()
+    flags = set((info.get("flags") or info.get("Features") or "").split())
     if not flags:
         capability = torch.backends.cpu.get_cpu_capability()
         flags = {"avx2"} | ({"avx512f"} if capability.startswith("AVX512") else set())
