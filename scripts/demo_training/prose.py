@@ -38,7 +38,7 @@ WORD = re.compile(rb"(?<![A-Za-z])[A-Za-z]{3,8}(?![A-Za-z])")
 
 CONFIG = config(
     "PerceiverForMaskedLM",
-    num_latents=WINDOW + 2, d_latents=128, d_model=64, num_blocks=1, num_self_attends_per_block=2,
+    num_latents=WINDOW + 2, d_latents=128, d_model=128, num_blocks=1, num_self_attends_per_block=2,
     num_self_attention_heads=4, num_cross_attention_heads=4, self_attention_widening_factor=4,
     max_position_embeddings=2048,  # the server's limit (2046 bytes), as the official model
 )
@@ -48,8 +48,11 @@ INPUT_OFFSETS = (-1, 0, 1, 2)
 DECODER_OFFSETS = (-3, -2, -1, 0, 0, 1, 2, 3)
 #: Share of a window's bytes masked (as whole words) in training: 0.3 learnt faster than 0.15.
 MASK_RATE = 0.3
-STEPS = 5000
-LR = 4e-3
+#: 2,000-step trials, held-out accuracy (two threads): byte embeddings of 64 at 4e-3 22.4%, of 128 at
+#: 1.5e-3 24.7%; latents of 256 instead of 128 took twice as long for 24.8%.
+STEPS = 10000
+LR = 1.5e-3
+THREADS = 2
 
 
 
@@ -166,6 +169,43 @@ def letter_accuracy(text: bytes, asked: list[tuple[bytes, int, int]]) -> float:
     return right / total
 
 
+#: Words and the single non-letter bytes between them, as the count yardsticks read a text.
+_TOKEN = re.compile(rb"[A-Za-z]+|[^A-Za-z ]")
+
+
+def count_accuracies(text: bytes, asked: list[tuple[bytes, int, int]]) -> dict[str, float]:
+    """Yardsticks from word counts of ``text``: each question answered with one whole word of its length.
+
+    ``words_unigram``: the most frequent word of that length; ``words_both_sides``: the most frequent
+    word of that length between the same two neighbouring tokens (falling back to the same left
+    neighbour, then right neighbour, then the unigram); ``words_seen``: the share of bytes in words
+    that occur in ``text`` at all (what any model that memorises the training words could reach).
+    """
+    tokens = _TOKEN.findall(text)
+    by_length: dict[int, Counter] = defaultdict(Counter)
+    around: dict[tuple, Counter] = defaultdict(Counter)
+    for i, word in enumerate(tokens):
+        if WORD.fullmatch(word):
+            left, right = tokens[i - 1] if i else b"", tokens[i + 1] if i + 1 < len(tokens) else b""
+            by_length[len(word)][word] += 1
+            for key in (("both", left, right), ("left", left), ("right", right)):
+                around[(len(word), *key)][word] += 1
+    right_bytes = {"words_unigram": 0, "words_both_sides": 0, "words_seen": 0}
+    total = 0
+    for window, s, e in asked:
+        truth, n = window[s:e], e - s
+        before, after = _TOKEN.findall(window[:s]), _TOKEN.findall(window[e:])
+        left, right = before[-1] if before else b"", after[0] if after else b""
+        unigram = by_length[n].most_common(1)[0][0]
+        guesses = [around[key].most_common(1)[0][0] for key in ((n, "both", left, right), (n, "left", left),
+                                                               (n, "right", right)) if around.get(key)]
+        for name, guess in (("words_unigram", unigram), ("words_both_sides", (guesses or [unigram])[0])):
+            right_bytes[name] += sum(a == b for a, b in zip(guess, truth))
+        right_bytes["words_seen"] += n if truth in by_length[n] else 0
+        total += n
+    return {name: count / total for name, count in right_bytes.items()}
+
+
 def fill(model: torch.nn.Module, window: bytes, start: int, end: int) -> bytes:
     """``window`` with bytes ``start:end`` masked and predicted by the model (as the server does)."""
     _, found = _predict(model, [(window, start, end)])
@@ -215,6 +255,7 @@ def train(run: RunOptions, say=print) -> Trained:
         "word_accuracy_train": word_accuracy(model, asked_train),
         "letters_held_out": letter_accuracy(text, asked_held),
         "random_held_out": word_accuracy(build(CONFIG, run.seed + 4).eval(), asked_held),
+        **{f"{name}_held_out": value for name, value in count_accuracies(text, asked_held).items()},
         "corpus_bytes": len(text) + len(held),
         "checkpoint_mb": checkpoint_mb(model),
     }
@@ -235,8 +276,13 @@ def _verdict(f: dict[str, float]) -> str:
     gain = (f["word_accuracy_held_out"] - f["letters_held_out"]) * 100
     if f["word_accuracy_held_out"] > 0.5:
         return f"is met: {gain:.1f} points above letters alone."
-    return (f"**is not met**: the model is {gain:.1f} points above letters alone, so it uses the context a "
-            "little, but mostly it has learnt which letters stand where in words of each length.")
+    counts = f["words_both_sides_held_out"] * 100
+    gap = f["word_accuracy_held_out"] * 100 - counts
+    return (f"**is not met**: the model is {gain:.1f} points above letters alone and "
+            f"{abs(gap):.1f} points {'below' if gap < 0 else 'above'} the best whole-word guess that "
+            f"counts of the training text give with both neighbouring words known ({counts:.1f}%). In "
+            f"{f['corpus_bytes'] * 0.9 / 1e3:.0f} KB of documentation the words around a masked word seldom "
+            "decide it; the model learns more of the training text (see its column) than carries over.")
 
 
 def card(f: dict[str, float], examples: list[tuple[bytes, bytes, bytes]]) -> str:
@@ -248,7 +294,7 @@ English prose. It is a **demo model**: it shows the fill-mask endpoint doing its
 and it does it modestly (see the figures below). The official `hf://deepmind/language-perceiver`
 (trained on a large web corpus) is the real thing (see [models/README.md](../README.md)).
 
-- **Network:** UTF-8 bytes (2048 positions × 64), {CONFIG.num_latents} latents × 128 (one per position of a
+- **Network:** UTF-8 bytes (2048 positions × {CONFIG.d_model}), {CONFIG.num_latents} latents × 128 (one per position of a
   {WINDOW}-byte text with `[CLS]` and `[SEP]`), {CONFIG.num_self_attends_per_block} self-attention layers with MLPs 4× wide;
   checkpoint {f['checkpoint_mb']:.1f} MB.
 - **Starting point:** from a plain random start the loss stayed at letter frequencies (3.0 nats a
@@ -271,8 +317,11 @@ bytes masked.
 make demo-models            # or: .venv/bin/python scripts/train_demo_models.py --only {NAME}
 ```
 
-Seeded and deterministic on a given machine and thread count; it took {minutes(f['train_seconds'])} with one torch
-thread on a 2-core machine shared with other work.
+Seeded and deterministic on a given machine and thread count; it took {minutes(f['train_seconds'])} with {THREADS} torch
+threads on a 2-core machine. The model shipped before (byte embeddings of 64, 5,000 steps at a
+learning rate of 4e-3 on one thread, 10.6 min) held 25.1% of the held-out figure below; trials of
+2,000 steps put the gain in the wider byte embeddings with a lower rate (22.4% → 24.7%), and
+latents of 256 instead of 128 took twice as long for the same 24.8%.
 
 ## Held-out results
 
@@ -284,6 +333,9 @@ Top-1 byte accuracy when one whole word of 3–8 bytes (every byte of it) is mas
 | **this model** | **{f['word_accuracy_held_out']:.1%}** | {f['word_accuracy_train']:.1%} |
 | letters alone: for byte `k` of an `n`-byte word, the letter most frequent there in training words | {f['letters_held_out']:.1%} | |
 | the same network with random weights | {f['random_held_out']:.1%} | |
+| word counts: the most frequent training word of the masked length | {f['words_unigram_held_out']:.1%} | |
+| word counts: the most frequent training word of that length between the same two neighbours | {f['words_both_sides_held_out']:.1%} | |
+| the bytes of held-out words that occur in the training text at all | {f['words_seen_held_out']:.1%} | |
 
 The issue's target, well above 50%, {_verdict(f)}
 

@@ -4,17 +4,17 @@ The questions are drawn by the trainer's own code (``prose.questions``: windows 
 last 10% of Python's ``pydoc_data/topics.py``, one word masked in each) and asked through
 ``mask_spans``, as a user would. The model is below the issue's target (well above 50%), and its
 card says so; these thresholds hold it to what it measured, and above letter statistics alone
-(the best answer from the mask's length, about 21.6% here; random weights get about 0.4%).
+(the best answer from the mask's length, about 21.6% here; random weights get about 0.03%).
 """
 
 import pytest
 from demo_training import prose
 
 QUESTIONS = 256
-#: Measured on these questions: 25.9% (the card: 25.1% over 2,048 other held-out windows).
-LEAST_ACCURACY = 0.24
-#: Points above letter statistics on the same questions (measured: 4.3 points).
-LEAST_GAIN = 0.025
+#: Measured on these questions: 27.7% (the card: 28.8% over 2,048 other held-out windows).
+LEAST_ACCURACY = 0.26
+#: Points above letter statistics on the same questions (measured: 6.1 points).
+LEAST_GAIN = 0.045
 
 
 def _filled(rest, window: bytes, start: int, end: int) -> bytes:
