@@ -53,6 +53,10 @@ OURS = {
 }
 REFERENCE, ORT_FP32, ORT_INT8 = "transformers fp32", "onnxruntime fp32", "onnxruntime int8"
 ROWS = (REFERENCE, *OURS, ORT_FP32, ORT_INT8)
+#: Seconds of quiet before each row is timed. Idle threads go on spinning after a run (ONNX Runtime's
+#: pool; OpenMP's), on the same two cores as the next row's: back to back, the row after ONNX Runtime
+#: was measured 5-18% slower (MLM-2048 in int8, two threads). Each row starts on a quiet machine.
+PAUSE_S = 0.3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,7 +150,7 @@ def _ours(model: torch.nn.Module) -> Callable[[Batch], torch.Tensor]:
 
 
 def run_workload(workload: Workload, quick: bool, rows: list[str], reps: int, threads: int,
-                 say: Progress) -> dict[str, Any]:
+                 say: Progress, pause: float = 0.0) -> dict[str, Any]:
     spec = workload.spec(quick)
     sets = workload.batches(spec.config, quick)
     impls = implementations(workload, quick, rows, threads, say)
@@ -164,6 +168,7 @@ def run_workload(workload: Workload, quick: bool, rows: list[str], reps: int, th
             for name, batches in sets.items():
                 items = sum(b[0].shape[0] for b in batches)
                 for row, fn in impls.items():
+                    time.sleep(pause)
                     started = time.perf_counter()
                     for batch in batches:
                         fn(batch)
@@ -201,7 +206,8 @@ def write_markdown(path: Path, payload: dict[str, Any]) -> None:
             f"{report.machine_line(payload['environment'])} ONNX Runtime {payload['onnxruntime']}.\n",
             "Items per second: medians ± half the range over the repetitions, every row alternating with the "
             "others in one process, which runs with the server's allocator setting (glibc's mmap threshold fixed "
-            "at 32 MiB). Agreement: against transformers fp32 on a separate input set (arg-max over "
+            f"at 32 MiB); each row is timed after {payload.get('pause_s', 0):g} s of quiet (idle threads of the "
+            "row before stop spinning). Agreement: against transformers fp32 on a separate input set (arg-max over "
             "each row of logits, and the largest absolute logit difference).\n"]
     for result in payload["results"]:
         text.append(f"## `{result['workload']}`: {result['title']}\n")
@@ -230,6 +236,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", default=",".join(ROWS), help="comma-separated: " + ", ".join(ROWS))
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--pause", type=float, default=PAUSE_S,
+                        help=f"seconds of quiet before each row is timed (default {PAUSE_S}; see PAUSE_S)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args(argv)
     names = [n.strip() for n in args.models.split(",") if n.strip()]
@@ -246,11 +254,12 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     say = Progress()
     payload: dict[str, Any] = {"started": datetime.datetime.now().isoformat(timespec="seconds"), "quick": args.quick,
-                               "reps": args.reps, "environment": report.environment(),
+                               "reps": args.reps, "pause_s": args.pause, "environment": report.environment(),
                                "onnxruntime": onnxruntime.__version__, "commit": report.git_commit(), "results": []}
     for i, name in enumerate(names, 1):
         say(f"[{i}/{len(names)}] {name}: {WORKLOADS[name].title}")
-        payload["results"].append(run_workload(WORKLOADS[name], args.quick, rows, args.reps, args.threads, say))
+        payload["results"].append(run_workload(WORKLOADS[name], args.quick, rows, args.reps, args.threads, say,
+                                                   args.pause))
         payload["duration_s"] = time.perf_counter() - say.start
         report.write_json(args.out / "variants.json", payload)
     write_markdown(args.out / "variants.md", payload)

@@ -4,6 +4,7 @@ transformers and ONNX Runtime) and benchmarks.served_ratio (served against isola
 import json
 
 import pytest
+import torch
 
 from benchmarks import served_ratio
 
@@ -79,3 +80,25 @@ def test_onnx_runtime_baseline_answers_as_transformers(tmp_path):
         assert [p["label"] for p in fp32] == [p["label"] for p in reference]
         assert max(abs(a["score"] - b["score"]) for a, b in zip(fp32, reference)) < 1e-4
         assert int8[0]["label"] == reference[0]["label"] or reference[0]["score"] - reference[1]["score"] < 0.05
+
+
+def test_each_row_is_timed_after_a_quiet_pause(monkeypatch):
+    """Idle threads of the row before (ONNX Runtime's spinning pool, OpenMP's) must not share the
+    cores with the row being timed: every timed row starts after ``pause`` seconds of sleep."""
+    from benchmarks import variants as harness
+
+    events: list[str] = []
+
+    def row(name):
+        def run(batch):
+            events.append(name)
+            return torch.zeros(batch[0].shape[0], 3)
+        return run
+
+    monkeypatch.setattr(harness, "implementations", lambda *args: {"a": row("a"), "b": row("b")})
+    monkeypatch.setattr(harness.time, "sleep", lambda seconds: events.append(f"sleep {seconds}"))
+    harness.run_workload(harness.WORKLOADS["text-classifier"], True, ["a", "b"], 2, 1, lambda _: None, pause=0.3)
+    timed = events[events.index("sleep 0.3"):]  # after the agreement set and warm-up
+    runs = [i for i, e in enumerate(timed) if not e.startswith("sleep") and (i == 0 or timed[i - 1] != e)]
+    assert runs and all(timed[i - 1] == "sleep 0.3" for i in runs)
+    assert timed.count("sleep 0.3") == 2 * 2 * 2  # reps × sets × rows
