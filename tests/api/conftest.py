@@ -83,7 +83,8 @@ def dumps(obj) -> bytes:
 PROB_TOLERANCE = 1e-5
 
 
-def assert_top_k(predictions: list[dict], probs: np.ndarray, index_key: str = "index", k: int | None = None) -> None:
+def assert_top_k(predictions: list[dict], probs: np.ndarray, index_key: str = "index", k: int | None = None,
+                 tolerance: float = PROB_TOLERANCE) -> None:
     """Server top-k equals the direct computation, robust to near-ties between candidates.
 
     Every returned score equals the direct probability of its index, scores come best first,
@@ -94,7 +95,7 @@ def assert_top_k(predictions: list[dict], probs: np.ndarray, index_key: str = "i
     assert k is None or len(predictions) == k
     assert len(set(indices)) == len(indices)
     for i, score in zip(indices, scores):
-        assert abs(score - probs[i]) <= PROB_TOLERANCE
+        assert abs(score - probs[i]) <= tolerance
     assert all(a >= b - 1e-7 for a, b in zip(scores, scores[1:]))
     rest = np.delete(probs, indices)
-    assert rest.size == 0 or rest.max() <= scores[-1] + PROB_TOLERANCE
+    assert rest.size == 0 or rest.max() <= scores[-1] + tolerance

@@ -42,8 +42,9 @@ MIX = {"text": 0.82, "mask": 0.11, "image": 0.05, "flow": 0.02}
 RSS_GROWTH = 0.07  # read once idle, it grew by 0-2.2% here (this mix; int8, bf16, compiled: -0.6-1.3%)
 # Batched against alone, float32 rounding differs with the kernels a batch takes (oneDNN chunks,
 # padding): up to 1.04e-4 relative on the sentiment model (8 cross-attention heads, widening 2),
-# 3.4e-5 on the flow model's tiles (2 cross-attention heads), 1.01e-5 on the digits model.
-TEXT_TOLERANCE, IMAGE_TOLERANCE, FLOW_TOLERANCE = 2 * FP32_PADDED, FP32_PADDED, FP32_PADDED
+# 3.4e-5 on the flow model's tiles (2 cross-attention heads), 1.01e-5 on the digits model, 1.02e-5
+# on a fill-mask probability of 0.59 (the demo model, retrained to sharper answers).
+TEXT_TOLERANCE, IMAGE_TOLERANCE, FLOW_TOLERANCE, MASK_TOLERANCE = 2 * FP32_PADDED, FP32_PADDED, FP32_PADDED, FP32_PADDED
 RNG = np.random.default_rng(5000)
 ALPHABET = np.frombuffer(b"abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLM.,!?0123456789", np.uint8)
 
@@ -169,7 +170,7 @@ def checker(inputs: Inputs) -> Callable[[Job, Reply], None]:
         elif job.kind == "mask":
             body, probs = r.json(), inputs.mask_probs[job.key]
             (masked,) = body["masked"]
-            assert_top_k(masked["predictions"], probs, index_key="byte", k=5)
+            assert_top_k(masked["predictions"], probs, index_key="byte", k=5, tolerance=MASK_TOLERANCE)
             before, after = inputs.masks[job.key].split("[MASK]")
             best = masked["predictions"][0]["byte"]
             assert probs[best] >= probs.max() - 1e-6
