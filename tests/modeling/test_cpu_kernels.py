@@ -1,9 +1,10 @@
 """The CPU kernel choices of ``modeling/kernels.py`` give transformers' answers and keep oneDNN's
 shape set bounded (each new shape costs it memory for good).
 
-A batch bigger than ``ONEDNN_MAX_BATCH`` runs its latent stack in groups, and other big latent
-products in row chunks, so latent products reach oneDNN only at the row counts of batches
-1 … ONEDNN_MAX_BATCH; products over inputs reach it in chunks of ``ONEDNN_CHUNK_ROWS`` rows, the
+A batch runs its latent stack in groups of ``PACKED_MAX_BATCH`` items (packed float32 and bf16
+weights; others ``ONEDNN_MAX_BATCH``), then half, a quarter …, and other big latent products in
+the same parts, so latent products reach oneDNN only at the row counts of batches 1, 2, 4 … of
+those; products over inputs reach it in chunks of ``ONEDNN_CHUNK_ROWS`` rows, the
 last padded to a multiple of ``ONEDNN_ROW_MULTIPLE``. Unmasked attention with queries narrower
 than values runs as two batched products with an in-place softmax.
 """
@@ -20,7 +21,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 from perceiver_serve.modeling import kernels, load_model, precision
-from perceiver_serve.modeling.kernels import ONEDNN_CHUNK_ROWS, ONEDNN_MAX_BATCH, ONEDNN_ROW_MULTIPLE
+from perceiver_serve.modeling.chunking import halving_parts
+from perceiver_serve.modeling.kernels import ONEDNN_CHUNK_ROWS, ONEDNN_MAX_BATCH, ONEDNN_ROW_MULTIPLE, PACKED_MAX_BATCH
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from .hf_models import build_reference, save_reference
@@ -77,7 +79,7 @@ def _texts(batch: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @needs_onednn
-@pytest.mark.parametrize("batch", [ONEDNN_MAX_BATCH + 1, 3 * ONEDNN_MAX_BATCH + 2])
+@pytest.mark.parametrize("batch", [ONEDNN_MAX_BATCH + 1, PACKED_MAX_BATCH + 13])
 def test_a_big_batch_matches_transformers_and_reaches_onednn_only_at_small_batch_shapes(classifier, batch):
     reference, ours = classifier
     ids, mask = _texts(batch)
@@ -88,8 +90,10 @@ def test_a_big_batch_matches_transformers_and_reaches_onednn_only_at_small_batch
             got = ours(ids, mask)
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
     latents = reference.config.num_latents
-    latent_side = [r for r in rows.rows if r <= ONEDNN_MAX_BATCH * latents and r % latents == 0]
+    groups = {latents << k for k in range(PACKED_MAX_BATCH.bit_length())}  # 1, 2, 4 … PACKED_MAX_BATCH items
+    latent_side = [r for r in rows.rows if r in groups]
     assert latent_side, "the latent layers never reached oneDNN"
+    assert {g * latents for g in halving_parts(batch, PACKED_MAX_BATCH)} <= set(latent_side)
     assert set(rows.rows) - set(latent_side) <= BUCKETS, "an input-side product reached oneDNN at a new shape"
 
 
@@ -409,8 +413,10 @@ def test_float32_latent_layers_multiply_one_item_through_mkls_packed_sgemm(tmp_p
             assert calls_for_one and set(mkl.rows) == {items}
         elif only:
             assert set(mkl.rows) == {items} and len(mkl.rows) == batch * calls_for_one
-        else:
-            assert not mkl.rows and min(batch, ONEDNN_MAX_BATCH) * items in onednn.rows
+        else:  # groups of one item go to MKL, bigger ones to oneDNN
+            groups = halving_parts(batch, PACKED_MAX_BATCH)
+            assert len(mkl.rows) == groups.count(1) * calls_for_one
+            assert {g * items for g in groups if g > 1} <= set(onednn.rows)
 
 
 @needs_mkl_packing
@@ -544,3 +550,22 @@ def test_vector_math_functions_are_first_called_on_one_element():
             assert first.get(f"{name}/{dtype}") == 1, (name, dtype, first.get(f"{name}/{dtype}"))
     # the functions the models use (position features, layer norms) are among them
     assert {"sin", "cos", "rsqrt"} <= set(kernels.VECTOR_MATH_FUNCTIONS)
+
+
+@pytest.mark.parametrize(("total", "largest", "parts"), [
+    (0, 16, []), (1, 16, [1]), (13, 16, [8, 4, 1]), (16, 16, [16]), (37, 16, [16, 16, 4, 1]),
+    (3, 4, [2, 1]), (13 * 257, 16 * 257, [8 * 257, 4 * 257, 257]), (5, 1, [1] * 5),
+])
+def test_halving_parts_sum_to_the_total_in_a_few_sizes(total, largest, parts):
+    assert halving_parts(total, largest) == parts
+
+
+def test_products_in_parts_equal_one_product():
+    from perceiver_serve.modeling.chunking import in_parts
+
+    g = torch.Generator().manual_seed(4)
+    x, w = torch.randn(13, 6, generator=g), torch.randn(5, 6, generator=g)
+    seen = []
+    got = in_parts(x, [8, 4, 1], lambda chunk: seen.append(chunk.shape[0]) or chunk @ w.T)
+    torch.testing.assert_close(got, x @ w.T)
+    assert seen == [8, 4, 1]

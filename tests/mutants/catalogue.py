@@ -324,6 +324,11 @@ MUTANTS: tuple[Mutant, ...] = (
         ("tests/server/test_process.py::test_own_mappings_map_big_buffers_apart_and_then_restore_the_threshold",),
     ),
     Mutant(
+        "packed-latent-stacks-keep-groups-of-four", "modeling/attention.py",
+        "            self._group(PACKED_MAX_BATCH)\n", "            pass\n",
+        ("tests/modeling/test_cpu_kernels.py::test_a_big_batch_matches_transformers_and_reaches_onednn_only_at_small_batch_shapes",),
+    ),
+    Mutant(
         "int8-output-layer-folded-into-float32", "modeling/cross_attention.py",
         "(int8_of(weight) is not None and INT8_GAIN * out >= width)", "False",
         ("tests/modeling/test_precision.py::test_int8_mlm_quantizes_its_output_layer",),

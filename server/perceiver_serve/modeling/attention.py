@@ -15,7 +15,8 @@ from torch import nn
 from . import cross_attention, kernels
 from .config import PerceiverConfig
 from .cross_attention import LatentState, Queries
-from .kernels import ONEDNN_MAX_BATCH, Linear, attend, launch_bound, pack_in_place
+from .chunking import halving_parts
+from .kernels import ONEDNN_MAX_BATCH, PACKED_MAX_BATCH, Linear, attend, launch_bound, pack_in_place
 from .precision import Int8Weight, int8_linear, int8_twin
 
 _ACTIVATIONS = {
@@ -249,26 +250,40 @@ class PerceiverEncoder(nn.Module):
         cross = self.cross_attention
         latent_side = [*self.self_attends.modules(), cross.attention.self.query, *cross.attention.output.modules(),
                        *cross.mlp.modules()]
-        for module in latent_side:
-            if isinstance(module, Linear):
-                module.onednn_max_rows = ONEDNN_MAX_BATCH * config.num_latents
-                module.item_rows = config.num_latents
+        self._latent_side = [m for m in latent_side if isinstance(m, Linear)]
+        self.num_latents = config.num_latents
+        self._group(ONEDNN_MAX_BATCH)
+        for module in self._latent_side:
+            module.item_rows = config.num_latents
+
+    def _group(self, items: int) -> None:
+        """Run the latent stack on a CPU in groups of ``items`` (see :meth:`forward`), and its products
+        at the row counts of such groups."""
+        self.group_items = items
+        for module in self._latent_side:
+            module.onednn_max_rows = items * self.num_latents
 
     def pack_latent_weights(self) -> int:
         """Pack the self-attention layers' weights in place for oneDNN (:func:`kernels.pack_in_place`):
         nothing else reads them (the cross-attention's are read directly too, and stay plain).
-        Returns how many were packed."""
-        return sum(pack_in_place(m) for m in self.self_attends.modules() if isinstance(m, Linear))
+        Returns how many were packed.
+
+        Packed weights also take bigger groups of a batch (:data:`~.kernels.PACKED_MAX_BATCH` items
+        instead of :data:`~.kernels.ONEDNN_MAX_BATCH`)."""
+        packed = sum(pack_in_place(m) for m in self.self_attends.modules() if isinstance(m, Linear))
+        if packed:
+            self._group(PACKED_MAX_BATCH)
+        return packed
 
     def forward(self, latents: torch.Tensor, inputs: torch.Tensor,
                 key_mask: torch.Tensor | None = None) -> torch.Tensor:
         z = self.cross_attention(latents, inputs, key_mask)
-        if z.shape[0] <= ONEDNN_MAX_BATCH or launch_bound(z.device) or torch.compiler.is_compiling():
+        groups = halving_parts(z.shape[0], self.group_items)
+        if len(groups) <= 1 or launch_bound(z.device) or torch.compiler.is_compiling():
             return self._self_attend(z)
-        # On a CPU a big batch runs the latent stack in groups of a small batch's size: every
-        # product keeps the shapes oneDNN already has kernels for (kernels.py), and a group's
-        # activations stay in cache from one layer to the next.
-        return torch.cat([self._self_attend(group) for group in z.split(ONEDNN_MAX_BATCH)])
+        # On a CPU a batch runs the latent stack in groups of group_items, half of it, a quarter …
+        # (13 = 8 + 4 + 1): every product keeps one of a few shapes oneDNN has kernels for (kernels.py).
+        return torch.cat([self._self_attend(group) for group in z.split(groups)])
 
     def _self_attend(self, z: torch.Tensor) -> torch.Tensor:
         for _ in range(self.num_blocks):

@@ -29,3 +29,32 @@ def in_row_chunks(flat: torch.Tensor, chunk_rows: int, multiple: int,
             out = result.new_empty(rows, result.shape[-1])
         out[start:start + n] = result[:n]
     return out
+
+
+def halving_parts(total: int, largest: int) -> list[int]:
+    """``total`` as a sum of ``largest``, ``largest // 2``, ``largest // 4`` … (biggest first, each
+    halving exact while it divides): a batch of 13 with ``largest`` 16 is 8 + 4 + 1. Whatever
+    ``total``, the parts take at most ``log2(largest) + 1`` sizes."""
+    parts, size = [], max(largest, 1)
+    while total > 0:
+        while size > total:
+            size //= 2
+        count = total // size
+        parts += [size] * count
+        total -= count * size
+    return parts
+
+
+def in_parts(flat: torch.Tensor, parts: list[int], product: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """``product`` of the 2-D ``flat`` (rows → rows), one call per part of ``parts`` rows (they sum to
+    ``flat``'s rows), copied into one output."""
+    if len(parts) <= 1:
+        return product(flat)
+    out, start = None, 0
+    for n in parts:
+        result = product(flat[start:start + n])
+        if out is None:
+            out = result.new_empty(flat.shape[0], result.shape[-1])
+        out[start:start + n] = result
+        start += n
+    return out
