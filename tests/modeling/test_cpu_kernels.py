@@ -1,8 +1,8 @@
 """The CPU kernel choices of ``modeling/kernels.py`` give transformers' answers and keep oneDNN's
 shape set bounded (each new shape costs it memory for good).
 
-A batch runs its latent stack in groups of ``PACKED_MAX_BATCH`` items (packed float32 and bf16
-weights; others ``ONEDNN_MAX_BATCH``), then half, a quarter …, and other big latent products in
+A batch runs its latent stack in groups of ``packed_group_items`` items (packed float32 and bf16
+weights: up to 16 items of at most 2,048 rows; others ``ONEDNN_MAX_BATCH``), then half, a quarter …, and other big latent products in
 the same parts, so latent products reach oneDNN only at the row counts of batches 1, 2, 4 … of
 those; products over inputs reach it in chunks of ``ONEDNN_CHUNK_ROWS`` rows, the
 last padded to a multiple of ``ONEDNN_ROW_MULTIPLE``. Unmasked attention with queries narrower
@@ -90,10 +90,11 @@ def test_a_big_batch_matches_transformers_and_reaches_onednn_only_at_small_batch
             got = ours(ids, mask)
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
     latents = reference.config.num_latents
-    groups = {latents << k for k in range(PACKED_MAX_BATCH.bit_length())}  # 1, 2, 4 … PACKED_MAX_BATCH items
+    most = kernels.packed_group_items(latents)
+    groups = {latents << k for k in range(most.bit_length())}  # 1, 2, 4 … items
     latent_side = [r for r in rows.rows if r in groups]
     assert latent_side, "the latent layers never reached oneDNN"
-    assert {g * latents for g in halving_parts(batch, PACKED_MAX_BATCH)} <= set(latent_side)
+    assert {g * latents for g in halving_parts(batch, most)} <= set(latent_side)
     assert set(rows.rows) - set(latent_side) <= BUCKETS, "an input-side product reached oneDNN at a new shape"
 
 
@@ -414,7 +415,7 @@ def test_float32_latent_layers_multiply_one_item_through_mkls_packed_sgemm(tmp_p
         elif only:
             assert set(mkl.rows) == {items} and len(mkl.rows) == batch * calls_for_one
         else:  # groups of one item go to MKL, bigger ones to oneDNN
-            groups = halving_parts(batch, PACKED_MAX_BATCH)
+            groups = halving_parts(batch, kernels.packed_group_items(items))
             assert len(mkl.rows) == groups.count(1) * calls_for_one
             assert {g * items for g in groups if g > 1} <= set(onednn.rows)
 
@@ -569,3 +570,8 @@ def test_products_in_parts_equal_one_product():
     got = in_parts(x, [8, 4, 1], lambda chunk: seen.append(chunk.shape[0]) or chunk @ w.T)
     torch.testing.assert_close(got, x @ w.T)
     assert seen == [8, 4, 1]
+
+
+@pytest.mark.parametrize(("latents", "items"), [(8, 16), (128, 16), (256, 8), (512, 4), (2048, 4)])
+def test_packed_latent_stacks_group_up_to_16_items_of_at_most_2048_rows(latents, items):
+    assert kernels.packed_group_items(latents) == items

@@ -325,7 +325,7 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     Mutant(
         "packed-latent-stacks-keep-groups-of-four", "modeling/attention.py",
-        "            self._group(PACKED_MAX_BATCH)\n", "            pass\n",
+        "            self._group(packed_group_items(self.num_latents))\n", "            pass\n",
         ("tests/modeling/test_cpu_kernels.py::test_a_big_batch_matches_transformers_and_reaches_onednn_only_at_small_batch_shapes",),
     ),
     Mutant(

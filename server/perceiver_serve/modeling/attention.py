@@ -16,7 +16,7 @@ from . import cross_attention, kernels
 from .config import PerceiverConfig
 from .cross_attention import LatentState, Queries
 from .chunking import halving_parts
-from .kernels import ONEDNN_MAX_BATCH, PACKED_MAX_BATCH, Linear, attend, launch_bound, pack_in_place
+from .kernels import ONEDNN_MAX_BATCH, Linear, attend, launch_bound, pack_in_place, packed_group_items
 from .precision import Int8Weight, int8_linear, int8_twin
 
 _ACTIVATIONS = {
@@ -268,11 +268,11 @@ class PerceiverEncoder(nn.Module):
         nothing else reads them (the cross-attention's are read directly too, and stay plain).
         Returns how many were packed.
 
-        Packed weights also take bigger groups of a batch (:data:`~.kernels.PACKED_MAX_BATCH` items
-        instead of :data:`~.kernels.ONEDNN_MAX_BATCH`)."""
+        Packed weights also take bigger groups of a batch (:func:`~.kernels.packed_group_items`:
+        up to 16 items of at most 2,048 rows, instead of :data:`~.kernels.ONEDNN_MAX_BATCH`)."""
         packed = sum(pack_in_place(m) for m in self.self_attends.modules() if isinstance(m, Linear))
         if packed:
-            self._group(PACKED_MAX_BATCH)
+            self._group(packed_group_items(self.num_latents))
         return packed
 
     def forward(self, latents: torch.Tensor, inputs: torch.Tensor,

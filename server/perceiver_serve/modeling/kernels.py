@@ -98,11 +98,25 @@ ONEDNN_MIN_ROWS = 16
 #: Latent layers use oneDNN in groups of up to this many items (a bounded set of shapes, see above).
 ONEDNN_MAX_BATCH = 4
 #: Latent stacks whose weights are packed (:func:`pack_in_place`: float32, and bf16 where the CPU
-#: multiplies it natively) run in groups of up to this many items, then half, a quarter … (a batch of
-#: 13 is 8 + 4 + 1): five shapes a weight. On an AMX Xeon, two threads, the mid-size text classifier
-#: at batch 16: bf16 156 → 261 texts/s, fp32 79 → 88 (one thread 42 → 45) against groups of four,
-#: the same answers. int8 products are not packed this way and keep groups of four (16 was 8% slower).
+#: multiplies it natively) run in groups of up to this many items and :data:`PACKED_GROUP_ROWS` rows
+#: (:func:`packed_group_items`), then half, a quarter … (a batch of 13 is 8 + 4 + 1): at most five
+#: shapes a weight. On an AMX Xeon, two threads, the mid-size text classifier (128 latents) at batch
+#: 16: bf16 156 → 261 texts/s, fp32 79 → 88 (one thread 42 → 45) against groups of four, the same
+#: answers; the learned-position image classifier (512 latents) at batch 8 gained nothing from
+#: groups of 16 (0.61 against 0.62 images/s), hence the cap on rows. int8 products are not packed this
+#: way and keep groups of four (16 was 8% slower).
 PACKED_MAX_BATCH = 16
+PACKED_GROUP_ROWS = 2048
+
+
+def packed_group_items(latents: int) -> int:
+    """Items per group of a packed latent stack of ``latents`` latents: doubled from
+    :data:`ONEDNN_MAX_BATCH` while a group stays within :data:`PACKED_MAX_BATCH` items and
+    :data:`PACKED_GROUP_ROWS` rows."""
+    items = ONEDNN_MAX_BATCH
+    while items * 2 <= PACKED_MAX_BATCH and items * 2 * latents <= PACKED_GROUP_ROWS:
+        items *= 2
+    return items
 
 #: Other products reach oneDNN in chunks of this many rows, the last one zero-padded to a multiple
 #: of ``ONEDNN_ROW_MULTIPLE``: at most eight row counts per weight, whatever the requests' sizes.
