@@ -150,7 +150,7 @@ def _ours(model: torch.nn.Module) -> Callable[[Batch], torch.Tensor]:
 
 
 def run_workload(workload: Workload, quick: bool, rows: list[str], reps: int, threads: int,
-                 say: Progress, pause: float = 0.0) -> dict[str, Any]:
+                 say: Progress, pause: float = PAUSE_S) -> dict[str, Any]:
     spec = workload.spec(quick)
     sets = workload.batches(spec.config, quick)
     impls = implementations(workload, quick, rows, threads, say)

@@ -197,9 +197,10 @@ def count_accuracies(text: bytes, asked: list[tuple[bytes, int, int]]) -> dict[s
         before, after = _TOKEN.findall(window[:s]), _TOKEN.findall(window[e:])
         left, right = before[-1] if before else b"", after[0] if after else b""
         unigram = by_length[n].most_common(1)[0][0]
-        guesses = [around[key].most_common(1)[0][0] for key in ((n, "both", left, right), (n, "left", left),
-                                                               (n, "right", right)) if around.get(key)]
-        for name, guess in (("words_unigram", unigram), ("words_both_sides", (guesses or [unigram])[0])):
+        neighbours = next((around[key] for key in ((n, "both", left, right), (n, "left", left), (n, "right", right))
+                           if around.get(key)), None)
+        both_sides = neighbours.most_common(1)[0][0] if neighbours else unigram
+        for name, guess in (("words_unigram", unigram), ("words_both_sides", both_sides)):
             right_bytes[name] += sum(a == b for a, b in zip(guess, truth))
         right_bytes["words_seen"] += n if truth in by_length[n] else 0
         total += n

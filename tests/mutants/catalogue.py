@@ -279,7 +279,7 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     Mutant(
         "onednn-int8-products-unpadded", "modeling/chunking.py",
-        "padded = -(-max(n, 1) // multiple) * multiple", "padded = n",
+        "size = -(-max(n, 1) // multiple) * multiple", "size = n",
         ("tests/modeling/test_precision.py::test_onednn_int8_products_meet_few_shapes",),
     ),
     Mutant(

@@ -15,20 +15,13 @@ def in_row_chunks(flat: torch.Tensor, chunk_rows: int, multiple: int,
     meets at most ``chunk_rows / multiple`` row counts. Chunks are copied into one output: the peak
     memory stays that of one whole product."""
     rows = flat.shape[0]
-    if 0 < rows <= chunk_rows and rows % multiple == 0:
-        return product(flat)
-    out = None
-    for start in range(0, max(rows, 1), chunk_rows):
-        chunk = flat[start:start + chunk_rows]
+
+    def padded(chunk: torch.Tensor) -> torch.Tensor:
         n = chunk.shape[0]
-        padded = -(-max(n, 1) // multiple) * multiple
-        result = product(F.pad(chunk, (0, 0, 0, padded - n)) if padded != n else chunk)
-        if rows <= chunk_rows:
-            return result[:n]
-        if out is None:
-            out = result.new_empty(rows, result.shape[-1])
-        out[start:start + n] = result[:n]
-    return out
+        size = -(-max(n, 1) // multiple) * multiple
+        return product(F.pad(chunk, (0, 0, 0, size - n)) if size != n else chunk)[:n]
+
+    return in_parts(flat, [min(chunk_rows, rows - start) for start in range(0, rows, chunk_rows)] or [0], padded)
 
 
 def halving_parts(total: int, largest: int) -> list[int]:
