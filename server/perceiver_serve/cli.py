@@ -49,6 +49,8 @@ _FLAGS: list[tuple[str, dict]] = [
                                                           "system when freed (default 32; 0 = glibc's default)")),
     ("--malloc-arenas", dict(type=int, help="glibc: most malloc heaps shared by the threads (default: one per core, "
                                             "at least 2; 0 = glibc's eight per core)")),
+    ("--omp-spin-count", dict(type=int, help="libgomp: spins of an idle OpenMP thread before it sleeps (default "
+                                             "30000 unless GOMP_SPINCOUNT or OMP_WAIT_POLICY is set; 0 = libgomp's)")),
 ]
 
 # Kept equal to server.EXIT_PORT_BUSY / EXIT_MODEL_FAILED / EXIT_NO_GPU (a test checks), written here so that
@@ -107,6 +109,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     configure_logging(settings.log_format, settings.log_level)
     from .allocator import configure_allocator
+    from .openmp import limit_spinning
+
+    limit_spinning(settings.omp_spin_count)  # before torch loads libgomp, which reads it once
 
     configure_allocator(settings.malloc_arenas, settings.malloc_mmap_threshold_mb)  # before any thread starts
     from .engine import RepositoryError  # these import torch: after argument errors have had their say

@@ -70,6 +70,10 @@ class Settings(BaseSettings):
         None, ge=0, description="glibc: most malloc heaps the threads share (default: one per core, at least 2, "
                                 "unless MALLOC_ARENA_MAX is set; 0 leaves glibc's eight per core). Threads come "
                                 "and go, and each heap keeps its top resident.")
+    omp_spin_count: int | None = Field(
+        None, ge=0, description="libgomp: how many times an idle OpenMP thread spins before it sleeps (default: "
+                                "30000 unless GOMP_SPINCOUNT or OMP_WAIT_POLICY is set; 0 leaves libgomp's own, "
+                                "300000). Between batches a spinning helper held a core the server's own work needed.")
 
     @field_validator("api_key", "admin_key", mode="before")
     @classmethod

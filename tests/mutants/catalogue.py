@@ -283,6 +283,11 @@ MUTANTS: tuple[Mutant, ...] = (
         ("tests/modeling/test_precision.py::test_onednn_int8_products_meet_few_shapes",),
     ),
     Mutant(
+        "libgomp-spins-as-long-as-it-likes", "cli.py",
+        "limit_spinning(settings.omp_spin_count)  # before torch loads libgomp, which reads it once", "pass",
+        ("tests/server/test_process.py::test_the_server_sets_the_spin_count_before_torch_loads_libgomp",),
+    ),
+    Mutant(
         "gathering-worker-woken-by-every-request", "engine/batcher.py",
         "self._wake_at_depth = len(self._queue) + target - len(compatible)", "self._wake_at_depth = 0",
         ("tests/engine/test_batcher.py::test_a_worker_gathering_a_batch_is_woken_once_it_can_be_full_not_per_request",),

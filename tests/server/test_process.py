@@ -13,6 +13,7 @@ import pytest
 from perceiver_serve.allocator import default_arenas, fix_mmap_threshold, limit_arenas, own_mappings
 from perceiver_serve.cli import parser
 from perceiver_serve.engine.batcher import RENEW_AFTER_S
+from perceiver_serve.openmp import DEFAULT_SPIN_COUNT, limit_spinning
 from perceiver_serve.settings import Settings
 
 from ..grpc.inprocess import write_repository
@@ -209,3 +210,43 @@ async def test_rest_connections_send_without_nagles_delay(host):
     finally:
         server.close()
         await server.wait_closed()
+
+
+def test_spin_count_defaults_unless_the_environment_tells_libgomp(monkeypatch):
+    monkeypatch.delenv("GOMP_SPINCOUNT", raising=False)
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    assert limit_spinning(None) == DEFAULT_SPIN_COUNT and os.environ["GOMP_SPINCOUNT"] == str(DEFAULT_SPIN_COUNT)
+    assert limit_spinning(5000) == 5000 and os.environ["GOMP_SPINCOUNT"] == "5000"  # the flag wins
+    monkeypatch.delenv("GOMP_SPINCOUNT")
+    assert limit_spinning(0) == 0 and "GOMP_SPINCOUNT" not in os.environ  # 0: libgomp's own
+    monkeypatch.setenv("OMP_WAIT_POLICY", "active")
+    assert limit_spinning(None) == 0 and "GOMP_SPINCOUNT" not in os.environ
+    monkeypatch.delenv("OMP_WAIT_POLICY")
+    monkeypatch.setenv("GOMP_SPINCOUNT", "123")
+    assert limit_spinning(None) == 0 and os.environ["GOMP_SPINCOUNT"] == "123"
+
+
+SPIN_AT_TORCH_IMPORT = """
+import os, sys
+seen = []
+class Watch:
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" and not seen:
+            seen.append(os.environ.get("GOMP_SPINCOUNT"))
+        return None
+sys.meta_path.insert(0, Watch())
+from perceiver_serve.cli import main
+code = main(sys.argv[1:])
+print(code, seen)
+"""
+
+
+@pytest.mark.parametrize("flags, expected", [((), str(DEFAULT_SPIN_COUNT)), (("--omp-spin-count", "777"), "777"),
+                                              (("--omp-spin-count", "0"), None)])
+def test_the_server_sets_the_spin_count_before_torch_loads_libgomp(tmp_path, flags, expected):
+    """libgomp reads GOMP_SPINCOUNT once, when torch loads it: the server sets it first (a missing model
+    repository then ends it with exit code 2, after torch is imported)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
+    out = subprocess.run([sys.executable, "-c", SPIN_AT_TORCH_IMPORT, "--model-repository", str(tmp_path / "none"),
+                          *flags], capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
+    assert out.stdout.split()[-2:] == ["2", repr([expected])], out.stdout + out.stderr
