@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -324,6 +326,44 @@ def test_grpc_repository_calls(explicit):
         unloaded = stub.RepositoryModelUnload(repo_pb.RepositoryModelUnloadRequest(model_name="remote"), metadata=admin)
         assert unloaded.isUnloaded
         assert classify(client, "remote").status_code == 404
+
+
+#: tritonclient.grpc's side of the test below, in a child process (its ``inference.*`` messages and
+#: ours can't share one process's descriptor pool: see tests/oip/triton_calls.py).
+_TRITON_REPOSITORY_CALLS = """
+import json, sys
+import tritonclient.grpc as g
+address, admin, api = sys.argv[1:]
+client = g.InferenceServerClient(address)
+out = {}
+def attempt(name, call):
+    try:
+        out[name] = call()
+    except g.InferenceServerException as exc:
+        out[name] = {"status": exc.status(), "message": exc.message()}
+attempt("load", lambda: client.load_model("triton-loaded", headers={"authorization": "Bearer " + admin}))
+attempt("ready", lambda: client.is_model_ready("triton-loaded", headers={"authorization": "Bearer " + api}))
+attempt("load_with_config", lambda: client.load_model("triton-loaded", headers={"authorization": "Bearer " + admin},
+                                                      config='{"max_batch_size": 4}'))
+attempt("unload", lambda: client.unload_model("triton-loaded", headers={"authorization": "Bearer " + admin}))
+print(json.dumps(out))
+"""
+
+
+def test_tritonclient_grpc_loads_and_unloads(explicit):
+    """tritonclient.grpc's load_model and unload_model (Triton's field numbers: the repository's name
+    first, then the model's) reach the named model; Triton's config override is refused."""
+    pytest.importorskip("tritonclient")
+    root, proc, client = explicit
+    copy_model(root, "triton-loaded", labels=OLD)
+    done = subprocess.run([sys.executable, "-c", _TRITON_REPOSITORY_CALLS, f"127.0.0.1:{proc.grpc_port}", ADMIN, API],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    calls = json.loads(done.stdout)
+    assert calls["load"] is None and calls["ready"] is True and calls["unload"] is None, calls
+    assert calls["load_with_config"]["status"] == "StatusCode.INVALID_ARGUMENT"
+    assert "config" in calls["load_with_config"]["message"]
+    assert classify(client, "triton-loaded").status_code == 404
 
 
 def test_grpc_load_needs_model_control(process):

@@ -6,11 +6,12 @@ are control calls: bound with the admin key when one is set.
 
 from __future__ import annotations
 
-from ...errors import ModelControlDisabled
+from ...errors import InvalidRequest, ModelControlDisabled
 from ...pb.inference import grpc_service_pb2 as pb
 from ..repository import load_model, repository_index
 from ..state import ServerState
 from .calls import Handler, RpcCall
+
 
 class RepositoryService:
     def __init__(self, state: ServerState, control: bool) -> None:
@@ -29,6 +30,7 @@ class RepositoryService:
                                   call: RpcCall) -> pb.RepositoryModelLoadResponse:
         self._check_control()
         call.model = request.model_name
+        _no_parameters(request)
         await load_model(self.state.registry, request.model_name)
         return pb.RepositoryModelLoadResponse(model_name=request.model_name, isLoaded=True)
 
@@ -36,6 +38,7 @@ class RepositoryService:
                                     call: RpcCall) -> pb.RepositoryModelUnloadResponse:
         self._check_control()
         call.model = request.model_name
+        _no_parameters(request)
         self.state.registry.unload(request.model_name)
         return pb.RepositoryModelUnloadResponse(model_name=request.model_name, isUnloaded=True)
 
@@ -43,3 +46,13 @@ class RepositoryService:
         if not self.control:
             raise ModelControlDisabled("models change only on restart here; start the server with "
                                        "--model-control explicit or poll to load and unload them")
+
+
+def _no_parameters(request: pb.RepositoryModelLoadRequest | pb.RepositoryModelUnloadRequest) -> None:
+    """Triton's load parameters (a config or files to load instead of the repository's) have no
+    meaning here: refused, not ignored. ``unload_dependents`` (tritonclient sends it on every unload)
+    is met whatever its value: no model here depends on another."""
+    unknown = sorted(set(request.parameters) - {"unload_dependents"})
+    if unknown:
+        raise InvalidRequest(f"parameters {unknown} are not supported: a model is "
+                             "loaded from its folder in the repository, as its model.toml says")
