@@ -180,6 +180,21 @@ def test_fill_mask_truncate(client, direct):
     assert error_of(client.post("/fill-mask", json={"text": long, "mask_spans": [[0, 1]]})) == (413, "text_too_long")
     r = client.post("/fill-mask", json={"text": long, "mask_spans": [[0, 1]], "truncate": True})
     assert r.status_code == 200 and len(r.json()["text"]) == limit
+    # A cut at the limit would split the 4-byte emoji after limit - 2 bytes: the text keeps whole characters.
+    emoji = "a" * (limit - 2) + "\U0001f600bbb"
+    r = client.post("/fill-mask", json={"text": emoji, "mask_spans": [[0, 1]], "truncate": True, "top_k": 1})
+    assert r.status_code == 200, r.text
+    assert r.json()["text"][1:] == "a" * (limit - 3)  # the first byte is the model's
+
+
+def test_fill_mask_spans_keep_characters_whole(client):
+    """A span that starts or ends inside a multi-byte character is refused, saying where; one that
+    covers whole characters is answered."""
+    text = "h\u00e9llo"  # é is bytes 1-2
+    for span in ([2, 3], [1, 2], [0, 2]):
+        r = client.post("/fill-mask", json={"text": text, "mask_spans": [span]})
+        assert error_of(r) == (400, "invalid_input") and "cuts a character" in r.json()["error"]["message"], span
+    assert client.post("/fill-mask", json={"text": text, "mask_spans": [[1, 3]]}).status_code == 200
 
 
 @pytest.mark.parametrize(

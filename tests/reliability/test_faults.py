@@ -181,6 +181,39 @@ def test_a_rest_client_that_disconnects_frees_its_queued_work(live, held_flow):
     assert statuses == {"499": 1.0, "500": 0.0}
 
 
+_PART_SENT = [  # (path, content type, the first bytes of a body whose Content-Length promises 4,000)
+    ("/classify/text", "application/json", b'{"texts": ["'),
+    ("/classify/text", "text/plain", b"a review that never ends"),
+    ("/classify/image", "image/png", png_bytes(np.zeros((8, 8, 3), np.uint8))[:40]),
+    ("/flow", "multipart/form-data; boundary=xyz", b'--xyz\r\nContent-Disposition: form-data; name="frame1"; '
+                                                   b'filename="1.png"\r\n\r\n\x89PNG'),
+    (f"/v2/models/{TEXT}/infer", "application/json", b'{"inputs": [{"name": "TEXT", '),
+]
+
+
+@pytest.mark.parametrize(("path", "kind", "part"), _PART_SENT, ids=[f"{p} {k.split(';')[0]}" for p, k, _ in _PART_SENT])
+def test_a_client_that_goes_while_sending_its_body_is_a_499_not_a_500(live, caplog, path, kind, part):
+    """The body's reader meets the disconnect (starlette's ClientDisconnect): counted and logged as the
+    client's doing (499), as a disconnect during inference is, never as a server error."""
+    import socket
+
+    def count(status: str) -> float:
+        return live.metric("perceiver_requests_total", {"model": "", "endpoint": path.replace(TEXT, "{model}"),
+                                                        "protocol": "oip" if path.startswith("/v2") else "rest",
+                                                        "status": status})
+
+    before = {status: count(status) for status in ("499", "500", "400")}
+    with socket.create_connection(("127.0.0.1", live.http_port)) as sock:
+        sock.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: {kind}\r\n"
+                     f"Content-Length: 4000\r\n\r\n".encode() + part)
+        time.sleep(0.3)
+    deadline = time.monotonic() + 10
+    while count("499") == before["499"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert {status: count(status) - before[status] for status in before} == {"499": 1, "500": 0, "400": 0}
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
 def test_a_grpc_client_that_cancels_frees_its_queued_work(live, held_flow):
     gate, calls = held_flow
     before = rejected(live, "cancelled")

@@ -107,7 +107,7 @@ def path_variants(path: str) -> list[str]:
 
 @pytest.mark.parametrize("method, path", MODEL_ROUTES, ids=[p for _, p in MODEL_ROUTES])
 def test_every_model_route_needs_the_key_in_every_spelling_and_method(guarded, method, path):
-    bad_keys = [{}, {"authorization": "Bearer wrong"}, {"authorization": f"bearer {KEY}"},
+    bad_keys = [{}, {"authorization": "Bearer wrong"}, {"authorization": f"bearer {KEY[:-1]}"},
                 {"authorization": KEY}, {"x-api-key": KEY},
                 {"authorization": f"Basic {KEY}"}, {"authorization": f"Bearer {KEY[:-1]}"}]
     tried = 0
@@ -120,6 +120,8 @@ def test_every_model_route_needs_the_key_in_every_spelling_and_method(guarded, m
         tried += 1
     print(f"{path}: {tried} unauthenticated variants, all 401")
     assert status_of(guarded, method, path, AUTH) not in (401, 403)
+    for scheme in ("bearer", "BEARER", "bEaReR"):  # RFC 9110 §11.1: the scheme is case-insensitive
+        assert status_of(guarded, method, path, {"authorization": f"{scheme} {KEY}"}) not in (401, 403), scheme
 
 
 @pytest.fixture(scope="module", params=["h11", "httptools"])
@@ -150,9 +152,10 @@ def test_whitespace_around_the_key_is_not_part_of_it_with_either_http_parser(par
         return raw_request(parser_server.http_port, None, head, b"hi")[0]
 
     key = KEY.encode()
-    for around in (b" Bearer " + key, b" Bearer " + key + b" ", b"Bearer " + key + b"\t", b"\t Bearer " + key + b"  "):
+    for around in (b" Bearer " + key, b" Bearer " + key + b" ", b"Bearer " + key + b"\t", b"\t Bearer " + key + b"  ",
+                   b" Bearer  " + key, b"bearer " + key):  # 1*SP after the scheme (RFC 9110 §11.4), any case
         assert status(around) == 200, around
-    for wrong in (b" Bearer  " + key, b" Bearer " + key + b" x", b" Bearer " + key + b"\x0b", b" Bearer" + key,
+    for wrong in (b" Bearer\t" + key, b" Bearer " + key + b" x", b" Bearer " + key + b"\x0b", b" Bearer" + key,
                   b" Bearer " + key[:-1], b" Bearer " + key + b"\xa0"):
         assert status(wrong) in (400, 401), wrong  # a parser may refuse a control byte outright
 
@@ -164,6 +167,9 @@ def test_the_credential_check_strips_only_optional_whitespace():
     assert not auth.offers_credential(expected + b"\x00", expected)
     assert not auth.offers_credential(None, expected)
     assert not auth.offers_credential(b"", expected)
+    assert auth.offers_credential(b"BEARER   " + KEY.encode(), expected)
+    assert not auth.offers_credential(b"Basic " + KEY.encode(), expected)
+    assert not auth.offers_credential(KEY.encode(), expected)
 
 
 def test_open_paths_stay_open_and_nothing_else(guarded):
@@ -178,13 +184,14 @@ def test_every_rpc_needs_the_key(secure_stub):
     for method in SERVICE.methods:
         call = getattr(stub, method.name)
         request = getattr(pb, method.input_type.name)()
-        for metadata in ((), (("authorization", "Bearer nope"),), (("authorization", f"bearer {KEY}"),),
+        for metadata in ((), (("authorization", "Bearer nope"),), (("authorization", f"bearer {KEY[:-1]}"),),
                          (("authorization", KEY),), (("x-api-key", KEY),)):
             with pytest.raises(grpc.RpcError) as info:
                 answer = call(iter([request]) if method.client_streaming else request, metadata=metadata, timeout=10)
                 list(answer) if method.server_streaming else None
             assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED, (method.name, metadata)
     assert stub.ClassifyText(pb.ClassifyTextRequest(texts=["ok"]), metadata=GRPC_AUTH).results
+    assert stub.ClassifyText(pb.ClassifyTextRequest(texts=["ok"]), metadata=(("authorization", f"bearer {KEY}"),)).results
     assert health.Check(health_pb2.HealthCheckRequest(service="text-sentiment")).status == \
         health_pb2.HealthCheckResponse.SERVING  # health needs no key
 

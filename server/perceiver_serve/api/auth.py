@@ -18,5 +18,11 @@ def bearer_credential(api_key: str) -> bytes:
 
 
 def offers_credential(offered: bytes | None, expected: bytes) -> bool:
-    """Whether a field value, less optional whitespace, is ``expected``; constant time."""
-    return hmac.compare_digest((offered or b"").strip(_OWS), expected)
+    """Whether a field value, less optional whitespace, is ``expected``; the key compared in constant time.
+
+    RFC 9110 §11.1 and §11.4: the scheme is case-insensitive (``bearer KEY`` and ``BEARER KEY`` are
+    ``Bearer KEY``), and one or more spaces separate it from the credentials."""
+    scheme, _, token = (offered or b"").strip(_OWS).partition(b" ")
+    expected_scheme, _, expected_token = expected.partition(b" ")
+    same_key = hmac.compare_digest(token.lstrip(b" "), expected_token)
+    return same_key and scheme.lower() == expected_scheme.lower()

@@ -13,8 +13,9 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
-from ..errors import ServeError
+from ..errors import ClientDisconnected, ServeError
 
 _HTTP_CODES = {400: "bad_request", 401: "unauthenticated", 404: "not_found", 405: "method_not_allowed",
                413: "too_large", 415: "unsupported_media_type"}
@@ -70,6 +71,12 @@ def install_error_handlers(app: FastAPI) -> None:
         if exc.http_status >= 500:
             message = f"{message} (request id {getattr(request.state, 'request_id', '-')})"
         return error_response(request, exc.http_status, exc.code, message, exc.headers)
+
+    @app.exception_handler(ClientDisconnect)
+    async def _gone(request: Request, exc: ClientDisconnect) -> JSONResponse:
+        # Raised by the body's reader when the client goes (or its body breaks off) mid-upload: the
+        # client's doing, logged and counted as the 499 it is, as a disconnect during inference is.
+        return await _serve_error(request, ClientDisconnected("the client disconnected while sending its request"))
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:

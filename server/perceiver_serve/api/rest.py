@@ -19,6 +19,7 @@ import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.datastructures import FormData, UploadFile
+from starlette.requests import ClientDisconnect
 
 from ..answers import ErrorResponse, ModelInfo, ModelList
 from ..errors import ClientDisconnected, InvalidInput, InvalidRequest, ServeError, UnsupportedMediaType
@@ -127,7 +128,7 @@ async def _form(request: Request) -> FormData:
         raise UnsupportedMediaType(f"expected multipart/form-data, got {_media_type(request) or 'no content type'}")
     try:
         return await request.form(max_files=4, max_fields=16)
-    except ServeError:
+    except (ServeError, ClientDisconnect):
         raise
     except Exception as exc:  # noqa: BLE001 - the multipart parser raises several types
         raise InvalidInput(f"malformed multipart body: {exc}", code="malformed_multipart") from None

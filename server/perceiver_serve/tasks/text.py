@@ -132,8 +132,21 @@ def _encode(tokenizer: ByteTokenizer, text: str | bytes, *, truncate: bool | Non
             hint = ' (send "truncate": true to cut it)' if truncate is False else ""
             raise PayloadTooLarge(f"{field} is {len(data)} UTF-8 bytes; this model takes at most {limit}{hint}",
                                   code="text_too_long")
-        data = data[:limit]
+        data = data[:_character_start(data, limit)]
     return tokenizer.encode(data)
+
+
+def _continues_a_character(data: bytes, offset: int) -> bool:
+    """Whether the byte at ``offset`` continues a UTF-8 character begun before it (``10xxxxxx``)."""
+    return offset < len(data) and data[offset] & 0xC0 == 0x80
+
+
+def _character_start(data: bytes, offset: int) -> int:
+    """``offset``, moved back to the first byte of the UTF-8 character it falls in: a text cut there
+    keeps whole characters (a cut inside one would leave bytes that decode to U+FFFD)."""
+    while offset > 0 and _continues_a_character(data, offset):
+        offset -= 1
+    return offset
 
 
 async def classify_texts(served: ServedModel, texts: Sequence[str], *, top: int, return_logits: bool,
@@ -190,6 +203,10 @@ def _masked_positions(data: bytes, spans: Sequence[Sequence[int]]) -> list[int]:
                 f"mask_spans[{i}] = [{start}, {end}] is not a non-empty byte range within the text's "
                 f"{len(data)} UTF-8 bytes"
             )
+        cut = next((offset for offset in (start, end) if _continues_a_character(data, offset)), None)
+        if cut is not None:
+            raise InvalidInput(f"mask_spans[{i}] = [{start}, {end}] cuts a character in two at byte {cut}: a span "
+                               "must start and end at character boundaries of the UTF-8 text")
         positions.update(range(start, end))
     if not positions:
         raise InvalidInput("nothing to predict: give mask_spans or put [MASK] markers in the text", code="no_mask")
