@@ -359,6 +359,7 @@ BAD_STREAMS = {
                         grpc.StatusCode.INVALID_ARGUMENT, "audio_length"),
     "audio too long": ([config(), media(frames_of(2), raw_audio(np.zeros(1000, np.float32)))],
                        grpc.StatusCode.INVALID_ARGUMENT, "audio_length"),
+    "unknown audio mode": ([config(audio=7)], grpc.StatusCode.INVALID_ARGUMENT, "invalid_request"),
     "audio without samples": ([config(), media(frames_of(4), pb.Audio())], grpc.StatusCode.INVALID_ARGUMENT,
                               "invalid_input"),
     "too many frames": ([config(), media(frames_of(MAX_FRAMES + 1, 8, 8))], grpc.StatusCode.INVALID_ARGUMENT,
@@ -375,6 +376,33 @@ def test_bad_stream_ends_with_the_right_status(local, name):
     error = info.value
     assert (error.code(), dict(error.trailing_metadata()).get("x-error-code")) == (code, error_code), error.details()
     assert error.details()
+
+
+def test_a_stream_that_goes_quiet_is_ended_and_lets_its_model_go(local, inproc, monkeypatch):
+    """A client that stops sending without closing its stream is ended after the model's
+    max_stream_idle_s (DEADLINE_EXCEEDED), not held open for as long as it stays connected."""
+    runner = inproc.served(MODEL).runner
+    monkeypatch.setattr(runner, "options", runner.options.model_copy(update={"max_stream_idle_s": 0.5}))
+    resume = threading.Event()
+
+    def stalls():
+        yield config(chunks_per_window=2, audio=pb.StreamConfig.NO_AUDIO)
+        yield media(frames_of(4))
+        resume.wait(30)  # the client goes quiet, its stream still open
+
+    started = time.monotonic()
+    kinds = []
+    try:
+        with pytest.raises(grpc.RpcError) as info:
+            for message in local.ReconstructVideo(stalls(), metadata=AUTH, timeout=60):
+                kinds.append(message.WhichOneof("kind"))
+    finally:
+        resume.set()
+    error = info.value
+    assert (error.code(), dict(error.trailing_metadata()).get("x-error-code")) == \
+        (grpc.StatusCode.DEADLINE_EXCEEDED, "deadline_exceeded"), error.details()
+    assert "max_stream_idle_s" in error.details() and time.monotonic() - started < 20
+    assert kinds == ["started", "chunk", "chunk", "labels"]  # what came before the silence was answered
 
 
 def test_malformed_stream_message_is_invalid_argument(inproc):

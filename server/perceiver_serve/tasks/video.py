@@ -40,6 +40,10 @@ class VideoOptions(TaskOptions):
     fps: float = Field(25.0, gt=0, description="Frame rate the model was trained on (documentation).")
     max_undelivered_chunks: int = Field(4, ge=1, le=64, description="Decoded chunks buffered per stream.")
     max_frames_per_stream: int = Field(16 * 64, ge=1, description="Longest stream accepted, in frames.")
+    max_stream_idle_s: float = Field(
+        30.0, gt=0, le=3600,
+        description="Longest wait for a stream's next message; a stream quiet for longer is ended "
+                    "(DEADLINE_EXCEEDED), so that a stalled client holds no model copy.")
 
 
 @dataclasses.dataclass(frozen=True)

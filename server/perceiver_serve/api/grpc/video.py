@@ -10,13 +10,14 @@ the decoding.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
 import numpy as np
 
 from ...engine import ServedModel
-from ...errors import InvalidInput, InvalidRequest
+from ...errors import DeadlineExceeded, InvalidInput, InvalidRequest
 from ...media import OpenedImage, open_audio, open_image, pcm_from_f32le, rgb_frame_from_raw
 from ...media.budget import DecodeBudget
 from ...media.limits import MediaLimits
@@ -41,6 +42,9 @@ async def reconstruct_video(state: ServerState, requests: AsyncIterator[pb.Recon
     if first is None or first.WhichOneof("kind") != "config":
         raise InvalidRequest("the stream's first message must carry its config", code="no_config")
     fields = fields_of(first.config)
+    if fields["audio"] not in AUDIO_MODES:  # proto3 enums are open: any number arrives
+        known = ", ".join(f"{pb.StreamConfig.AudioMode.Name(value)} ({value})" for value in AUDIO_MODES)
+        raise InvalidRequest(f"config.audio = {fields['audio']} is not one of {known}")
     fields["audio"] = AUDIO_MODES[fields["audio"]]
     request = VIDEO_AUTOENCODING.parse(fields)
     served = call.resolve(state.registry, VIDEO_AUTOENCODING.name, request.model, request.version or "")
@@ -121,7 +125,7 @@ async def media_pieces(requests: AsyncIterator[pb.ReconstructVideoRequest],
     decoded; messages name each frame by its index in the stream.
     """
     frames_seen = 0
-    async for message in requests:
+    while (message := await _next_message(requests, decoder.options.max_stream_idle_s)) is not None:
         kind = message.WhichOneof("kind")
         if kind != "media":
             raise InvalidRequest("only the stream's first message carries config; later ones carry media"
@@ -135,6 +139,18 @@ async def media_pieces(requests: AsyncIterator[pb.ReconstructVideoRequest],
     held_back = decoder.resampler.flush()
     if len(held_back):
         yield [], held_back
+
+
+async def _next_message(requests: AsyncIterator[pb.ReconstructVideoRequest],
+                        idle_s: float) -> pb.ReconstructVideoRequest | None:
+    """The stream's next message (None at its end), waited for at most ``idle_s`` seconds: a client that
+    stops sending without closing its stream would otherwise hold its model copy (through unloads and
+    reloads too) for as long as it stays connected."""
+    try:
+        return await asyncio.wait_for(anext(requests, None), idle_s)
+    except TimeoutError:
+        raise DeadlineExceeded(f"the stream sent nothing for {idle_s:g} s (the model's max_stream_idle_s): "
+                               "it is ended; send the next message sooner, or close the stream when done") from None
 
 
 def _f32le(values: np.ndarray | None) -> bytes:
