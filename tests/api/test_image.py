@@ -58,6 +58,11 @@ def test_raw_body_with_query_parameters(client):
         (dict(files={"image": ("a.png", png_bytes(PHOTO))}, data={"top_k": "many"}), 422, "invalid_request"),
         (dict(files={"image": ("a.png", png_bytes(PHOTO))}, data={"top_k": "0"}), 422, "invalid_request"),
         (dict(files={"image": ("a.png", png_bytes(PHOTO))}, data={"model": "optical-flow"}), 404, "wrong_task"),
+        (dict(files=[("image", ("a.png", png_bytes(PHOTO))), ("image", ("b.png", png_bytes(PHOTO[::-1])))]),
+         422, "invalid_request"),  # which of two images? refused, not one of them answered
+        (dict(files={"image": ("a.png", png_bytes(PHOTO))}, data={"top_k": ["1", "2"]}), 422, "invalid_request"),
+        (dict(files={"image": ("a.png", png_bytes(PHOTO)), "thumbnail": ("t.png", png_bytes(PHOTO))}),
+         422, "invalid_request"),
         (dict(files={"image": ("a.png", png_bytes(PHOTO))}, data={"model": "../etc/passwd"}), 404,
          "model_not_found"),
         (dict(content=b"\x89PNG\r\n\x1a\n garbage", headers={"content-type": "image/png"}), 400, "invalid_input"),

@@ -97,6 +97,18 @@ async def _upload(form: FormData, field: str) -> bytes:
     raise InvalidRequest(f"multipart field {field!r} must be a file upload")
 
 
+def _known_fields_once(form: FormData, known: set[str]) -> None:
+    """Refuse a form field this route doesn't read, or one sent twice: either would otherwise be
+    dropped without a word (which of two images was classified?), where a JSON body's is refused."""
+    names = [name for name, _ in form.multi_items()]
+    unknown = sorted(set(names) - known)
+    if unknown:
+        raise InvalidRequest(f"unknown multipart field(s) {unknown}; this route reads {sorted(known)}")
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise InvalidRequest(f"multipart field(s) {twice} sent more than once")
+
+
 def _form_params(form: FormData, query: dict[str, Any], fields: dict[str, type]) -> dict[str, Any]:
     """Optional scalar parameters from form fields, falling back to query parameters."""
     out = {}
@@ -157,8 +169,10 @@ async def read_request(request: Request, task: Task) -> Any:
         return task.parse({field: _raw_field(task, await request.body(), field), **fields})
     if route.files:
         form = await _form(request)
+        scalars = _scalar_fields(task, skip=route.files)
         uploads = {name: await _upload(form, name) for name in route.files}
-        return task.parse({**uploads, **_form_params(form, query, _scalar_fields(task, skip=route.files))})
+        _known_fields_once(form, {*route.files, *scalars})
+        return task.parse({**uploads, **_form_params(form, query, scalars)})
     if kind != "application/json":
         accepted = " or ".join(["application/json", *([route.raw[0]] if route.raw else [])])
         raise UnsupportedMediaType(f"send {accepted}, not {kind or 'no content type'}")
