@@ -8,7 +8,7 @@ in meaningful buckets.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -95,6 +95,7 @@ class Metrics:
             "Accelerator memory of this process: 'allocated' to live tensors, 'reserved' by the caching allocator "
             "(allocated plus cached free blocks; what the device sees as used).", ["device", "kind"], registry=r,
         )
+        self._is_model: Callable[[str], bool] = lambda name: True  # until the registry says (label_models)
 
     # -- engine hooks -------------------------------------------------------------------------
     def observe_queue_depth(self, model: str, depth: int) -> None:
@@ -125,6 +126,16 @@ class Metrics:
     def observe_model_event(self, model: str, event: str, outcome: str) -> None:
         self.model_events.labels(model, event, outcome).inc()
 
+    def label_models(self, is_model: Callable[[str], bool]) -> None:
+        """Label requests with a model name only where ``is_model(name)`` (the registry's models).
+
+        Requests name their model themselves, and every name a label takes is a series kept
+        until the process exits: requests for made-up names would grow the exposition, and
+        Prometheus with it, without bound. They are counted under ``model=""``, as requests
+        that name no model are, whichever front end or route answers them.
+        """
+        self._is_model = is_model
+
     def observe_decode_bytes(self, inflight: int) -> None:
         self.decode_bytes_inflight.set(inflight)
 
@@ -139,6 +150,7 @@ class Metrics:
             gauge.dec()
 
     def observe_request(self, model: str, endpoint: str, protocol: str, status: str | int, seconds: float) -> None:
+        model = model if self._is_model(model) else ""
         self.requests.labels(model, endpoint, protocol, str(status)).inc()
         self.request_duration.labels(model, endpoint, protocol).observe(seconds)
 

@@ -17,7 +17,7 @@ import pytest
 from perceiver_serve.pb.perceiver.v1 import perceiver_pb2 as pb
 from perceiver_serve.pb.perceiver.v1 import perceiver_pb2_grpc
 
-from ..support import DEMO_MODELS, grpc_channel, rss_bytes, running
+from ..support import DEMO_MODELS, grpc_channel, metric_value, rss_bytes, running
 
 ADMIN, API = "admin-secret", "model-secret"
 OLD = ("old-negative", "old-positive")
@@ -378,3 +378,144 @@ def test_grpc_load_needs_model_control(process):
         with pytest.raises(grpc.RpcError) as refused:
             stub.RepositoryModelUnload(repo_pb.RepositoryModelUnloadRequest(model_name="text-sentiment"))
         assert refused.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+def model_ready_value(client: httpx.Client, name: str, version: str = "1") -> float:
+    return metric_value(client.get("/metrics").text, "perceiver_model_ready", model=name, version=version)
+
+
+def model_events(client: httpx.Client, name: str, event: str, outcome: str) -> float:
+    return metric_value(client.get("/metrics").text, "perceiver_model_events_total", model=name, event=event,
+                        outcome=outcome)
+
+
+#: model.toml contents a reload cannot use, each failing before any checkpoint is read.
+_BROKEN_TOML = {
+    "toml": "task = [unclosed\n",
+    "task": 'task = "poetry"\nsource = "checkpoint"\n',
+    "dtype": 'task = "text-classification"\nsource = "checkpoint"\ndtype = "float8"\n',
+    "max_batch_size": 'task = "text-classification"\nsource = "checkpoint"\n[batching]\nmax_batch_size = -3\n',
+    "unknown_key": 'task = "text-classification"\nsource = "checkpoint"\ncolour = "blue"\n',
+}
+
+
+def test_a_failed_reload_is_counted_once_and_the_serving_copy_stays_ready(explicit):
+    """What fails (the checkpoint, or model.toml itself), one failure event; the old copy serving, ready == 1."""
+    root, _, client = explicit
+    folder = copy_model(root, "steady", labels=OLD)
+    assert client.post("/v2/repository/models/steady/load", headers=bearer(ADMIN)).status_code == 200
+    missing = (folder / "model.toml").read_text().replace('source = "checkpoint"', 'source = "missing"')
+    attempts = [("missing checkpoint", missing), *_BROKEN_TOML.items()]
+    for count, (what, broken) in enumerate(attempts, start=1):
+        (folder / "model.toml").write_text(broken)
+        failed = client.post("/v2/repository/models/steady/load", headers=bearer(ADMIN))
+        assert failed.status_code == 400 and failed.json()["error"]["code"] == "load_failed", what
+        assert "still serving the previous copy" in failed.json()["error"]["message"], what
+        assert labels_of(classify(client, "steady")) == tuple(sorted(OLD)), what
+        assert index(client, headers=bearer(ADMIN))["steady"]["state"] == "READY", what
+        assert model_ready_value(client, "steady") == 1.0, what
+        assert model_events(client, "steady", "reload", "failure") == count, what
+    assert model_events(client, "steady", "load", "failure") == 0
+    assert client.get("/health/ready").status_code == 200
+
+
+def test_made_up_model_names_never_become_metric_labels(explicit):
+    """Every route that names a model labels an unknown one model="": no series per made-up name."""
+    import grpc
+
+    from perceiver_serve.pb.inference import grpc_service_pb2 as oip_pb
+    from perceiver_serve.pb.inference import grpc_service_pb2_grpc as oip_grpc
+
+    _, proc, client = explicit
+    api = (("authorization", f"Bearer {API}"),)
+    tensors = {"inputs": [{"name": "TEXT", "datatype": "BYTES", "shape": [1], "data": ["x"]}]}
+    with grpc_channel(proc.grpc_port) as channel:
+        stub = oip_grpc.GRPCInferenceServiceStub(channel)
+        for call in (lambda: stub.ModelInfer(oip_pb.ModelInferRequest(model_name="rand-aaa1"), metadata=api),
+                     lambda: stub.ModelReady(oip_pb.ModelReadyRequest(name="rand-bbb2"), metadata=api),
+                     lambda: stub.ModelMetadata(oip_pb.ModelMetadataRequest(name="rand-ddd4"), metadata=api)):
+            with pytest.raises(grpc.RpcError) as unknown:
+                call()
+            assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
+        known = stub.ModelReady(oip_pb.ModelReadyRequest(name="base"), metadata=api)
+        assert known.ready
+    for path in ("/v2/models/rand-ccc3/infer", "/v2/models/rand-eee5/versions/1/infer"):
+        assert client.post(path, json=tensors, headers=bearer(API)).status_code == 404
+    assert client.get("/v2/models/rand-fff6/ready", headers=bearer(API)).status_code == 404
+    metrics = client.get("/metrics").text
+    assert "rand-" not in metrics
+    for endpoint in ("ModelInfer", "ModelReady"):
+        assert metric_value(metrics, "perceiver_requests_total", model="", endpoint=endpoint, protocol="oip",
+                            status="NOT_FOUND") >= 1, endpoint
+    assert metric_value(metrics, "perceiver_requests_total", model="", endpoint="/v2/models/{model}/infer",
+                        protocol="oip", status="404") >= 1
+    assert metric_value(metrics, "perceiver_requests_total", model="base", endpoint="ModelReady", protocol="oip",
+                        status="OK") >= 1
+
+
+def test_grpc_control_refusals_name_the_admin_key(explicit):
+    import grpc
+
+    from perceiver_serve.pb.inference import grpc_service_pb2 as repo_pb
+    from perceiver_serve.pb.inference import grpc_service_pb2_grpc as repo_grpc
+
+    _, proc, _ = explicit
+    with grpc_channel(proc.grpc_port) as channel:
+        stub = repo_grpc.GRPCInferenceServiceStub(channel)
+        for metadata in ((), (("authorization", f"Bearer {API}"),)):
+            for call, request in ((stub.RepositoryIndex, repo_pb.RepositoryIndexRequest()),
+                                  (stub.RepositoryModelLoad, repo_pb.RepositoryModelLoadRequest(model_name="base"))):
+                with pytest.raises(grpc.RpcError) as refused:
+                    call(request, metadata=metadata)
+                assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+                assert "missing or wrong admin key" in refused.value.details(), refused.value.details()
+        with pytest.raises(grpc.RpcError) as refused:  # the inference calls still ask for the API key
+            stub.ModelReady(repo_pb.ModelReadyRequest(name="base"), metadata=(("authorization", f"Bearer {ADMIN}"),))
+        assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert "missing or wrong API key" in refused.value.details()
+
+
+def test_poll_mode_a_new_model_that_fails_leaves_the_server_ready(tmp_path):
+    """A folder published broken is reported (index, log, metrics), and the models that serve keep the
+    replica in its load balancer; a broken model.toml written over a served model is counted too."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from perceiver_serve.pb.inference import grpc_service_pb2 as oip_pb
+    from perceiver_serve.pb.inference import grpc_service_pb2_grpc as oip_grpc
+
+    root = tmp_path / "repo"
+    root.mkdir()
+    copy_model(root, "base")
+    with running("--model-control", "poll", "--repository-poll-s", "0.5", repository=root, grpc=True) as proc, \
+            httpx.Client(base_url=proc.url, timeout=60) as client, grpc_channel(proc.grpc_port) as channel:
+        staging = tmp_path / "staging"
+        staging.mkdir()
+        broken = copy_model(staging, "no-weights")
+        toml = broken / "model.toml"
+        toml.write_text(toml.read_text().replace('source = "checkpoint"', 'source = "missing"'))
+        shutil.move(broken, root / "no-weights")
+        wait_for(lambda: index(client).get("no-weights", {}).get("state") == "FAILED", what="the broken model")
+
+        def assert_ready() -> None:
+            assert client.get("/health/ready").status_code == 200, client.get("/health/ready").text
+            assert client.get("/v2/health/ready").json() == {"ready": True}
+            stub = oip_grpc.GRPCInferenceServiceStub(channel)
+            assert stub.ServerReady(oip_pb.ServerReadyRequest()).ready
+            health = health_pb2_grpc.HealthStub(channel)
+            assert health.Check(health_pb2.HealthCheckRequest()).status == health_pb2.HealthCheckResponse.SERVING
+
+        assert_ready()
+        assert classify(client, "base").status_code == 200
+        assert model_events(client, "no-weights", "load", "failure") == 1
+        assert model_ready_value(client, "no-weights") == 0.0  # failed: what the alert is for
+        assert "model 'no-weights' failed to load" in proc.logs()
+
+        (root / "base" / "model.toml").write_text(_BROKEN_TOML["toml"])
+        wait_for(lambda: "reload failed" in index(client)["base"]["reason"], what="the broken reload of base")
+        assert index(client)["base"]["state"] == "READY"
+        assert model_events(client, "base", "reload", "failure") == 1
+        assert model_ready_value(client, "base") == 1.0
+        assert_ready()
+        with pytest.raises(grpc.RpcError):  # the broken model itself answers as failed
+            oip_grpc.GRPCInferenceServiceStub(channel).ModelInfer(oip_pb.ModelInferRequest(model_name="no-weights"))

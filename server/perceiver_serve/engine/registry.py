@@ -3,7 +3,7 @@
 Each model is loaded, checked against its task, run once on a warm-up batch and only then
 marked ready with its own batcher and device worker. A model that fails at any step is
 marked failed with the reason and the others carry on; the server is ready when every
-model meant to serve is.
+model meant to serve has a ready copy (see :attr:`ModelRegistry.ready`).
 
 Models change while the server runs (``load``, ``unload``): a reload builds and warms a new
 copy beside the one serving, and requests switch only once it is ready. Requests hold the
@@ -115,6 +115,7 @@ class ModelRegistry:
         self._lock = threading.Lock()  # models, defaults and every copy's leases change under it
         self._changing: dict[str, threading.Lock] = {}  # one load/unload of a name at a time
         self._releases: list[threading.Thread] = []
+        self._meant: set[str] = set()  # the names readiness waits for (see ``ready``); changes under _lock
         chosen = None if load_only is None else set(load_only)
         if chosen is not None:
             known = {spec.name for spec in repository.specs} | {problem.name for problem in repository.problems}
@@ -127,10 +128,14 @@ class ModelRegistry:
             if chosen is None or problem.name in chosen:
                 self.models[problem.name] = ServedModel(problem.name, None, FAILED, problem.message)
                 log.error("model %r cannot be served: %s", problem.name, problem.message)
+                self._count(problem.name, "load", False)
         self._choose_defaults()
         for served in self.models.values():
             if served.state != UNAVAILABLE:
+                self._meant.add(served.name)
                 self._report(served)
+        if observer is not None and hasattr(observer, "label_models"):
+            observer.label_models(self.knows)
 
     # -- lifecycle ------------------------------------------------------------------------------
     def load_all(self) -> None:
@@ -143,6 +148,7 @@ class ModelRegistry:
                 self.load(served.name)
             except ServeError as exc:  # its folder went away since the scan
                 served.state, served.reason = FAILED, str(exc)
+                self._count(served.name, "load", False)
 
     def _load(self, served: ServedModel) -> None:
         spec = served.spec
@@ -194,14 +200,12 @@ class ModelRegistry:
             served.state, served.reason = FAILED, str(exc) if plain else f"{type(exc).__name__}: {exc}"
             served.load_seconds = time.monotonic() - started
             log.error("model %r failed to load: %s", served.name, served.reason)
-            self._report(served)
             return
         served.model, served.runner, served.batcher = model, runner, batcher
         served.load_seconds = time.monotonic() - started
         served.state = READY
         self.progress(f"model {served.name!r} version {served.version} ready on {served.device} in "
                       f"{served.load_seconds:.1f} s")
-        self._report(served)
 
     def gpu_models_on_cpu(self) -> list[str]:
         """Models that asked for a GPU (``auto`` or ``cuda``) and would find none (the CPU, or failure)."""
@@ -218,6 +222,9 @@ class ModelRegistry:
         fails keeps its old copy serving, with the failure as its ``reason``; versions the
         policy no longer picks are unloaded. Returns the copy that now answers requests naming
         no version (the newest ready one); its state and reason say how this load went.
+
+        Each failed load counts once in the metrics: a version whose copy failed, or the whole
+        model when its ``model.toml`` cannot be used (then no version is even tried).
         """
         entry = self.repository.read(name)  # refuses names outside the repository
         with self._changing_lock(name):
@@ -230,6 +237,7 @@ class ModelRegistry:
             fresh: dict[str, ServedModel] = {}
             if isinstance(entry, SpecProblem):
                 log.error("model %r cannot be served: %s", name, entry.message)
+                self._count(name, "reload" if held else "load", False)
             else:
                 for version in wanted:
                     fresh[version] = self._load_version(entry, version, held)
@@ -242,7 +250,9 @@ class ModelRegistry:
         copy = ServedModel(spec.name, spec, LOADING, version=version)
         if not any(c.state == READY for c in held.values()):
             with self._lock:
-                self.models[spec.name] = copy  # shown as loading: nothing else serves the name meanwhile
+                shown, self.models[spec.name] = self.models.get(spec.name), copy  # shown as loading meanwhile
+            if shown is not None and shown.spec is None:
+                self._forget(shown)  # a broken model.toml's stand-in ("1"): each version now reports its own
         event = "reload" if version in held else "load"
         self.progress(f"{event}ing model {spec.name!r} version {version} ({spec.task})")
         # Loading computes with the process's threads, on a thread that then ends (see ..modeling.threads).
@@ -252,7 +262,13 @@ class ModelRegistry:
 
     def _switch(self, name: str, entry: ModelSpec | SpecProblem, fresh: dict[str, ServedModel],
                 held: dict[str, ServedModel]) -> ServedModel:
-        """Called under ``_lock``: new requests go to the fresh copies that came up; the rest is retired."""
+        """Called under ``_lock``: new requests go to the fresh copies that came up; the rest is retired.
+
+        The readiness reported for each version is its serving copy's, decided here: a failed
+        new copy beside a previous one that keeps serving leaves the version ready (an alert on
+        ``perceiver_model_ready == 0`` means that nothing serves it). A model that comes up is
+        one the server is meant to serve from now on (see ``ready``).
+        """
         serving: dict[str, ServedModel] = {}
         for version, copy in fresh.items():
             old = held.pop(version, None)
@@ -279,6 +295,10 @@ class ModelRegistry:
             self.models[name] = max(candidates, key=lambda c: int(c.version))
         else:
             self.models[name] = ServedModel(name, None, FAILED, entry.message)  # type: ignore[union-attr]
+        for copy in serving.values() if serving else (self.models[name],):
+            self._report(copy)
+        if self.models[name].state == READY:
+            self._meant.add(name)
         return self.models[name]
 
     def unload(self, name: str) -> ServedModel:
@@ -289,6 +309,7 @@ class ModelRegistry:
             if current is None:
                 raise ModelNotFound(f"no model named {name!r} is loaded")
             with self._lock:
+                self._meant.discard(name)
                 copies = {id(c): c for c in (current, *self.versions.pop(name, {}).values())}
                 in_flight = sum(c.leases for c in copies.values())
                 for copy in copies.values():
@@ -373,9 +394,22 @@ class ModelRegistry:
     # -- lookups ------------------------------------------------------------------------------
     @property
     def ready(self) -> bool:
-        """Every model meant to serve is ready (one unloaded on purpose does not count)."""
-        meant = [m for m in self.models.values() if m.state not in (UNLOADING, UNAVAILABLE)]
-        return bool(self.models) and all(m.state == READY for m in meant)
+        """Every model the server is meant to serve has a ready copy.
+
+        Meant to serve: each model it was started with (all of them, or ``load_only``) and each
+        loaded successfully since, until it is unloaded. A start-up model that failed keeps the
+        server unready (``--strict`` exits instead), as does one that served and has no ready
+        copy left. A model added while serving that fails to load is reported (index, log,
+        metrics) and does not: readiness takes the whole replica out of its load balancer,
+        every model it serves with it, for a model that never served there.
+        """
+        with self._lock:
+            return bool(self.models) and all(name in self.models and self.models[name].state == READY
+                                             for name in self._meant)
+
+    def knows(self, name: str) -> bool:
+        """Whether ``name`` is a model of this registry, in any state (metrics label requests with it only then)."""
+        return name in self.models
 
     def get(self, name: str) -> ServedModel:
         try:

@@ -99,7 +99,8 @@ class _Rpc:
     """A grpc behaviour around one handler: everything an RPC does besides its own work."""
 
     def __init__(self, name: str, handler: Handler, request_type: type[Message], streaming: bool,
-                 state: ServerState, api_key: str | None, in_flight: InFlight, protocol: str = "grpc") -> None:
+                 state: ServerState, api_key: str | None, in_flight: InFlight, protocol: str = "grpc",
+                 key_name: str = "API key") -> None:
         self.name = name
         self.protocol = protocol
         self.handler = handler
@@ -109,6 +110,7 @@ class _Rpc:
         self.in_flight = in_flight
         self.metrics = state.metrics
         self.expected_authorization = bearer_credential(api_key) if api_key else None
+        self.key_name = key_name
 
     async def handle(self, request: Any, context: grpc.aio.ServicerContext) -> Message | None:
         call = RpcCall(context, new_request_id(_metadata(context, "x-request-id")))
@@ -172,15 +174,16 @@ class _Rpc:
         offered = _metadata(context, "authorization")
         if not offers_credential(offered.encode("utf-8", "replace") if offered is not None else None,
                                  self.expected_authorization):
-            raise Unauthenticated("missing or wrong API key (metadata authorization: Bearer …)")
+            raise Unauthenticated(f"missing or wrong {self.key_name} (metadata authorization: Bearer …)")
 
 
 def bind_service(service: ServiceDescriptor, handlers: dict[str, Handler], state: ServerState,
                  api_key: str | None, in_flight: InFlight, *, protocol: str = "grpc",
-                 open_methods: frozenset[str] = frozenset()) -> grpc.GenericRpcHandler:
+                 open_methods: frozenset[str] = frozenset(), key_name: str = "API key") -> grpc.GenericRpcHandler:
     """The RPCs of ``service`` named in ``handlers``, each wrapped in what all RPCs share.
 
-    ``open_methods`` answer without the API key (health probes); ``protocol`` labels the metrics.
+    ``open_methods`` answer without the API key (health probes); ``protocol`` labels the metrics;
+    ``key_name`` is what a refusal calls ``api_key`` ("admin key" for model control, as REST says).
     """
     unknown = set(handlers) - {method.name for method in service.methods}
     assert not unknown, f"{service.full_name} has no method {unknown}"
@@ -190,7 +193,7 @@ def bind_service(service: ServiceDescriptor, handlers: dict[str, Handler], state
             continue
         streaming = method.client_streaming
         rpc = _Rpc(method.name, handlers[method.name], message_factory.GetMessageClass(method.input_type), streaming,
-                   state, None if method.name in open_methods else api_key, in_flight, protocol)
+                   state, None if method.name in open_methods else api_key, in_flight, protocol, key_name)
         serialize = message_factory.GetMessageClass(method.output_type).SerializeToString
         factory = grpc.stream_stream_rpc_method_handler if streaming else grpc.unary_unary_rpc_method_handler
         bound[method.name] = factory(rpc.handle, request_deserializer=None, response_serializer=serialize)

@@ -16,8 +16,9 @@ WATCH_INTERVAL_S = 0.25
 class HealthService(health_pb2_grpc.HealthServicer):
     """``grpc.health.v1.Health``, answered from the live server state.
 
-    ``""`` and every service of this server are SERVING when every model is ready, a model's
-    name when that model is; everything is NOT_SERVING while the server drains.
+    ``""`` and every service of this server are SERVING when the server is ready (every model it
+    is meant to serve has a ready copy: ``ModelRegistry.ready``), a model's name when that model
+    is; everything is NOT_SERVING while the server drains.
     """
 
     def __init__(self, state: ServerState, services: tuple[str, ...]) -> None:

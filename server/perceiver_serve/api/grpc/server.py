@@ -44,14 +44,16 @@ class GrpcServer:
         perceiver = PerceiverService(state, max_message_bytes=limit)
         inference = InferenceService(state, max_message_bytes=limit)
         # Model control takes the admin key when there is one (then the API key alone is refused).
-        admin_key = settings.admin_key.get_secret_value() if settings.admin_key else api_key
+        admin_key, admin_key_name = ((settings.admin_key.get_secret_value(), "admin key") if settings.admin_key
+                                     else (api_key, "API key"))
         control = RepositoryService(state, control=settings.model_control != "none")
         self.server.add_generic_rpc_handlers((
             bind_service(SERVICE, perceiver.handlers(), state, api_key, self.in_flight),
             bind_service(INFERENCE_SERVICE, inference.handlers(), state, api_key, self.in_flight, protocol="oip",
                          open_methods=INFERENCE_OPEN_METHODS),
             # The same service's repository calls, under their own key: a second handler for other methods.
-            bind_service(INFERENCE_SERVICE, control.handlers(), state, admin_key, self.in_flight, protocol="oip"),
+            bind_service(INFERENCE_SERVICE, control.handlers(), state, admin_key, self.in_flight, protocol="oip",
+                         key_name=admin_key_name),
         ))
         names = (SERVICE.full_name, INFERENCE_SERVICE.full_name)
         health_pb2_grpc.add_HealthServicer_to_server(HealthService(state, names), self.server)

@@ -92,7 +92,7 @@ class GRPCInferenceServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ServerReady(self, request, context):
-        """Whether every model is ready and the server is not draining.
+        """Whether every model the server is meant to serve is ready and the server is not draining.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
