@@ -349,4 +349,19 @@ MUTANTS: tuple[Mutant, ...] = (
         "(int8_of(weight) is not None and INT8_GAIN * out >= width)", "False",
         ("tests/modeling/test_precision.py::test_int8_mlm_quantizes_its_output_layer",),
     ),
+    Mutant(
+        "body-cut-off-by-the-client-is-a-500", "api/errors.py",
+        "@app.exception_handler(ClientDisconnect)", "@app.exception_handler(ConnectionAbortedError)",
+        ("tests/reliability/test_faults.py::test_a_client_that_goes_while_sending_its_body_is_a_499_not_a_500",),
+    ),
+    Mutant(
+        "quiet-stream-waited-for-forever", "api/grpc/video.py",
+        "return await asyncio.wait_for(anext(requests, None), idle_s)", "return await anext(requests, None)",
+        ("tests/grpc/test_video.py::test_a_stream_that_goes_quiet_is_ended_and_lets_its_model_go",),
+    ),
+    Mutant(
+        "mask-span-cuts-a-character", "tasks/text.py",
+        "        if cut is not None:\n            raise InvalidInput(f\"mask_spans", "        if False:\n            raise InvalidInput(f\"mask_spans",
+        (f"{TEXT_API}::test_fill_mask_spans_keep_characters_whole",),
+    ),
 )
