@@ -71,7 +71,8 @@ class Metrics:
             "perceiver_inflight_requests", "Requests being handled now.", ["protocol"], registry=r,
         )
         self.rejected = Counter(
-            "perceiver_rejected_requests", "Work refused or dropped before computing, by reason.",
+            "perceiver_rejected_requests", "Work items (a text, an image, a flow tile, a video window or chunk) refused or dropped "
+            "before computing, by reason; one request may count many.",
             ["model", "reason"], registry=r,
         )
         self.model_ready = Gauge(

@@ -77,6 +77,9 @@ def test_health(client):
     assert client.get("/health/live").json() == {"status": "alive"}
     ready = client.get("/health/ready")
     assert ready.status_code == 200 and ready.json()["status"] == "ready"
+    for path in ("/health/live", "/health/ready", "/v2/health/live", "/v2/health/ready"):  # probes that send HEAD
+        head = client.head(path)
+        assert (head.status_code, head.content) == (200, b""), path
 
 
 def test_openapi_has_schemas_for_every_body(client):

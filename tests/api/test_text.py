@@ -185,6 +185,8 @@ def test_fill_mask_truncate(client, direct):
     r = client.post("/fill-mask", json={"text": emoji, "mask_spans": [[0, 1]], "truncate": True, "top_k": 1})
     assert r.status_code == 200, r.text
     assert r.json()["text"][1:] == "a" * (limit - 3)  # the first byte is the model's
+    r = client.post("/fill-mask", json={"text": "a" * limit + "[MASK]", "truncate": True})
+    assert error_of(r) == (400, "invalid_input") and "[MASK] marker 1 of 1 lies beyond" in r.json()["error"]["message"]
 
 
 def test_fill_mask_spans_keep_characters_whole(client):

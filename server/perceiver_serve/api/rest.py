@@ -295,11 +295,11 @@ def create_app(state: ServerState, *, api_key: str | None = None, admin_key: str
 
     add_repository_routes(app, ERRORS, control=model_control)
 
-    @app.get("/health/live", summary="The process is up")
+    @app.api_route("/health/live", methods=["GET", "HEAD"], summary="The process is up")
     async def live() -> JSONResponse:
         return JSONResponse({"status": "alive"})
 
-    @app.get("/health/ready", summary="200 when every model the server is meant to serve is ready; 503 with per-model states otherwise",
+    @app.api_route("/health/ready", methods=["GET", "HEAD"], summary="200 when every model the server is meant to serve is ready; 503 with per-model states otherwise",
              responses={503: {"description": "Not ready: a model is loading or failed, or the server is draining. "
                                              "The body has the same shape as the 200 answer."}})
     async def ready(request: Request) -> JSONResponse:

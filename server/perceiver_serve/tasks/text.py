@@ -263,6 +263,11 @@ async def fill_mask(served: ServedModel, text: str, spans: Sequence[Sequence[int
     tokenizer: ByteTokenizer = served.runner.tokenizer
     ids = _encode(tokenizer, data, truncate=truncate)
     data = data[: len(ids) - 2]
+    if markers:
+        cut = next((i for i, (start, _) in enumerate(spans) if start >= len(data)), None)
+        if cut is not None:
+            raise InvalidInput(f"[MASK] marker {cut + 1} of {len(spans)} lies beyond the {len(data)} bytes that "
+                               "truncate kept (the model's limit): move it into the text's beginning")
     positions = _masked_positions(data, spans or [])
     logits = await _masked_logits(served, tokenizer, data, ids, positions, deadline)
     probs = softmax(logits)

@@ -140,11 +140,11 @@ def install_v2(app: FastAPI) -> None:
     async def server_metadata() -> JSONResponse:
         return JSONResponse(v2.server_metadata())
 
-    @route("/health/live", methods=["GET"])
+    @route("/health/live", methods=["GET", "HEAD"])
     async def live() -> JSONResponse:
         return JSONResponse({"live": True})
 
-    @route("/health/ready", methods=["GET"])
+    @route("/health/ready", methods=["GET", "HEAD"])
     async def ready(request: Request) -> JSONResponse:
         is_ready = v2.server_ready(state(request))
         return JSONResponse({"ready": is_ready}, status_code=200 if is_ready else 503)
