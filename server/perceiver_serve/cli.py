@@ -44,6 +44,8 @@ _FLAGS: list[tuple[str, dict]] = [
     ("--grace-period", dict(type=float, dest="grace_period_s", help="seconds to drain on SIGTERM (default 30)")),
     ("--keep-alive", dict(type=float, dest="keep_alive_s", help="seconds an idle HTTP keep-alive connection stays "
                                                                 "open (default 75)")),
+    ("--body-timeout", dict(type=float, dest="body_timeout_s", help="seconds a REST request body may pause "
+                                                                    "while arriving; longer is a 408 (default 30)")),
     ("--preprocess-threads", dict(type=int, help="media decoding threads (default min(4, cores))")),
     ("--malloc-mmap-threshold-mb", dict(type=float, help="glibc: allocations from this size up go back to the "
                                                           "system when freed (default 32; 0 = glibc's default)")),

@@ -110,6 +110,15 @@ class DeadlineExceeded(ServeError):
     grpc_status = "DEADLINE_EXCEEDED"
 
 
+class BodyTimeout(ServeError):
+    """A request body that stopped arriving before it was complete (408 / DEADLINE_EXCEEDED): a client
+    may not hold a connection and a request slot open by trickling, or pausing, its upload."""
+
+    code = "body_timeout"
+    http_status = 408
+    grpc_status = "DEADLINE_EXCEEDED"
+
+
 class ShuttingDown(ServeError):
     """The server is draining and accepts no new work (503 / UNAVAILABLE)."""
 

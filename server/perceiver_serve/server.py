@@ -121,6 +121,7 @@ async def serve(settings: Settings) -> int:
         admin_key=settings.admin_key.get_secret_value() if settings.admin_key else None,
         model_control=settings.model_control != "none",
         max_body_bytes=settings.max_body_bytes,
+        body_timeout_s=settings.body_timeout_s,
         docs=settings.docs,
     )
     http = _Uvicorn(uvicorn.Config(

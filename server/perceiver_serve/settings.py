@@ -59,6 +59,9 @@ class Settings(BaseSettings):
     keep_alive_s: float = Field(75.0, gt=0, le=3600, description=(
         "How long an idle HTTP keep-alive connection stays open. Longer than clients keep idle "
         "connections (httpx: 5 s), so that a client never sends on a connection the server is closing."))
+    body_timeout_s: float = Field(30.0, gt=0, le=3600, description=(
+        "Longest wait for the next part of a REST request body still arriving: a body that stalls "
+        "longer is refused (408), so a slow or stalled upload can't hold its connection open."))
     require_gpu: bool = Field(False, description="Exit non-zero at start if a model that asks for a GPU "
                                                  "(device auto or cuda) would get none.")
     preprocess_threads: int | None = Field(None, ge=1, description="Threads decoding and preprocessing media.")

@@ -364,4 +364,9 @@ MUTANTS: tuple[Mutant, ...] = (
         "        if cut is not None:\n            raise InvalidInput(f\"mask_spans", "        if False:\n            raise InvalidInput(f\"mask_spans",
         (f"{TEXT_API}::test_fill_mask_spans_keep_characters_whole",),
     ),
+    Mutant(
+        "stalled-body-waited-for-forever", "api/middleware.py",
+        "async with asyncio.timeout(timeout_s):", "async with asyncio.timeout(None):",
+        ("tests/reliability/test_faults.py::test_a_body_that_stalls_is_refused_with_408_and_a_slow_but_steady_one_is_read",),
+    ),
 )

@@ -27,7 +27,8 @@ class InProcessRestAndGrpc(InProcessServer):
         """uvicorn in the background, then the gRPC server of the base class until ``stop()``."""
         settings = self.settings
         key = settings.api_key.get_secret_value() if settings.api_key else None
-        app = create_app(self.state, api_key=key, max_body_bytes=settings.max_body_bytes, docs=settings.docs)
+        app = create_app(self.state, api_key=key, max_body_bytes=settings.max_body_bytes,
+                         body_timeout_s=settings.body_timeout_s, docs=settings.docs)
         self.http_port = free_port()
         http = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.http_port, log_config=None,
                                              lifespan="off"))

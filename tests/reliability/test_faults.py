@@ -214,6 +214,44 @@ def test_a_client_that_goes_while_sending_its_body_is_a_499_not_a_500(live, capl
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
+@pytest.fixture(scope="module")
+def impatient(tmp_path_factory):
+    """A server that waits at most 0.5 s for the next part of a request body."""
+    root = repository(tmp_path_factory.mktemp("impatient"), TEXT)
+    server = InProcessRestAndGrpc(Settings(model_repository=root, grpc_port=0, body_timeout_s=0.5)).start()
+    yield server
+    server.stop()
+
+
+def test_a_body_that_stalls_is_refused_with_408_and_a_slow_but_steady_one_is_read(impatient):
+    """A client that sends part of its body and pauses (slowloris) gets 408 ``body_timeout`` once the
+    pause passes the limit, and its connection is let go; one whose parts keep coming, each within the
+    limit, is answered however long the whole upload takes."""
+    import socket
+
+    head = (f"POST /classify/text HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"Content-Length: 4000\r\n\r\n").encode()
+    with socket.create_connection(("127.0.0.1", impatient.http_port), timeout=10) as sock:
+        sock.sendall(head + b'{"texts": ["')
+        started = time.monotonic()
+        answer = sock.recv(65536)
+        assert answer.startswith(b"HTTP/1.1 408") and b'"body_timeout"' in answer, answer[:300]
+        assert 0.4 < time.monotonic() - started < 5
+    assert impatient.metric("perceiver_requests_total", {"model": "", "endpoint": "/classify/text",
+                                                          "protocol": "rest", "status": "408"}) == 1.0
+    body = b'{"texts": ["' + b"good " * 30 + b'"]}'
+    with socket.create_connection(("127.0.0.1", impatient.http_port), timeout=10) as sock:
+        sock.sendall(f"POST /classify/text HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode())
+        for start in range(0, len(body), 40):  # 0.3 s between parts: 1.2 s in all, more than the limit
+            time.sleep(0.3)
+            sock.sendall(body[start:start + 40])
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:300]
+
+
 def test_a_grpc_client_that_cancels_frees_its_queued_work(live, held_flow):
     gate, calls = held_flow
     before = rejected(live, "cancelled")

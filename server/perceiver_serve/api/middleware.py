@@ -6,6 +6,7 @@ and a rejected request is answered before its body is read.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -16,7 +17,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
-from ..errors import PayloadTooLarge
+from ..errors import BodyTimeout, PayloadTooLarge
 from ..metrics import Metrics
 from .auth import bearer_credential, offers_credential
 from .errors import error_body, protocol_of
@@ -138,11 +139,13 @@ class ApiKeyAuth:
 
 
 class BodyLimit:
-    """Refuse bodies over ``limit`` bytes: by Content-Length up front, else while streaming."""
+    """Refuse bodies over ``limit`` bytes: by Content-Length up front, else while streaming; and bodies
+    whose next part takes longer than ``timeout_s`` to arrive (a stalled or trickled upload)."""
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
+    def __init__(self, app: ASGIApp, limit: int, timeout_s: float = 30.0) -> None:
         self.app = app
         self.limit = limit
+        self.timeout_s = timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -157,16 +160,24 @@ class BodyLimit:
                 await send_error(scope, send, 413, "too_large",
                                  f"request body is {declared} bytes; the limit is {self.limit} bytes")
                 return
-        seen = 0
-        limit = self.limit
+        seen, complete = 0, False
+        limit, timeout_s = self.limit, self.timeout_s
 
         async def counted() -> Message:
-            nonlocal seen
-            message = await receive()
+            nonlocal seen, complete
+            if complete:  # later reads wait for the disconnect a request may watch for: no limit on those
+                return await receive()
+            try:
+                async with asyncio.timeout(timeout_s):  # a timer handle, no task: cheap for bodies already here
+                    message = await receive()
+            except TimeoutError:
+                raise BodyTimeout(f"the request body stalled: no part of it arrived for {timeout_s:g} s "
+                                  f"({seen} bytes had)") from None
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > limit:
                     raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
+                complete = not message.get("more_body", False)
             return message
 
         await self.app(scope, counted, send)

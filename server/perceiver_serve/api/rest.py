@@ -257,7 +257,8 @@ def _add_task_route(app: FastAPI, task: Task) -> None:
 # -- the app --------------------------------------------------------------------------------------
 
 def create_app(state: ServerState, *, api_key: str | None = None, admin_key: str | None = None,
-               model_control: bool = False, max_body_bytes: int = 64 << 20, docs: bool = True) -> FastAPI:
+               model_control: bool = False, max_body_bytes: int = 64 << 20, body_timeout_s: float = 30.0,
+               docs: bool = True) -> FastAPI:
     app = FastAPI(
         title="perceiver-serve",
         version="0.1.0",
@@ -332,7 +333,7 @@ def create_app(state: ServerState, *, api_key: str | None = None, admin_key: str
     app.openapi = openapi  # type: ignore[method-assign]
 
     # Added innermost first: request context (ids, metrics) → API key → body limit → routes.
-    app.add_middleware(BodyLimit, limit=max_body_bytes)
+    app.add_middleware(BodyLimit, limit=max_body_bytes, timeout_s=body_timeout_s)
     if api_key or admin_key:
         # The doc pages are open only where they exist: without them, their paths are as guarded as any.
         app.add_middleware(ApiKeyAuth, api_key=api_key, admin_key=admin_key,
