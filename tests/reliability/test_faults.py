@@ -229,8 +229,8 @@ def test_a_body_that_stalls_is_refused_with_408_and_a_slow_but_steady_one_is_rea
     limit, is answered however long the whole upload takes."""
     import socket
 
-    head = (f"POST /classify/text HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            f"Content-Length: 4000\r\n\r\n").encode()
+    head = ("POST /classify/text HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            "Content-Length: 4000\r\n\r\n").encode()
     with socket.create_connection(("127.0.0.1", impatient.http_port), timeout=10) as sock:
         sock.sendall(head + b'{"texts": ["')
         started = time.monotonic()
