@@ -25,7 +25,8 @@ LABELLED = {"text-classification", "image-classification", "video-autoencoding"}
 GEOMETRY = {"text-classification": {"max_text_bytes"}, "fill-mask": {"max_text_bytes"},
             "image-classification": {"image_size", "crop_size"},
             "optical-flow": {"tile_size", "tile_overlap", "min_frame_side", "max_tiles"},
-            "video-autoencoding": {"frame_size", "frames_per_window", "sample_rate", "audio_samples_per_frame", "fps"}}
+            "video-autoencoding": {"frame_size", "frames_per_window", "sample_rate", "audio_samples_per_frame", "fps",
+                                   "max_frames_per_stream"}}
 
 
 def test_models_show_labels_only_for_classifiers_and_each_tasks_geometry(client):
@@ -40,7 +41,7 @@ def test_models_show_labels_only_for_classifiers_and_each_tasks_geometry(client)
             assert error_of(client.get(f"/models/{m['name']}/labels")) == (404, "no_labels")
     video = client.get("/models/video-autoencoder").json()["geometry"]
     assert video == {"frame_size": [32, 32], "frames_per_window": 4, "sample_rate": 1600,
-                     "audio_samples_per_frame": 64, "fps": 25}
+                     "audio_samples_per_frame": 64, "fps": 25, "max_frames_per_stream": 1024}
     assert client.get("/models/optical-flow").json()["geometry"]["tile_size"] == [48, 64]
 
 

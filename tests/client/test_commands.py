@@ -97,7 +97,8 @@ def test_models_carry_the_video_geometry(capsys, address, rest, transport):
     geometry = {m["name"]: m for m in answer["models"]}["video-autoencoder"]["geometry"]
     assert geometry == rest.get("/models/video-autoencoder").json()["geometry"]  # gRPC's numbers are floats
     assert VideoGeometry.of(geometry) == VideoGeometry(frame_size=32, frames_per_window=4,
-                                                       audio_samples_per_window=256, sample_rate=1600, fps=25.0)
+                                                       audio_samples_per_window=256, sample_rate=1600, fps=25.0,
+                                                       max_frames=1024)
 
 
 @pytest.mark.parametrize("transport", [[], ["--grpc"]], ids=["rest", "grpc"])

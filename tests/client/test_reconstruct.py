@@ -48,6 +48,19 @@ def test_an_mp4_comes_back_at_the_model_geometry_with_audio_and_labels(capsys, a
     assert sorted(p.name for p in tmp_path.iterdir()) == ["labels.json", "out.mp4"]
 
 
+def test_a_video_longer_than_the_model_takes_is_refused_before_a_frame_is_sent(capsys, address, process, tmp_path):
+    """The container says how long the video is and /models the model's max_frames_per_stream (1024 here,
+    41 s at 25 fps): the client refuses up front, with both numbers, instead of streaming 41 s first."""
+    import time
+
+    long = make_clip(tmp_path / "long.mp4", seconds=44.0, fps=25, height=16, width=16, audio_codec=None)
+    output = tmp_path / "out.mp4"
+    started = time.monotonic()
+    code, err = reconstruct(capsys, address, long, output)
+    assert code == 1 and "too_many_frames" in err and "1100 frames" in err and "at most 1024" in err, err
+    assert time.monotonic() - started < 10 and not output.exists()
+
+
 def test_the_windows_equal_the_raw_grpc_stream_of_the_same_frames(process, mp4, tmp_path):
     """The library's assembled windows are exactly the chunks a hand-built raw stream returns."""
     with Client(process.url, grpc_address=f"127.0.0.1:{process.grpc_port}") as client:

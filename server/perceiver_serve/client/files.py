@@ -62,6 +62,14 @@ def reconstruct_file(client: "Client", source: str | os.PathLike, output: str | 
 
     video = InputVideo(source)  # a bad file fails here, before the server is asked anything
     name, geometry = client.video_geometry(model)
+    frames = None if video.duration is None else round(video.duration * geometry.fps)
+    # A stream over the model's limit is refused once it passes it: say so before a frame is sent, where the
+    # container says how long it is (a window's worth of slack for its rounding; the server has the last word).
+    if frames is not None and geometry.max_frames is not None and \
+            frames > geometry.max_frames + geometry.frames_per_window:
+        raise PerceiverError("too_many_frames", f"{source} is {video.duration:.1f} s, about {frames} frames at the "
+                             f"model's {geometry.fps:g} fps; model {name!r} takes at most {geometry.max_frames} frames "
+                             f"({geometry.max_frames / geometry.fps:g} s) a stream: cut the video into shorter parts")
     if progress is not None:
         progress.begin(video.windows(geometry), video.has_audio)
 

@@ -36,6 +36,7 @@ class VideoGeometry:
     audio_samples_per_window: int  # mono, at sample_rate
     sample_rate: int
     fps: float                    # the frame rate the model was trained on
+    max_frames: int | None = None  # the longest stream the model takes (None: a server that doesn't say)
 
     @classmethod
     def of(cls, geometry: Mapping[str, Any]) -> "VideoGeometry":
@@ -44,8 +45,9 @@ class VideoGeometry:
         if height != width:
             raise PerceiverError("unsupported_model", f"the model's frames are {width}×{height}, not square")
         frames = int(geometry["frames_per_window"])
+        longest = geometry.get("max_frames_per_stream")
         return cls(height, frames, frames * int(geometry["audio_samples_per_frame"]), int(geometry["sample_rate"]),
-                   float(geometry["fps"]))
+                   float(geometry["fps"]), None if longest is None else int(longest))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -75,7 +75,7 @@ class VideoRunner:
         config = self.model.config
         return {"frame_size": [config.image_size, config.image_size], "frames_per_window": config.num_frames,
                 "sample_rate": self.options.sample_rate, "audio_samples_per_frame": config.audio_samples_per_frame,
-                "fps": self.options.fps}
+                "fps": self.options.fps, "max_frames_per_stream": self.options.max_frames_per_stream}
 
     def batch_key(self, payload: EncodeWindow | DecodeChunk) -> tuple:
         if isinstance(payload, EncodeWindow):
@@ -190,7 +190,9 @@ class StreamSettings:
 def check_stream_length(options: VideoOptions, frames: int) -> None:
     """Refuse a stream of more than ``max_frames_per_stream`` frames; front ends call it before decoding them."""
     if frames > options.max_frames_per_stream:
-        raise PayloadTooLarge(f"stream exceeds {options.max_frames_per_stream} frames", code="too_many_frames")
+        raise PayloadTooLarge(f"stream exceeds {options.max_frames_per_stream} frames (the model's "
+                              f"max_frames_per_stream, {options.max_frames_per_stream / options.fps:g} s at its "
+                              f"{options.fps:g} fps): send a longer video as several streams", code="too_many_frames")
 
 
 class VideoStream:
