@@ -214,6 +214,22 @@ def test_a_client_that_goes_while_sending_its_body_is_a_499_not_a_500(live, capl
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
+def _one_answer(sock) -> bytes:
+    """One HTTP answer read off ``sock``: its head, then as many body bytes as its Content-Length says."""
+    answer = b""
+    while b"\r\n\r\n" not in answer:
+        chunk = sock.recv(65536)
+        assert chunk, answer
+        answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        assert chunk, answer
+        body += chunk
+    return head + b"\r\n\r\n" + body
+
+
 @pytest.fixture(scope="module")
 def impatient(tmp_path_factory):
     """A server that waits at most 0.5 s for the next part of a request body."""
@@ -234,7 +250,7 @@ def test_a_body_that_stalls_is_refused_with_408_and_a_slow_but_steady_one_is_rea
     with socket.create_connection(("127.0.0.1", impatient.http_port), timeout=10) as sock:
         sock.sendall(head + b'{"texts": ["')
         started = time.monotonic()
-        answer = sock.recv(65536)
+        answer = _one_answer(sock)
         assert answer.startswith(b"HTTP/1.1 408") and b'"body_timeout"' in answer, answer[:300]
         assert 0.4 < time.monotonic() - started < 5
     assert impatient.metric("perceiver_requests_total", {"model": "", "endpoint": "/classify/text",
