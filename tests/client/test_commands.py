@@ -138,3 +138,17 @@ def test_bad_usage_exits_2(capsys):
         main(["classify-text"])
     assert exit.value.code == 2
     assert main(["flow", "a.png", "b.png", "-o", "flow.gif"]) == 2
+
+
+@pytest.mark.parametrize("transport", [[], ["--grpc"]], ids=["rest", "grpc"])
+def test_what_the_user_must_fix_exits_2_with_a_message_not_a_traceback(capsys, address, frames, tmp_path, transport):
+    """An output folder that doesn't exist, arguments the request can't carry, a timeout that isn't
+    positive: exit 2 with one line, on either transport."""
+    first, second = frames
+    cases = [("flow", str(first), str(second), "-o", str(tmp_path / "missing" / "flow.npy")),
+             ("classify-text", "a", "--top-k", "-1"), ("fill-mask", "ab[MASK]", "--top-k", "-3"),
+             ("--timeout", "-5", "classify-text", "a")]
+    for case in cases:
+        code, out, err = run(capsys, *address, *transport, *case)
+        assert (code, out) == (2, ""), (case, err)
+        assert err.startswith("perceiver-client: ") and "Traceback" not in err and err.count("\n") == 1, (case, err)

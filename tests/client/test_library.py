@@ -92,6 +92,41 @@ def test_the_api_key(queue_of_one, monkeypatch, use_grpc):
         assert [m.name for m in client.list_models().models] == ["text-sentiment"]
 
 
+@pytest.mark.parametrize("use_grpc", [False, True], ids=["rest", "grpc"])
+def test_health_needs_no_key(queue_of_one, monkeypatch, use_grpc):
+    """Health is open on both transports (gRPC's ListModels, which adds each model's state, needs the key)."""
+    monkeypatch.delenv("PERCEIVER_API_KEY", raising=False)
+    with Client(queue_of_one.url, **secure(queue_of_one, use_grpc=use_grpc)) as client:
+        assert client.health().status == "ready"
+
+
+@pytest.mark.parametrize("use_grpc", [False, True], ids=["rest", "grpc"])
+def test_what_cannot_be_sent_is_an_invalid_request_on_either_transport(process, use_grpc):
+    """Arguments the request can't encode (a wrong type, a number out of range, text that isn't Unicode) fail
+    as a PerceiverError ``invalid_request``, as the server's refusal would, never as a raw encoding error."""
+    calls = [lambda c: c.classify_text(["a"], top_k=2 ** 40), lambda c: c.classify_text([1, 2]),
+             lambda c: c.classify_text(["a\ud800b"]), lambda c: c.fill_mask("abc", mask_spans=[(0, 1, 2)])]
+    if use_grpc:  # REST sends these and the server refuses them (422)
+        calls += [lambda c: c.classify_text(["a"], top_k=-1), lambda c: c.fill_mask("abc", mask_spans=[(-1, 2)])]
+    with Client(process.url, grpc_address=f"127.0.0.1:{process.grpc_port}", use_grpc=use_grpc) as client:
+        for i, call in enumerate(calls):
+            with pytest.raises(PerceiverError) as failure:
+                call(client)
+            assert failure.value.code in ("invalid_request", "invalid_input") and failure.value.bad_input, (i, failure.value)
+
+
+def test_every_failure_is_a_perceiver_error(process, tmp_path):
+    """A missing local file, an API key no header can carry, a timeout that isn't positive: PerceiverError."""
+    for options in ({"api_key": "кл\u044eч"}, {"api_key": "bad\nkey"}, {"timeout": -5}, {"timeout": 0}):
+        with pytest.raises(PerceiverError) as failure:
+            Client(process.url, **options)
+        assert failure.value.code == "invalid_request" and failure.value.bad_input, options
+    with Client(process.url) as client:
+        with pytest.raises(PerceiverError) as failure:
+            client.classify_image(tmp_path / "nope.png")
+        assert isinstance(failure.value, InputError) and failure.value.bad_input
+
+
 @pytest.mark.parametrize("transport", [[], ["--grpc"]], ids=["rest", "grpc"])
 def test_tls_needs_the_servers_ca(queue_of_one, capsys, transport):
     flags = ["--url", queue_of_one.url, "--grpc-address", f"127.0.0.1:{queue_of_one.grpc_port}", "--tls",

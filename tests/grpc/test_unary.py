@@ -191,3 +191,20 @@ def test_video_stream_through_the_real_process(stub):
                 pb.ReconstructVideoRequest(media=pb.MediaPiece(frames=frames, audio=audio))]
     kinds = [m.WhichOneof("kind") for m in stub.ReconstructVideo(iter(requests), timeout=60)]
     assert kinds == ["started", "chunk", "chunk", "labels", "chunk", "chunk", "labels"]
+
+
+def test_a_long_name_in_a_request_is_quoted_cut_short_in_the_status(stub, channel):
+    """Status details travel in a trailer, which gRPC caps at 16 KiB: a message quoting a 17,000-character
+    model (or service) name is cut, so the client still gets NOT_FOUND and our trailers, not a transport error."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    for call, request in ((stub.ClassifyText, pb.ClassifyTextRequest(texts=["a"], model="x" * 17_000)),
+                          (stub.FillMask, pb.FillMaskRequest(text="a[MASK]", model="x" * 17_000))):
+        with pytest.raises(grpc.RpcError) as info:
+            call(request, timeout=30)
+        assert info.value.code() == grpc.StatusCode.NOT_FOUND, info.value.details()
+        assert dict(info.value.trailing_metadata())["x-error-code"] == "model_not_found"
+        assert info.value.details().endswith("characters cut)") and len(info.value.details()) < 2100
+    with pytest.raises(grpc.RpcError) as info:
+        health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service="y" * 20_000), timeout=30)
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND and info.value.details().endswith("characters cut)")

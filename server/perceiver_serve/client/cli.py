@@ -232,17 +232,17 @@ def main(argv: list[str] | None = None) -> int:
         with Client(args.url, grpc_address=args.grpc_address, use_grpc=args.grpc, tls=args.tls, ca=args.ca,
                     **options) as client:
             return args.handler(client, args)
-    except PerceiverError as exc:
+    except PerceiverError as exc:  # InputError (a local file) too
         print(f"perceiver-client: {exc}", file=sys.stderr)
         return EXIT_USAGE if exc.bad_input else EXIT_SERVER
-    except InputError as exc:
-        print(f"perceiver-client: {exc}", file=sys.stderr)
-        return EXIT_USAGE
     except KeyboardInterrupt:
         print("perceiver-client: cancelled", file=sys.stderr)
         return EXIT_INTERRUPTED
     except BrokenPipeError:  # `perceiver-client models | head`
         return EXIT_OK
+    except (OSError, UnicodeError) as exc:  # an output that can't be written, input that isn't text: the user's to fix
+        print(f"perceiver-client: {exc}", file=sys.stderr)
+        return EXIT_USAGE
 
 
 if __name__ == "__main__":

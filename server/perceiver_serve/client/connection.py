@@ -35,6 +35,16 @@ class Connection:
     timeout: float | None = 60.0
     retries: int = 3
 
+    def __post_init__(self) -> None:
+        # Sent as an HTTP header and gRPC metadata: both carry printable ASCII only, and a key they can't
+        # carry would otherwise fail each call inside the transport ("unreachable", or no error of ours).
+        if self.api_key is not None and not (self.api_key.isascii() and self.api_key.isprintable()):
+            raise PerceiverError("invalid_request", "the API key must be printable ASCII (it travels in a header)",
+                                 status="INVALID_ARGUMENT")
+        if self.timeout is not None and not self.timeout > 0:
+            raise PerceiverError("invalid_request", f"the timeout must be a positive number of seconds, "
+                                                    f"not {self.timeout}", status="INVALID_ARGUMENT")
+
     def read_ca(self) -> bytes | None:
         if self.ca is None:
             return None

@@ -33,5 +33,23 @@ class PerceiverError(Exception):
         return f"{self.code}: {self.message}{where}"
 
 
-class InputError(Exception):
-    """A local file the client cannot use (missing, not a video, corrupt); the CLI exits 2."""
+class InputError(PerceiverError):
+    """A local file the client cannot use (missing, not a video, corrupt); the CLI exits 2.
+
+    A :class:`PerceiverError` (code ``invalid_input``), so that one ``except`` catches every failure."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("invalid_input", message)
+
+    @property
+    def bad_input(self) -> bool:
+        return True
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def unsendable(exc: Exception) -> PerceiverError:
+    """A request the client could not encode (a value of the wrong type or range, text that isn't
+    Unicode): refused before it is sent, as the server would refuse it (``invalid_request``)."""
+    return PerceiverError("invalid_request", f"the request cannot be sent: {exc}", status="INVALID_ARGUMENT")

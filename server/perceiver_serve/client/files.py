@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from .errors import PerceiverError
+from .errors import InputError, PerceiverError
 from .video import StreamStarted, VideoChunk, WindowAssembler
 
 if TYPE_CHECKING:
@@ -61,6 +61,8 @@ def reconstruct_file(client: "Client", source: str | os.PathLike, output: str | 
     from .media import InputVideo, OutputVideo  # PyAV: only files need it
 
     video = InputVideo(source)  # a bad file fails here, before the server is asked anything
+    if not Path(output).parent.is_dir():  # and an output that can't be written, before the video is streamed
+        raise InputError(f"{output}: its folder does not exist")
     name, geometry = client.video_geometry(model)
     frames = None if video.duration is None else round(video.duration * geometry.fps)
     # A stream over the model's limit is refused once it passes it: say so before a frame is sent, where the

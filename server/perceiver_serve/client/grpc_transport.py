@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -15,7 +16,7 @@ from ..answers import ClassificationResponse, FillMaskResponse, Health, ModelHea
 from ..pb.perceiver.v1 import perceiver_pb2 as pb
 from ..pb.perceiver.v1 import perceiver_pb2_grpc as rpc
 from .connection import Connection, with_retries
-from .errors import PerceiverError
+from .errors import PerceiverError, unsendable
 
 T = TypeVar("T")
 
@@ -73,7 +74,13 @@ class GrpcTransport:
     async def aclose(self) -> None:
         await self.channel.close()
 
-    async def unary(self, method: Callable[..., Awaitable[T]], request: Message) -> T:
+    async def unary(self, method: Callable[..., Awaitable[T]], request: Message | Callable[[], Message]) -> T:
+        """One call; ``request`` may be a function building it, whose encoding errors become ``invalid_request``."""
+        if callable(request):
+            try:
+                request = request()
+            except (TypeError, ValueError) as exc:  # protobuf refuses a wrong type or an out-of-range number
+                raise unsendable(exc) from None
         async def once(timeout: float | None) -> T:
             try:
                 return await method(request, metadata=self.metadata, timeout=timeout)
@@ -84,13 +91,16 @@ class GrpcTransport:
 
     async def classify_text(self, texts: list[str], top_k: int | None, model: str | None,
                             return_logits: bool) -> ClassificationResponse:
-        request = pb.ClassifyTextRequest(texts=texts, top_k=top_k, model=model or "", return_logits=return_logits)
+        request = functools.partial(pb.ClassifyTextRequest, texts=texts, top_k=top_k, model=model or "",
+                                    return_logits=return_logits)
         return _classification(await self.unary(self.stub.ClassifyText, request))
 
     async def fill_mask(self, text: str, mask_spans: list[tuple[int, int]] | None, top_k: int | None,
                         model: str | None, truncate: bool) -> FillMaskResponse:
-        spans = [pb.ByteSpan(start=start, end=end) for start, end in mask_spans or ()]
-        request = pb.FillMaskRequest(text=text, mask_spans=spans, top_k=top_k, model=model or "", truncate=truncate)
+        def request() -> pb.FillMaskRequest:
+            spans = [pb.ByteSpan(start=start, end=end) for start, end in mask_spans or ()]
+            return pb.FillMaskRequest(text=text, mask_spans=spans, top_k=top_k, model=model or "", truncate=truncate)
+
         answer = as_dict(await self.unary(self.stub.FillMask, request))
         for masked in answer["masked"]:  # REST says null where gRPC leaves an optional field out
             masked.setdefault("original", None)
@@ -100,11 +110,12 @@ class GrpcTransport:
 
     async def classify_image(self, image: bytes, top_k: int | None, model: str | None,
                              return_logits: bool) -> ClassificationResponse:
-        request = pb.ClassifyImageRequest(image=image, top_k=top_k, model=model or "", return_logits=return_logits)
+        request = functools.partial(pb.ClassifyImageRequest, image=image, top_k=top_k, model=model or "",
+                                    return_logits=return_logits)
         return _classification(await self.unary(self.stub.ClassifyImage, request))
 
     async def estimate_flow(self, frame1: bytes, frame2: bytes, model: str | None) -> np.ndarray:
-        request = pb.EstimateFlowRequest(frame1=frame1, frame2=frame2, model=model or "")
+        request = functools.partial(pb.EstimateFlowRequest, frame1=frame1, frame2=frame2, model=model or "")
         answer = await self.unary(self.stub.EstimateFlow, request)
         return np.frombuffer(answer.flow, "<f4").reshape(answer.height, answer.width, 2).copy()
 
@@ -128,7 +139,12 @@ class GrpcTransport:
         check = health_pb2_grpc.HealthStub(self.channel).Check
         answer = await self.unary(check, health_pb2.HealthCheckRequest(service=""))
         serving = answer.status == health_pb2.HealthCheckResponse.SERVING
-        models = await self.list_models()
+        try:
+            models = await self.list_models()
+        except PerceiverError as exc:  # health is open, ListModels needs the key: the server's state alone
+            if exc.code != "unauthenticated":
+                raise
+            return Health(status="ready" if serving else "not_ready", models={})
         return Health(status="ready" if serving else "not_ready",
                       models={m.name: ModelHealth(state=m.state, **({"reason": m.reason} if m.reason else {}))
                               for m in models.models})

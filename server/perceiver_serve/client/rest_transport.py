@@ -11,7 +11,7 @@ import numpy as np
 
 from ..answers import ClassificationResponse, FillMaskResponse, Health, ModelList
 from .connection import Connection, with_retries
-from .errors import PerceiverError
+from .errors import PerceiverError, unsendable
 
 
 def _retry_after(response: httpx.Response) -> float | None:
@@ -52,6 +52,8 @@ class RestTransport:
             except httpx.TimeoutException:
                 raise PerceiverError("deadline_exceeded", f"no answer from {self.connection.url} within "
                                      f"{self.connection.timeout} s") from None
+            except (TypeError, ValueError) as exc:  # what can't be encoded (a lone surrogate, a number for a text)
+                raise unsendable(exc) from None
             except httpx.TransportError as exc:
                 raise PerceiverError("unreachable", f"cannot reach {self.connection.url}: {exc}") from None
             if response.status_code >= 400 and response.status_code not in accept:

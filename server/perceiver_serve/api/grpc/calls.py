@@ -33,6 +33,19 @@ access_log = logging.getLogger("perceiver_serve.access")
 CANCEL_AFTER_END_OF_INPUT_S = 0.25
 
 
+#: Longest status message sent: the details travel in a trailer, and gRPC refuses metadata over 16 KiB
+#: (the client then sees a transport error with no status of ours). Messages quote what the client sent
+#: (a model name, a service name), which may be anything up to the message limit.
+MAX_DETAILS = 2000
+
+
+def fitted_details(message: str) -> str:
+    """``message``, cut to :data:`MAX_DETAILS` characters (saying how much was cut) if longer."""
+    if len(message) <= MAX_DETAILS:
+        return message
+    return f"{message[:MAX_DETAILS]}… ({len(message) - MAX_DETAILS} more characters cut)"
+
+
 @dataclasses.dataclass(eq=False)
 class RpcCall:
     """One RPC as its handler sees it: ids, the model it resolved (for metrics), its deadline."""
@@ -136,6 +149,7 @@ class _Rpc:
                 message = exc.message
                 if exc.http_status >= 500:
                     message = f"{message} (request id {call.request_id})"
+                message = fitted_details(message)
                 headers = tuple((key.lower(), value) for key, value in exc.headers.items())
                 failure = (grpc.StatusCode[status], message, (("x-error-code", exc.code), *headers))
             except asyncio.CancelledError:  # the client cancelled, went away, or its deadline passed
