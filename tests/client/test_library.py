@@ -203,3 +203,15 @@ def test_a_source_that_fails_mid_stream_ends_the_stream_with_its_own_error(proce
         with pytest.raises(InputError, match="cannot be decoded"):
             for _ in client.reconstruct_video(pieces()):
                 pass
+
+
+def test_models_over_grpc_carry_the_rest_numbers(process, rest):
+    """ListModels' options and geometry travel as a Struct, whose numbers are doubles: the client gives whole
+    ones back as ints, so both transports give the same values of the same types."""
+    expected = {m["name"]: (m.get("options"), m.get("geometry")) for m in rest.get("/models").json()["models"]}
+    with Client(process.url, grpc_address=f"127.0.0.1:{process.grpc_port}", use_grpc=True) as client:
+        got = {m.name: (m.options, m.geometry) for m in client.list_models().models}
+    assert got == expected
+    ints = [(name, key) for name, pair in expected.items() for table in pair if table
+            for key, value in table.items() if isinstance(value, int)]
+    assert ints and all(isinstance({**(got[name][0] or {}), **(got[name][1] or {})}[key], int) for name, key in ints)

@@ -58,6 +58,17 @@ def _classification(message: pb.ClassificationResponse) -> ClassificationRespons
     return ClassificationResponse.model_validate(answer)
 
 
+
+def _whole_numbers(value: Any) -> Any:
+    """``value`` with every integral float (a ``google.protobuf.Struct`` number) made an int, nested."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {key: _whole_numbers(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_whole_numbers(item) for item in value]
+    return value
+
 class GrpcTransport:
     def __init__(self, connection: Connection) -> None:
         self.connection = connection
@@ -132,6 +143,9 @@ class GrpcTransport:
             for version in info.get("versions", []):
                 if not version.get("reason"):
                     version.pop("reason", None)
+            for key in ("options", "geometry"):  # a Struct's numbers are doubles: whole ones as REST sends them
+                if key in info:
+                    info[key] = _whole_numbers(info[key])
         return ModelList.model_validate(models)
 
     async def health(self) -> Health:
