@@ -253,8 +253,11 @@ def test_a_body_that_stalls_is_refused_with_408_and_a_slow_but_steady_one_is_rea
         answer = _one_answer(sock)
         assert answer.startswith(b"HTTP/1.1 408") and b'"body_timeout"' in answer, answer[:300]
         assert 0.4 < time.monotonic() - started < 5
-    assert impatient.metric("perceiver_requests_total", {"model": "", "endpoint": "/classify/text",
-                                                          "protocol": "rest", "status": "408"}) == 1.0
+    labels = {"model": "", "endpoint": "/classify/text", "protocol": "rest", "status": "408"}
+    deadline = time.monotonic() + 10  # counted once the answer is sent: a moment after the client reads it
+    while impatient.metric("perceiver_requests_total", labels) == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert impatient.metric("perceiver_requests_total", labels) == 1.0
     body = b'{"texts": ["' + b"good " * 30 + b'"]}'
     with socket.create_connection(("127.0.0.1", impatient.http_port), timeout=10) as sock:
         sock.sendall(f"POST /classify/text HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
