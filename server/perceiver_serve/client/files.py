@@ -64,7 +64,7 @@ def reconstruct_file(client: "Client", source: str | os.PathLike, output: str | 
     if not Path(output).parent.is_dir():  # and an output that can't be written, before the video is streamed
         raise InputError(f"{output}: its folder does not exist")
     name, geometry = client.video_geometry(model)
-    frames = None if video.duration is None else round(video.duration * geometry.fps)
+    frames = video.frame_count(geometry.fps)
     # A stream over the model's limit is refused once it passes it: say so before a frame is sent, where the
     # container says how long it is (a window's worth of slack for its rounding; the server has the last word).
     if frames is not None and geometry.max_frames is not None and \

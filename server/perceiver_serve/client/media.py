@@ -92,11 +92,14 @@ class InputVideo:
             for out in resampler.resample(None):
                 yield _mono(out)
 
+    def frame_count(self, fps: float) -> int | None:
+        """How many frames the video has at ``fps``, when the container says how long it is."""
+        return None if self.duration is None else round(self.duration * fps)
+
     def windows(self, geometry: VideoGeometry) -> int | None:
         """How many windows the stream will have, when the container says how long it is."""
-        if self.duration is None:
-            return None
-        return max(1, math.ceil(round(self.duration * geometry.fps) / geometry.frames_per_window))
+        frames = self.frame_count(geometry.fps)
+        return None if frames is None else max(1, math.ceil(frames / geometry.frames_per_window))
 
     def pieces(self, geometry: VideoGeometry) -> Iterator[VideoPiece]:
         """One piece per window: its frames and exactly their audio (none when the file has none)."""
