@@ -231,6 +231,67 @@ def test_big_heads_are_computed_one_at_a_time_into_the_layout_the_output_project
     assert kernels.attend(q, k, values).is_contiguous()  # batched under autograd (out= has no derivative)
 
 
+@pytest.mark.parametrize("masked", [False, True])
+def test_attention_in_a_compute_dtype_covers_big_heads_only(masked, monkeypatch):
+    """``compute_dtype`` (an int8 model's bf16 attention): heads of at least PER_HEAD_SCORES scores are
+    computed in that dtype, key mask and bias included, and returned in the inputs' dtype; smaller heads
+    are computed as they come."""
+    seen = []
+    attend = kernels.attend
+    monkeypatch.setattr(kernels, "attend", lambda q, *a, **k: seen.append(q.dtype) or attend(q, *a, **k))
+    g = torch.Generator().manual_seed(11)
+    big = kernels.PER_HEAD_SCORES // 64
+    q, k = torch.randn(2, 4, 64, 8, generator=g), torch.randn(2, 4, big, 8, generator=g)
+    values = torch.randn(2, 4, big, 24, generator=g)
+    mask = (torch.arange(big) < torch.tensor([[big], [big // 3]])) if masked else None
+    bias = torch.randn(2, big, generator=g)
+    with torch.inference_mode():
+        got = attend(q, k, values, mask, key_bias=bias, compute_dtype=torch.bfloat16)
+        in_bf16 = attend(q.bfloat16(), k.bfloat16(), values.bfloat16(), mask, key_bias=bias)
+        in_float = attend(q, k, values, mask, key_bias=bias)
+        assert seen[0] == torch.bfloat16  # the inner call
+        assert got.dtype == torch.float32
+        torch.testing.assert_close(got, in_bf16.float(), rtol=0, atol=0)
+        assert not torch.equal(got, in_float)
+        seen.clear()
+        small = attend(q, k[:, :, :big // 2], values[:, :, :big // 2], compute_dtype=torch.bfloat16)
+        assert not seen and torch.equal(small, attend(q, k[:, :, :big // 2], values[:, :, :big // 2]))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("name", ["gelu", "gelu_new", "relu", "silu"])
+def test_activations_are_applied_by_onednns_op_as_it_writes_the_product(name, dtype, monkeypatch):
+    """A product that goes to oneDNN's op applies the activation as that op's post-op (SiLU, which the
+    op isn't given, after it), with the answer of the activation applied to F.linear's product; products
+    elsewhere apply it after."""
+    from perceiver_serve.modeling.attention import activation
+
+    if dtype == torch.bfloat16 and not kernels.ONEDNN_BF16:
+        pytest.skip("this CPU has no native bf16 products, or oneDNN takes none")
+    if not kernels.ONEDNN_LINEAR:
+        pytest.skip("this torch build has no oneDNN linear")
+    act = activation(name)
+    op, post_ops = torch.ops.mkldnn._linear_pointwise, []
+
+    class Spy:
+        def __call__(self, x, weight, bias, attr, scalars, algorithm):
+            post_ops.append((attr, algorithm))
+            return op(x, weight, bias, attr, scalars, algorithm)
+
+    monkeypatch.setattr(torch.ops.mkldnn, "_linear_pointwise", Spy())
+    g = torch.Generator().manual_seed(12)
+    weight, bias = (torch.randn(96, 80, generator=g) / 9).to(dtype), torch.randn(96, generator=g).to(dtype)
+    x = torch.randn(100, 80, generator=g).to(dtype)
+    with torch.inference_mode():
+        got = kernels.linear(x, weight, bias, activation=act)
+        few = kernels.linear(x[:3], weight, bias, activation=act)  # too few rows for oneDNN: F.linear
+    assert got.dtype == dtype and set(post_ops) == {act.onednn or ("none", "")}
+    expected = act(F.linear(x.float(), weight.float(), bias.float()))
+    tolerance = 1e-5 if dtype == torch.float32 else 3e-2
+    torch.testing.assert_close(got.float(), expected, rtol=tolerance, atol=tolerance)
+    torch.testing.assert_close(few.float(), expected[:3], rtol=tolerance, atol=tolerance)
+
+
 @needs_onednn
 def test_compiled_encoders_keep_the_onednn_products(tmp_path, monkeypatch):
     """Inductor would lower the layers to MKL's sgemm; the products reach oneDNN as one opaque op."""
@@ -238,7 +299,8 @@ def test_compiled_encoders_keep_the_onednn_products(tmp_path, monkeypatch):
     ours = load_model(save_reference(reference, tmp_path), compile=True)
     calls = []
     product = kernels._onednn_product
-    monkeypatch.setattr(kernels, "_onednn_product", lambda *args: calls.append(args[0].shape) or product(*args))
+    monkeypatch.setattr(kernels, "_onednn_product",
+                        lambda *args, **kwargs: calls.append(args[0].shape) or product(*args, **kwargs))
     ids, mask = _texts(ONEDNN_MAX_BATCH + 3)
     with torch.inference_mode():
         got = ours(ids, mask)
@@ -483,7 +545,8 @@ def test_fp16_products_of_any_row_count_meet_a_few_shapes(monkeypatch):
 @pytest.mark.skipif(not kernels.ONEDNN_BF16, reason="this CPU has no native bf16 products, or oneDNN takes none")
 def test_bf16_cpu_models_multiply_latents_through_onednn_with_packed_weights(tmp_path, monkeypatch):
     """Where the CPU multiplies bf16 natively, a bf16 model's latent stack is packed in place as a float32
-    one is, its latent products go to oneDNN's op directly, and it answers as the same model does through
+    one is (each self-attention's query, key and value weights as one), its latent products go to oneDNN's
+    op directly (the MLP's activation applied by that op), and it answers as the same model does through
     F.linear (the weights reordered in every call)."""
     from perceiver_serve.modeling.attention import PerceiverEncoder
 
@@ -491,13 +554,19 @@ def test_bf16_cpu_models_multiply_latents_through_onednn_with_packed_weights(tmp
     ours = load_model(directory, dtype="bfloat16")
     (encoder,) = [m for m in ours.modules() if isinstance(m, PerceiverEncoder)]
     latent = {m for m in encoder.self_attends.modules() if isinstance(m, kernels.Linear)}
-    assert latent == {m for m in ours.modules() if isinstance(m, kernels.Linear) and m.weight.is_mkldnn}
+    projections = {m for layer in encoder.self_attends for m in
+                   (layer.attention.self.query, layer.attention.self.key, layer.attention.self.value)}
+    assert {m for m in latent if m.fused} == projections
+    assert all(layer.attention.self.qkv_packed[0].is_mkldnn for layer in encoder.self_attends)
+    assert latent - projections == {m for m in ours.modules() if isinstance(m, kernels.Linear) and m.weight.is_mkldnn}
+    with pytest.raises(RuntimeError, match="fused"):
+        encoder.self_attends[0].attention.self.query(torch.zeros(1, 4, encoder.self_attends[0].attention.self.query.in_features))
     monkeypatch.setattr(kernels, "ONEDNN_BF16", False)
     plain = load_model(directory, dtype="bfloat16")
     assert not any(p.is_mkldnn for p in plain.parameters())
     products = []
     product = kernels._onednn_product
-    monkeypatch.setattr(kernels, "_onednn_product", lambda x, *a: products.append(x.dtype) or product(x, *a))
+    monkeypatch.setattr(kernels, "_onednn_product", lambda x, *a, **k: products.append(x.dtype) or product(x, *a, **k))
     for batch in (1, 2, ONEDNN_MAX_BATCH + 3):
         ids, mask = _texts(batch)
         with torch.inference_mode():
@@ -507,7 +576,8 @@ def test_bf16_cpu_models_multiply_latents_through_onednn_with_packed_weights(tmp
             monkeypatch.setattr(kernels, "ONEDNN_BF16", False)
         assert got.dtype == torch.bfloat16
         torch.testing.assert_close(got.float(), expected.float(), rtol=2e-2, atol=2e-2)
-    assert products.count(torch.bfloat16) >= len(latent) * 2  # batches 2 and 7 (batch 1's 8-row products: F.linear)
+    per_pass = len(latent) - len(projections) + len(encoder.self_attends)  # one product for q, k and v
+    assert products.count(torch.bfloat16) >= per_pass * 2  # batches 2 and 7 (batch 1's 8-row products: F.linear)
 
 
 # A fresh interpreter: which element-wise functions run, on how many elements, before and while

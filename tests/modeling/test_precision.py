@@ -99,6 +99,27 @@ def test_int8_mlm_quantizes_its_output_layer(checkpoint_dirs):
         assert (cross_attention.output_map(layer, (projection, None), rows=1 << 20).folded is not None) == folded_in_int8
 
 
+@pytest.mark.parametrize("pays", [True, False])
+def test_int8_attention_is_computed_in_bf16_where_that_pays(pays, monkeypatch, reference_models, checkpoint_dirs):
+    """Where bf16 attention pays (CPUs with AMX), an int8 model computes its big attention heads in bf16 and
+    still decides as float32 does; elsewhere its attention stays float32."""
+    from perceiver_serve.modeling import kernels, loading
+
+    monkeypatch.setattr(loading, "bf16_attention_pays", lambda: pays)
+    monkeypatch.setattr(kernels, "PER_HEAD_SCORES", 1)  # every head counts as big (the test models are tiny)
+    arch = "PerceiverForSequenceClassification"
+    model = load_model(checkpoint_dirs[arch, "safetensors"], dtype="int8")
+    attentions = [m for m in model.modules() if isinstance(m, QKVAttention)]
+    assert attentions and all(m.attention_dtype == (torch.bfloat16 if pays else None) for m in attentions)
+    seen = []
+    attend_ = kernels.attend
+    monkeypatch.setattr(kernels, "attend", lambda q, *a, **k: seen.append(q.dtype) or attend_(q, *a, **k))
+    for name, (ref, got) in run_pair(arch, reference_models[arch], model).items():
+        assert got.dtype == torch.float32
+        assert (got.argmax(-1) == ref.argmax(-1)).float().mean() >= 0.9, name
+    assert (torch.bfloat16 in seen) == pays
+
+
 def _fused_weights(model) -> set[int]:
     """ids of the weights an int8 model multiplies through a self-attention's shared twin."""
     return {id(layer.weight) for m in model.modules() if isinstance(m, QKVAttention) and m.qkv_int8 is not None

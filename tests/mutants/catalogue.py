@@ -265,9 +265,22 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     Mutant(
         "fp16-products-of-input-rows-through-f-linear-whole", "modeling/kernels.py",
-        "return _onednn_product(x, weight, bias, 0, lambda chunk: F.linear(chunk, weight, bias))",
-        "return F.linear(x, weight, bias)",
+        "_activated(_onednn_product(x, weight, bias, 0, lambda chunk: F.linear(chunk, weight, bias)), activation)",
+        "_activated(F.linear(x, weight, bias), activation)",
         ("tests/modeling/test_cpu_kernels.py::test_fp16_products_of_any_row_count_meet_a_few_shapes",),
+    ),
+    Mutant(
+        "activation-post-op-dropped", "modeling/kernels.py",
+        'attr, algorithm = activation.onednn if activation is not None else ("none", "")',
+        'attr, algorithm = ("none", "")',
+        ("tests/modeling/test_cpu_kernels.py::test_activations_are_applied_by_onednns_op_as_it_writes_the_product",),
+    ),
+    Mutant(
+        "attention-compute-dtype-ignored", "modeling/kernels.py",
+        "if (compute_dtype is not None and compute_dtype != q.dtype and not q.requires_grad",
+        "if (False and compute_dtype != q.dtype and not q.requires_grad",
+        ("tests/modeling/test_cpu_kernels.py::test_attention_in_a_compute_dtype_covers_big_heads_only",
+         "tests/modeling/test_precision.py::test_int8_attention_is_computed_in_bf16_where_that_pays"),
     ),
     Mutant(
         "big-decodes-take-turns-on-every-preprocessing-thread", "tasks/common.py",

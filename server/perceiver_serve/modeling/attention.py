@@ -16,21 +16,23 @@ from . import cross_attention, kernels
 from .config import PerceiverConfig
 from .cross_attention import LatentState, Queries
 from .chunking import halving_parts
-from .kernels import ONEDNN_MAX_BATCH, Linear, attend, launch_bound, pack_in_place, packed_group_items
+from .kernels import ONEDNN_MAX_BATCH, Activation, Linear, attend, launch_bound, pack_in_place, packed_group_items
 from .precision import Int8Weight, int8_linear, int8_twin
 
+_GELU_TANH = Activation(lambda x: F.gelu(x, approximate="tanh"), ("gelu", "tanh"))
+_SILU = Activation(F.silu)
 _ACTIVATIONS = {
-    "gelu": lambda x: F.gelu(x),
-    "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
-    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
-    "gelu_fast": lambda x: F.gelu(x, approximate="tanh"),
-    "relu": F.relu,
-    "silu": F.silu,
-    "swish": F.silu,
+    "gelu": Activation(F.gelu, ("gelu", "none")),
+    "gelu_new": _GELU_TANH,
+    "gelu_pytorch_tanh": _GELU_TANH,
+    "gelu_fast": _GELU_TANH,
+    "relu": Activation(F.relu, ("relu", "")),
+    "silu": _SILU,
+    "swish": _SILU,
 }
 
 
-def activation(name: str):
+def activation(name: str) -> Activation:
     try:
         return _ACTIVATIONS[name]
     except KeyError:
@@ -58,8 +60,14 @@ class QKVAttention(nn.Module):
         self.value = Linear(kv_dim, v_channels)
         #: Self-attention in int8: the three projections as one int8 weight (see :meth:`fuse_int8`).
         self.qkv_int8: Int8Weight | None = None
+        #: Self-attention in bf16 on a CPU: the three projections as one packed weight and its bias (see
+        #: :meth:`fuse_packed`).
+        self.qkv_packed: tuple[torch.Tensor, torch.Tensor] | None = None
         #: Queries computed from a learned array, by kind (see :func:`.cross_attention.fixed_queries`).
         self.query_memo: dict[str, tuple] = {}
+        #: The dtype attention is computed in, if not its inputs' (an int8 model's: see
+        #: :func:`.kernels.bf16_attention_pays`).
+        self.attention_dtype: torch.dtype | None = None
 
     def fuse_int8(self) -> bool:
         """Self-attention of an int8 model: multiply by ``[W_q; W_k; W_v]`` in one int8 product, whose
@@ -74,6 +82,33 @@ class QKVAttention(nn.Module):
         biases = [layer.bias if layer.bias is not None else layer.weight.new_zeros(layer.out_features)
                   for layer in layers]
         self.qkv_int8 = int8_twin(torch.cat([layer.weight for layer in layers]), torch.cat(biases))
+        return True
+
+    def fuse_packed(self) -> bool:
+        """Self-attention of a bf16 CPU model: multiply by ``[W_q; W_k; W_v]`` as one weight packed for
+        oneDNN (:func:`~.kernels.pack_in_place`), which replaces the three (no second copy; the three
+        layers can't be called after). Their narrow products use the CPU poorly: on an AMX Xeon (two
+        threads, 26 distinct weights read from memory as in a pass) the published MLM's 256 × 1280 →
+        256 + 256 + 1280 took 600–655 µs as one product against 872–924 as three. (In float32 one product
+        measured the same as three, so float32 models keep theirs.) Call it before the packing, once the
+        model is placed and converted. Returns whether it fused (cross-attentions don't: their keys and
+        values read the inputs)."""
+        layers = (self.query, self.key, self.value)
+        if self.is_cross or any(layer.weight.dtype != torch.bfloat16 or layer.weight.is_mkldnn for layer in layers):
+            return False
+        with torch.device("meta"):
+            fused = Linear(self.query.in_features, sum(layer.out_features for layer in layers))
+        biases = [layer.bias if layer.bias is not None else layer.weight.new_zeros(layer.out_features)
+                  for layer in layers]
+        fused.weight = nn.Parameter(torch.cat([layer.weight for layer in layers]), requires_grad=False)
+        fused.bias = nn.Parameter(torch.cat(biases), requires_grad=False)
+        fused.onednn_max_rows, fused.item_rows = self.query.onednn_max_rows, self.query.item_rows
+        if not pack_in_place(fused):
+            return False
+        self.qkv_packed = (fused.weight, fused.bias)
+        for layer in layers:
+            layer.weight = nn.Parameter(layer.weight.new_zeros(()).expand(layer.weight.shape), requires_grad=False)
+            layer.fused = True
         return True
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
@@ -92,7 +127,7 @@ class QKVAttention(nn.Module):
         else:
             hidden = self.layernorm1(hidden)
             q, k, v = map(self._heads, self._project(hidden, hidden))
-        out = attend(q, k, v, key_mask)
+        out = attend(q, k, v, key_mask, compute_dtype=self.attention_dtype)
         b, h, n, c = out.shape
         return out.transpose(1, 2).reshape(b, n, h * c)
 
@@ -104,9 +139,12 @@ class QKVAttention(nn.Module):
     def _project(self, hidden: torch.Tensor, source: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Queries from ``hidden``, keys and values from ``source`` (the same tensor in self-attention),
         both already normalised."""
+        widths = (self.query.out_features, self.key.out_features, self.value.out_features)
         if self.qkv_int8 is not None and not hidden.requires_grad:
-            widths = (self.query.out_features, self.key.out_features, self.value.out_features)
             return int8_linear(hidden, self.qkv_int8, self.qkv_int8.bias).split(widths, -1)
+        if self.qkv_packed is not None:
+            weight, bias = self.qkv_packed
+            return kernels.linear(hidden, weight, bias, onednn_max_rows=self.query.onednn_max_rows).split(widths, -1)
         return self.query(hidden), self.key(source), self.value(source)
 
     def _forward_packed(self, hidden: torch.Tensor, inputs: torch.Tensor, lengths: list[int]) -> torch.Tensor:
@@ -118,7 +156,7 @@ class QKVAttention(nn.Module):
         real = torch.cat([item[:n] for item, n in zip(inputs, lengths)]) if len(lengths) > 1 else inputs[0, :lengths[0]]
         source = self.layernorm2(real)
         keys, values = self.key(source).split(lengths), self.value(source).split(lengths)
-        out = torch.cat([attend(q[i:i + 1], self._heads(k[None]), self._heads(v[None]))
+        out = torch.cat([attend(q[i:i + 1], self._heads(k[None]), self._heads(v[None]), compute_dtype=self.attention_dtype)
                          for i, (k, v) in enumerate(zip(keys, values))])
         b, h, n, c = out.shape
         return out.transpose(1, 2).reshape(b, n, h * c)
@@ -163,7 +201,7 @@ class MLP(nn.Module):
         self._act = activation(hidden_act)
 
     def hidden(self, x: torch.Tensor) -> torch.Tensor:
-        return self._act(self.dense1(x))
+        return self.dense1(x, self._act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.dense2(self.hidden(x))
@@ -265,12 +303,14 @@ class PerceiverEncoder(nn.Module):
 
     def pack_latent_weights(self) -> int:
         """Pack the self-attention layers' weights in place for oneDNN (:func:`kernels.pack_in_place`):
-        nothing else reads them (the cross-attention's are read directly too, and stay plain).
+        nothing else reads them (the cross-attention's are read directly too, and stay plain). In bf16 each
+        layer's query, key and value weights become one (:meth:`QKVAttention.fuse_packed`).
         Returns how many were packed.
 
         Packed weights also take bigger groups of a batch (:func:`~.kernels.packed_group_items`:
         up to 16 items of at most 2,048 rows, instead of :data:`~.kernels.ONEDNN_MAX_BATCH`)."""
-        packed = sum(pack_in_place(m) for m in self.self_attends.modules() if isinstance(m, Linear))
+        packed = sum(layer.attention.self.fuse_packed() for layer in self.self_attends)
+        packed += sum(pack_in_place(m) for m in self.self_attends.modules() if isinstance(m, Linear) and not m.fused)
         if packed:
             self._group(packed_group_items(self.num_latents))
         return packed

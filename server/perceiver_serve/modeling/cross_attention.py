@@ -100,7 +100,8 @@ def attend_inputs(attention: nn.Module, hidden: torch.Tensor, inputs: torch.Tens
     # Into the inputs' space (q·b_k is constant per row, so dropped); once per model for the latent array.
     query = fixed_queries(qkv, "absorbed", hidden, lambda h: weight_matmul(qkv.queries(h), qkv.key.weight))
     source = qkv.layernorm2(inputs)[:, None]
-    mixed = attend(query[:, None], source, source, key_mask, scale=qkv.query.out_features ** -0.5)
+    mixed = attend(query[:, None], source, source, key_mask, scale=qkv.query.out_features ** -0.5,
+                   compute_dtype=qkv.attention_dtype)
     return attention.output(qkv.value(mixed[:, 0]))
 
 
@@ -252,7 +253,8 @@ def attend_latents(layer: nn.Module, queries: Queries, state: LatentState,
         out = batched_linear(weights, state.values.transpose(1, 2))
     else:
         normed = attention.self.layernorm1(queries)[:, None]
-        out = attend(normed, state.keys[:, None], state.values[:, None], scale=1.0, key_bias=state.key_bias)[:, 0]
+        out = attend(normed, state.keys[:, None], state.values[:, None], scale=1.0, key_bias=state.key_bias,
+                     compute_dtype=attention.self.attention_dtype)[:, 0]
     if attention.use_query_residual:
         out = out + (queries.materialize() if isinstance(queries, PaddedQueries) else queries)
     return out

@@ -20,7 +20,7 @@ from .attention import PerceiverEncoder, QKVAttention
 from .config import PerceiverConfig
 from .errors import CheckpointError
 from .heads import ARCHITECTURES, PerceiverTaskModel
-from .kernels import Linear
+from .kernels import Linear, bf16_attention_pays
 from .precision import FLOAT_DTYPES, PRECISIONS, check_against_float32, effective_precision, int8_engine, int8_twin
 
 log = logging.getLogger(__name__)
@@ -36,8 +36,9 @@ def quantize_int8(model: torch.nn.Module) -> int:
     """Give each self-attention's three projections one shared int8 twin
     (:meth:`~.attention.QKVAttention.fuse_int8`), every other :class:`~.kernels.Linear` weight of
     ``model`` its own, and so the weights a task model multiplies outside a module (MLM's byte embedding
-    as its output layer: :meth:`~.heads.PerceiverTaskModel.output_projections`); returns how many
-    weights were quantized."""
+    as its output layer: :meth:`~.heads.PerceiverTaskModel.output_projections`); on CPUs where it pays
+    (:func:`~.kernels.bf16_attention_pays`) attention is computed in bf16. Returns how many weights
+    were quantized."""
     fused = {id(layer) for module in model.modules() if isinstance(module, QKVAttention) and module.fuse_int8()
              for layer in (module.query, module.key, module.value)}
     count = len(fused)
@@ -49,6 +50,10 @@ def quantize_int8(model: torch.nn.Module) -> int:
         for weight, bias in model.output_projections():
             weight.int8 = int8_twin(weight, bias)
             count += 1
+    if bf16_attention_pays():
+        for module in model.modules():
+            if isinstance(module, QKVAttention):
+                module.attention_dtype = torch.bfloat16
     return count
 
 
