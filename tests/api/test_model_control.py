@@ -151,8 +151,8 @@ def test_a_broken_reload_keeps_the_old_copy_serving(explicit):
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
     set_labels(folder, NEW)
     failed = client.post("/v2/repository/models/fragile/load", headers=bearer(ADMIN))
-    assert failed.status_code == 400 and failed.json()["error"]["code"] == "load_failed"
-    assert "model.safetensors" in failed.json()["error"]["message"]
+    assert failed.status_code == 400 and failed.json()["code"] == "load_failed"
+    assert "model.safetensors" in failed.json()["error"]  # the protocol's {"error": "<message>"}, with our code
     served = classify(client, "fragile")
     assert served.status_code == 200 and labels_of(served) == tuple(sorted(OLD))
     entry = index(client, headers=bearer(ADMIN))["fragile"]
@@ -167,7 +167,8 @@ def test_control_needs_the_admin_key(explicit, route):
     _, _, client = explicit
     for headers in ({}, bearer(API), bearer("wrong"), {"Authorization": ADMIN}):
         answer = client.post(route, headers=headers)
-        assert answer.status_code == 401 and answer.json()["error"]["code"] == "unauthenticated", headers
+        assert answer.status_code == 401 and answer.json()["code"] == "unauthenticated", headers
+        assert "admin key" in answer.json()["error"]
     assert client.post("/classify/text", json={"text": "x"}, headers=bearer(ADMIN)).status_code == 401
     assert index(client, headers=bearer(ADMIN))["base"]["state"] == "READY"
 
@@ -179,7 +180,8 @@ def test_names_stay_inside_the_repository(explicit, name):
     for action in ("load", "unload"):
         answer = client.post(f"/v2/repository/models/{name}/{action}", headers=bearer(ADMIN))
         assert answer.status_code in (400, 404), answer.text
-        assert answer.json()["error"]["code"] in ("invalid_model_name", "not_found", "model_not_found")
+        assert answer.json()["code"] in ("invalid_model_name", "not_found", "model_not_found")
+        assert isinstance(answer.json()["error"], str)
     assert index(client, headers=bearer(ADMIN)).keys() >= {"base"}
 
 
@@ -308,6 +310,9 @@ def test_grpc_repository_calls(explicit):
                 with pytest.raises(grpc.RpcError) as refused:
                     call(request, metadata=metadata)
                 assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        # KServe's proto has model_name at field 1, where Triton's (ours) has repository_name: both layouts load.
+        kserve = stub.RepositoryModelLoad(repo_pb.RepositoryModelLoadRequest(repository_name="remote"), metadata=admin)
+        assert kserve.model_name == "remote" and kserve.isLoaded
         loaded = stub.RepositoryModelLoad(repo_pb.RepositoryModelLoadRequest(model_name="remote"), metadata=admin)
         assert loaded.model_name == "remote" and loaded.isLoaded
         assert labels_of(classify(client, "remote")) == tuple(sorted(OLD))
@@ -333,37 +338,64 @@ def test_grpc_repository_calls(explicit):
 _TRITON_REPOSITORY_CALLS = """
 import json, sys
 import tritonclient.grpc as g
-address, admin, api = sys.argv[1:]
-client = g.InferenceServerClient(address)
+import tritonclient.http as h
+address, http_address, admin, api = sys.argv[1:]
 out = {}
 def attempt(name, call):
     try:
         out[name] = call()
-    except g.InferenceServerException as exc:
-        out[name] = {"status": exc.status(), "message": exc.message()}
-attempt("load", lambda: client.load_model("triton-loaded", headers={"authorization": "Bearer " + admin}))
-attempt("ready", lambda: client.is_model_ready("triton-loaded", headers={"authorization": "Bearer " + api}))
-attempt("load_with_config", lambda: client.load_model("triton-loaded", headers={"authorization": "Bearer " + admin},
-                                                      config='{"max_batch_size": 4}'))
-attempt("unload", lambda: client.unload_model("triton-loaded", headers={"authorization": "Bearer " + admin}))
+    except g.InferenceServerException as exc:  # the same class for both clients
+        out[name] = {"status": exc.status(), "message": exc.message(), "str": str(exc)}
+for kind, client in (("grpc", g.InferenceServerClient(address)), ("http", h.InferenceServerClient(http_address))):
+    admin_, api_ = {"authorization": "Bearer " + admin}, {"authorization": "Bearer " + api}
+    attempt(kind + " load", lambda: client.load_model("triton-loaded", headers=admin_))
+    attempt(kind + " ready", lambda: client.is_model_ready("triton-loaded", headers=api_))
+    attempt(kind + " ready unknown", lambda: client.is_model_ready("no-such-model", headers=api_))
+    attempt(kind + " load_with_config", lambda: client.load_model("triton-loaded", headers=admin_,
+                                                                  config='{"max_batch_size": 4}'))
+    attempt(kind + " load unknown", lambda: client.load_model("no-such-model", headers=admin_))
+    attempt(kind + " unload", lambda: client.unload_model("triton-loaded", headers=admin_))
 print(json.dumps(out))
 """
 
 
-def test_tritonclient_grpc_loads_and_unloads(explicit):
-    """tritonclient.grpc's load_model and unload_model (Triton's field numbers: the repository's name
-    first, then the model's) reach the named model; Triton's config override is refused."""
+def test_tritonclient_loads_and_unloads(explicit):
+    """tritonclient's load_model and unload_model, over gRPC (Triton's field numbers: the repository's name
+    first, then the model's) and HTTP, reach the named model; Triton's config override is refused; a
+    failed call's exception reads as its message (the repository routes' errors are the protocol's
+    ``{"error": "<message>"}``); an unknown model is not ready, over both."""
     pytest.importorskip("tritonclient")
     root, proc, client = explicit
     copy_model(root, "triton-loaded", labels=OLD)
-    done = subprocess.run([sys.executable, "-c", _TRITON_REPOSITORY_CALLS, f"127.0.0.1:{proc.grpc_port}", ADMIN, API],
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run([sys.executable, "-c", _TRITON_REPOSITORY_CALLS, f"127.0.0.1:{proc.grpc_port}",
+                           f"127.0.0.1:{proc.http_port}", ADMIN, API], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     calls = json.loads(done.stdout)
-    assert calls["load"] is None and calls["ready"] is True and calls["unload"] is None, calls
-    assert calls["load_with_config"]["status"] == "StatusCode.INVALID_ARGUMENT"
-    assert "config" in calls["load_with_config"]["message"]
+    for kind in ("grpc", "http"):
+        assert calls[f"{kind} load"] is None and calls[f"{kind} ready"] is True, calls
+        assert calls[f"{kind} unload"] is None and calls[f"{kind} ready unknown"] is False, calls
+        assert "config" in calls[f"{kind} load_with_config"]["message"], calls
+        assert "no-such-model" in calls[f"{kind} load unknown"]["str"], calls
+    assert calls["grpc load_with_config"]["status"] == "StatusCode.INVALID_ARGUMENT"
+    assert calls["http load_with_config"]["status"] == "422"
     assert classify(client, "triton-loaded").status_code == 404
+
+
+def test_rest_load_refuses_overrides_and_bodies_it_cannot_read(explicit):
+    """Triton's load overrides (a config, files) are refused over REST as over gRPC, not ignored; a body
+    that is not JSON is refused; an empty body or empty parameters load."""
+    root, _, client = explicit
+    copy_model(root, "overridden", labels=OLD)
+    url = "/v2/repository/models/overridden/load"
+    for body in ({"parameters": {"config": '{"max_batch_size": 4}'}}, {"parameters": {"file:1/model.safetensors": "AA"}}):
+        refused = client.post(url, json=body, headers=bearer(ADMIN))
+        assert refused.status_code == 422 and "not supported" in refused.json()["error"], refused.text
+    garbage = client.post(url, content=b"garbage", headers=bearer(ADMIN))
+    assert garbage.status_code == 400 and garbage.json()["code"] == "invalid_request", garbage.text
+    assert classify(client, "overridden").status_code == 404  # none of those loaded it
+    assert client.post(url, json={"parameters": {}}, headers=bearer(ADMIN)).status_code == 200
+    assert client.post("/v2/repository/models/overridden/unload", json={"parameters": {"unload_dependents": True}},
+                       headers=bearer(ADMIN)).status_code == 200
 
 
 def test_grpc_load_needs_model_control(process):
@@ -409,8 +441,8 @@ def test_a_failed_reload_is_counted_once_and_the_serving_copy_stays_ready(explic
     for count, (what, broken) in enumerate(attempts, start=1):
         (folder / "model.toml").write_text(broken)
         failed = client.post("/v2/repository/models/steady/load", headers=bearer(ADMIN))
-        assert failed.status_code == 400 and failed.json()["error"]["code"] == "load_failed", what
-        assert "still serving the previous copy" in failed.json()["error"]["message"], what
+        assert failed.status_code == 400 and failed.json()["code"] == "load_failed", what
+        assert "still serving the previous copy" in failed.json()["error"], what
         assert labels_of(classify(client, "steady")) == tuple(sorted(OLD)), what
         assert index(client, headers=bearer(ADMIN))["steady"]["state"] == "READY", what
         assert model_ready_value(client, "steady") == 1.0, what
@@ -432,11 +464,13 @@ def test_made_up_model_names_never_become_metric_labels(explicit):
     with grpc_channel(proc.grpc_port) as channel:
         stub = oip_grpc.GRPCInferenceServiceStub(channel)
         for call in (lambda: stub.ModelInfer(oip_pb.ModelInferRequest(model_name="rand-aaa1"), metadata=api),
-                     lambda: stub.ModelReady(oip_pb.ModelReadyRequest(name="rand-bbb2"), metadata=api),
                      lambda: stub.ModelMetadata(oip_pb.ModelMetadataRequest(name="rand-ddd4"), metadata=api)):
             with pytest.raises(grpc.RpcError) as unknown:
                 call()
             assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
+        # Readiness of a model that isn't there: not ready (Triton's answer), not an error.
+        assert not stub.ModelReady(oip_pb.ModelReadyRequest(name="rand-bbb2"), metadata=api).ready
+        assert not stub.ModelReady(oip_pb.ModelReadyRequest(name="base", version="9"), metadata=api).ready
         known = stub.ModelReady(oip_pb.ModelReadyRequest(name="base"), metadata=api)
         assert known.ready
     for path in ("/v2/models/rand-ccc3/infer", "/v2/models/rand-eee5/versions/1/infer"):
@@ -444,9 +478,9 @@ def test_made_up_model_names_never_become_metric_labels(explicit):
     assert client.get("/v2/models/rand-fff6/ready", headers=bearer(API)).status_code == 404
     metrics = client.get("/metrics").text
     assert "rand-" not in metrics
-    for endpoint in ("ModelInfer", "ModelReady"):
+    for endpoint, status in (("ModelInfer", "NOT_FOUND"), ("ModelReady", "OK")):
         assert metric_value(metrics, "perceiver_requests_total", model="", endpoint=endpoint, protocol="oip",
-                            status="NOT_FOUND") >= 1, endpoint
+                            status=status) >= 1, endpoint
     assert metric_value(metrics, "perceiver_requests_total", model="", endpoint="/v2/models/{model}/infer",
                         protocol="oip", status="404") >= 1
     assert metric_value(metrics, "perceiver_requests_total", model="base", endpoint="ModelReady", protocol="oip",

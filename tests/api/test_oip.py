@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import struct
+import zlib
 
 import numpy as np
+import pytest
 
 from .conftest import png_bytes
 
@@ -20,7 +23,7 @@ def infer(client, model: str, body: dict, binary: bytes = b"", **headers):
 
 
 def test_server_metadata_and_health(client):
-    assert client.get("/v2").json()["extensions"] == ["binary_tensor_data"]
+    assert client.get("/v2").json()["extensions"] == ["binary_tensor_data", "model_repository"]
     assert client.get("/v2/health/live").json() == {"live": True}
     assert client.get("/v2/health/ready").json() == {"ready": True}
     assert client.get(f"/v2/models/{TEXT_MODEL}/ready").json() == {"name": TEXT_MODEL, "ready": True}
@@ -79,3 +82,81 @@ def test_v2_requests_count_as_protocol_oip(client):
     infer(client, TEXT_MODEL, {"inputs": [{"name": "TEXT", "datatype": "BYTES", "shape": [1], "data": ["x"]}]})
     metrics = client.get("/metrics").text
     assert 'endpoint="/v2/models/{model}/infer",model="text-sentiment",protocol="oip"' in metrics
+
+
+TEXTS = {"inputs": [{"name": "TEXT", "datatype": "BYTES", "shape": [2], "data": ["fine", "awful"]}]}
+
+
+def test_an_empty_outputs_list_asks_for_the_default_outputs(client):
+    """``"outputs": []`` is no choice, as a gRPC request without outputs: the task's default outputs."""
+    plain = infer(client, TEXT_MODEL, TEXTS).json()["outputs"]
+    empty = infer(client, TEXT_MODEL, {**TEXTS, "outputs": []})
+    assert empty.status_code == 200 and empty.json()["outputs"] == plain and {o["name"] for o in plain} == {"LOGITS", "LABEL"}
+
+
+@pytest.mark.parametrize("where", ["input", "output"])
+@pytest.mark.parametrize("parameter", ["classification", "shared_memory_region"])
+def test_parameters_of_extensions_not_offered_are_refused(client, where, parameter):
+    """A client asking for class strings or shared memory expects another answer than it would get."""
+    body = json.loads(json.dumps(TEXTS))
+    if where == "input":
+        body["inputs"][0]["parameters"] = {parameter: 1}
+    else:
+        body["outputs"] = [{"name": "LOGITS", "parameters": {parameter: 1}}]
+    refused = infer(client, TEXT_MODEL, body)
+    assert refused.status_code == 422 and parameter in refused.json()["error"], refused.text
+
+
+def test_validation_messages_name_the_tensors_and_parameters(client):
+    none = infer(client, TEXT_MODEL, {"inputs": [{"name": "TEXT", "datatype": "BYTES", "shape": [0], "data": []}]})
+    assert none.status_code in (400, 422) and none.json()["error"].startswith("TEXT:"), none.text
+    bad_top = infer(client, TEXT_MODEL, {**TEXTS, "parameters": {"top_k": -3}})
+    assert bad_top.status_code in (400, 422) and bad_top.json()["error"].startswith("parameters.top_k:"), bad_top.text
+    header = json.dumps(TEXTS).encode()
+    named = client.post(f"/v2/models/{TEXT_MODEL}/infer", content=header, headers={"Inference-Header-Content-Length": "ab"})
+    assert named.status_code == 400 and "not a number" in named.json()["error"]
+
+
+@pytest.mark.parametrize("encoding, compress", [("gzip", gzip.compress), ("deflate", zlib.compress)])
+def test_compressed_request_bodies_are_read(client, encoding, compress):
+    """tritonclient's request_compression_algorithm: gzip and deflate bodies answer as plain ones, on v2
+    (with binary tensors too) and on REST."""
+    plain = infer(client, TEXT_MODEL, TEXTS).json()["outputs"]
+    packed = client.post(f"/v2/models/{TEXT_MODEL}/infer", content=compress(json.dumps(TEXTS).encode()),
+                         headers={"Content-Encoding": encoding})
+    assert packed.status_code == 200 and packed.json()["outputs"] == plain, packed.text
+    blob = b"".join(struct.pack("<I", len(t)) + t for t in (b"fine", b"awful"))
+    body = {"inputs": [{"name": "TEXT", "datatype": "BYTES", "shape": [2], "parameters": {"binary_data_size": len(blob)}}]}
+    header = json.dumps(body).encode()
+    binary = client.post(f"/v2/models/{TEXT_MODEL}/infer", content=compress(header + blob),
+                         headers={"Content-Encoding": encoding, "Inference-Header-Content-Length": str(len(header))})
+    assert binary.status_code == 200 and binary.json()["outputs"] == plain, binary.text
+    rest = client.post("/classify/text", content=compress(json.dumps({"texts": ["fine", "awful"]}).encode()),
+                       headers={"Content-Encoding": encoding, "Content-Type": "application/json"})
+    assert rest.status_code == 200 and len(rest.json()["results"]) == 2, rest.text
+
+
+def test_bad_compressed_bodies_are_refused_clearly(client):
+    url = f"/v2/models/{TEXT_MODEL}/infer"
+    body = gzip.compress(json.dumps(TEXTS).encode())
+    truncated = client.post(url, content=body[:-12], headers={"Content-Encoding": "gzip"})
+    assert truncated.status_code == 400 and "truncated" in truncated.json()["error"], truncated.text
+    garbage = client.post(url, content=b"not gzip at all", headers={"Content-Encoding": "gzip"})
+    assert garbage.status_code == 400 and "not valid gzip" in garbage.json()["error"], garbage.text
+    other = client.post(url, content=json.dumps(TEXTS).encode(), headers={"Content-Encoding": "br"})
+    assert other.status_code == 415 and "'br' is not supported" in other.json()["error"], other.text
+    rest = client.post("/classify/text", content=b"\x1f\x8b junk",
+                       headers={"Content-Encoding": "gzip", "Content-Type": "application/json"})
+    assert rest.status_code == 400 and rest.json()["error"]["code"] == "bad_encoding", rest.text
+
+
+def test_a_compression_bomb_stops_at_the_body_limit(client, server):
+    """The limit counts decompressed bytes: 1 GiB of zeros in a 1 MiB gzip body is refused (413) after
+    inflating at most the limit, and the server answers on."""
+    bomb = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    zeros = bytes(1 << 20)
+    packed = b"".join(bomb.compress(zeros) for _ in range(1024)) + bomb.flush()
+    assert len(packed) < 2 << 20
+    refused = client.post(f"/v2/models/{TEXT_MODEL}/infer", content=packed, headers={"Content-Encoding": "gzip"})
+    assert refused.status_code == 413 and "once decompressed" in refused.json()["error"], refused.text
+    assert infer(client, TEXT_MODEL, TEXTS).status_code == 200

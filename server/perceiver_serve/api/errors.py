@@ -1,8 +1,10 @@
 """Errors on the HTTP port: one body per protocol, chosen by the path.
 
 REST answers ``{"error": {"code", "message"}}``; the Open Inference Protocol's routes
-(``/v2...``) answer ``{"error": "<message>"}`` as its specification says. Routes, exception
-handlers and the middleware all build their bodies here.
+(``/v2...``) answer ``{"error": "<message>"}`` as its specification says, and its repository
+extension (``/v2/repository...``, model control) adds our code beside it,
+``{"error": "<message>", "code": "load_failed"}``: tritonclient reads ``error`` as a string there
+too. Routes, exception handlers and the middleware all build their bodies here.
 """
 
 from __future__ import annotations
@@ -24,14 +26,17 @@ _HTTP_CODES = {400: "bad_request", 401: "unauthenticated", 404: "not_found", 405
 V2_PREFIX = "/v2"
 
 
-REST_UNDER_V2 = V2_PREFIX + "/repository"  # model control: our REST contract, under the v2 prefix KServe uses
+REPOSITORY_PREFIX = V2_PREFIX + "/repository"  # model control: the protocol's repository extension
+
+
+def _under(path: str, prefix: str) -> bool:
+    return path == prefix or path.startswith(prefix + "/")
 
 
 def protocol_of(path: str) -> str:
-    """``oip`` for the Open Inference Protocol's paths, ``rest`` for the others (metrics, logs, errors)."""
-    if path == REST_UNDER_V2 or path.startswith(REST_UNDER_V2 + "/"):
-        return "rest"
-    return "oip" if path == V2_PREFIX or path.startswith(V2_PREFIX + "/") else "rest"
+    """The ``protocol`` of metrics and logs: ``oip`` for the Open Inference Protocol's inference paths,
+    ``rest`` for the others (model control: our contract, under the prefix KServe and Triton use)."""
+    return "oip" if _under(path, V2_PREFIX) and not _under(path, REPOSITORY_PREFIX) else "rest"
 
 
 def rest_error_body(code: str, message: str) -> dict[str, Any]:
@@ -44,6 +49,8 @@ def oip_error_body(message: str) -> dict[str, Any]:
 
 def error_body(path: str, code: str, message: str) -> dict[str, Any]:
     """The body of an error answered on ``path``, whether a route or a middleware answers."""
+    if _under(path, REPOSITORY_PREFIX):
+        return oip_error_body(message) | {"code": code}
     return oip_error_body(message) if protocol_of(path) == "oip" else rest_error_body(code, message)
 
 

@@ -14,10 +14,11 @@ import random
 import re
 import time
 import uuid
+import zlib
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
-from ..errors import BodyTimeout, PayloadTooLarge
+from ..errors import BodyTimeout, InvalidInput, PayloadTooLarge
 from ..metrics import Metrics
 from .auth import bearer_credential, offers_credential
 from .errors import error_body, protocol_of
@@ -138,9 +139,34 @@ class ApiKeyAuth:
         await self.app(scope, receive, send)
 
 
+#: Content-Encodings a request body may come in (tritonclient's ``request_compression_algorithm``):
+#: zlib's window bits for each. "deflate" is the zlib format (RFC 9110), as tritonclient sends it.
+_COMPRESSED = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+
+
+def _inflate(decoder: Any, data: bytes, room: int, last: bool, encoding: str) -> bytes:
+    """The next part of a compressed body, decompressed: at most ``room`` + 1 bytes (one more than
+    fits tells the caller it is too large, without inflating a bomb any further)."""
+    try:
+        out = decoder.decompress(data, max(room, 0) + 1)
+        if last and len(out) <= room:  # every input byte was taken: flush adds only what zlib held back
+            out += decoder.flush()
+    except zlib.error:
+        raise InvalidInput(f"the request body is not valid {encoding} data (Content-Encoding: {encoding})",
+                           code="bad_encoding") from None
+    if last and len(out) <= room and (not decoder.eof or decoder.unused_data):
+        raise InvalidInput(f"the {encoding} request body is truncated or has data after its end",
+                           code="bad_encoding")
+    return out
+
+
 class BodyLimit:
     """Refuse bodies over ``limit`` bytes: by Content-Length up front, else while streaming; and bodies
-    whose next part takes longer than ``timeout_s`` to arrive (a stalled or trickled upload)."""
+    whose next part takes longer than ``timeout_s`` to arrive (a stalled or trickled upload).
+
+    A body sent with ``Content-Encoding: gzip`` or ``deflate`` is decompressed as it arrives, and the
+    limit counts its decompressed bytes (a compression bomb stops at the limit); other encodings are
+    refused (415), not misread."""
 
     def __init__(self, app: ASGIApp, limit: int, timeout_s: float = 30.0) -> None:
         self.app = app
@@ -160,6 +186,16 @@ class BodyLimit:
                 await send_error(scope, send, 413, "too_large",
                                  f"request body is {declared} bytes; the limit is {self.limit} bytes")
                 return
+        decoder, encoding = None, (_header(scope, b"content-encoding") or "").strip().lower()
+        if encoding not in ("", "identity"):
+            if encoding not in _COMPRESSED:
+                await send_error(scope, send, 415, "unsupported_media_type",
+                                 f"Content-Encoding {encoding[:40]!r} is not supported; send the body as it is, "
+                                 "or compressed with gzip or deflate")
+                return
+            decoder = zlib.decompressobj(_COMPRESSED[encoding])
+            # The app reads the body as decompressed: the compressed body's length and encoding no longer apply.
+            scope["headers"] = [(k, v) for k, v in scope["headers"] if k not in (b"content-encoding", b"content-length")]
         seen, complete = 0, False
         limit, timeout_s = self.limit, self.timeout_s
 
@@ -174,10 +210,15 @@ class BodyLimit:
                 raise BodyTimeout(f"the request body stalled: no part of it arrived for {timeout_s:g} s "
                                   f"({seen} bytes had)") from None
             if message["type"] == "http.request":
+                last = not message.get("more_body", False)
+                if decoder is not None:
+                    message = {**message, "body": _inflate(decoder, message.get("body", b""), limit - seen, last,
+                                                           encoding)}
                 seen += len(message.get("body", b""))
                 if seen > limit:
-                    raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
-                complete = not message.get("more_body", False)
+                    raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes"
+                                          + (" once decompressed" if decoder is not None else ""))
+                complete = last
             return message
 
         await self.app(scope, counted, send)

@@ -10,6 +10,7 @@ the middleware guards them with the admin key when one is set (see ``ApiKeyAuth`
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -18,7 +19,7 @@ from pydantic import BaseModel, Field
 
 from ..engine import ModelRegistry
 from ..engine.registry import READY
-from ..errors import InvalidInput, LoadFailed
+from ..errors import InvalidInput, InvalidRequest, LoadFailed
 
 PREFIX = "/v2/repository"
 
@@ -48,6 +49,35 @@ def repository_index(registry: ModelRegistry, ready_only: bool = False) -> list[
                      for version, copy in sorted(copies.items(), key=lambda item: int(item[0] or 0))]
         entries.extend(entry for entry in found if not ready_only or entry["state"] == "READY")
     return entries
+
+
+def refuse_overrides(parameters: Iterable[str]) -> None:
+    """Triton's load parameters (a config or files to load instead of the repository's) have no meaning
+    here: refused, not ignored. ``unload_dependents`` (tritonclient sends it on every unload) is met
+    whatever its value: no model here depends on another."""
+    unknown = sorted(set(parameters) - {"unload_dependents"})
+    if unknown:
+        raise InvalidRequest(f"parameters {unknown} are not supported: a model is "
+                             "loaded from its folder in the repository, as its model.toml says")
+
+
+class ControlRequest(BaseModel):
+    """The body of a REST load or unload: optional, as Triton's ``{"parameters": {...}}``."""
+
+    parameters: dict[str, Any] = Field(default_factory=dict)
+
+
+async def _control_request(request: Request) -> None:
+    """Check a load or unload request's optional body: JSON, and no overrides (:func:`refuse_overrides`)."""
+    raw = await request.body()
+    if not raw.strip():
+        return
+    try:
+        body = ControlRequest.model_validate_json(raw)
+    except ValueError:
+        raise InvalidInput('the body must be empty or a JSON object such as {"parameters": {}}',
+                           code="invalid_request") from None
+    refuse_overrides(body.parameters)
 
 
 async def load_model(registry: ModelRegistry, name: str) -> dict[str, Any]:
@@ -82,11 +112,13 @@ def add_repository_routes(app: FastAPI, responses: dict[int | str, Any], control
     @app.post(PREFIX + "/models/{name}/load", response_model=ControlAnswer, responses=responses,
               summary="Load a model from the repository, or reload it (the old copy serves until the new is ready)")
     async def load(request: Request, name: str) -> JSONResponse:
+        await _control_request(request)
         return JSONResponse(await load_model(request.app.state.serve.registry, name))
 
     @app.post(PREFIX + "/models/{name}/unload", response_model=ControlAnswer, responses=responses,
               summary="Unload a model: new requests get 404 model_not_found, in-flight ones finish")
     async def unload(request: Request, name: str) -> JSONResponse:
+        await _control_request(request)
         served = request.app.state.serve.registry.unload(name)
         return JSONResponse({"name": name, "state": served.state.upper()})
 

@@ -36,9 +36,12 @@ class RequestSchema(BaseModel):
                                 description="Model version; default: the newest ready one.")
 
 
-def describe(error: ValidationError) -> str:
-    """One line naming each bad field, the same whichever protocol the fields came from."""
-    parts = (f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in error.errors()[:10])
+def describe(error: ValidationError, names: Mapping[str, str] | None = None) -> str:
+    """One line naming each bad field; ``names`` renames fields by what a protocol calls them (the Open
+    Inference Protocol's tensors and parameters)."""
+    names = names or {}
+    parts = (f"{'.'.join(str(names.get(p, p)) if i == 0 else str(p) for i, p in enumerate(e['loc'])) or 'body'}: "
+             f"{e['msg']}" for e in error.errors()[:10])
     return "; ".join(parts)
 
 
@@ -66,6 +69,8 @@ class Signature:
     requests: Callable[[Mapping[str, np.ndarray]], list[dict[str, Any]]]
     #: The output arrays, by name, of the answers to those requests.
     tensors: Callable[[Sequence[Any]], dict[str, np.ndarray]]
+    #: The input tensors' names, by the request field each becomes (error messages name the tensor).
+    fields: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
 
 def utf8(data: bytes, where: str) -> str:
@@ -124,12 +129,13 @@ class Task:
     #: Why a task has no v2 signature, shown in its v2 model metadata.
     v2_note: str | None = None
 
-    def parse(self, fields: Mapping[str, Any]) -> Any:
-        """The validated request, or :class:`InvalidRequest` naming every bad field."""
+    def parse(self, fields: Mapping[str, Any], names: Mapping[str, str] | None = None) -> Any:
+        """The validated request, or :class:`InvalidRequest` naming every bad field (as ``names`` calls
+        them, see :func:`describe`)."""
         try:
             return self.request.model_validate(dict(fields))
         except ValidationError as exc:
-            raise InvalidRequest(describe(exc)) from None
+            raise InvalidRequest(describe(exc, names)) from None
 
     def parse_json(self, raw: bytes) -> Any:
         try:

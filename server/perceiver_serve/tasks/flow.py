@@ -253,5 +253,6 @@ OPTICAL_FLOW = Task(
         outputs=(TensorSpec("FLOW", "FP32", (-1, -1, 2)),),
         requests=_frames,
         tensors=_flow,
+        fields={"frame1": "FRAME1", "frame2": "FRAME2"},
     ),
 )

@@ -102,5 +102,5 @@ IMAGE_CLASSIFICATION = Task(
                    files=("image",), raw=("image/", "image")),
     grpc_method="ClassifyImage",
     signature=Signature(inputs=(TensorSpec("IMAGE", "BYTES", (-1,)),), outputs=(LOGITS, LABEL), requests=_images,
-                        tensors=classification_tensors),
+                        tensors=classification_tensors, fields={"image": "IMAGE"}),
 )

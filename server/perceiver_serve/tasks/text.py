@@ -129,7 +129,7 @@ def _encode(tokenizer: ByteTokenizer, text: str | bytes, *, truncate: bool | Non
     limit = tokenizer.max_text_bytes
     if len(data) > limit:
         if not truncate:
-            hint = ' (send "truncate": true to cut it)' if truncate is False else ""
+            hint = ' (set "truncate" to true to cut it)' if truncate is False else ""
             raise PayloadTooLarge(f"{field} is {len(data)} UTF-8 bytes; this model takes at most {limit}{hint}",
                                   code="text_too_long")
         data = data[:_character_start(data, limit)]
@@ -380,7 +380,7 @@ TEXT_CLASSIFICATION = Task(
                    raw=("text/plain", "text")),
     grpc_method="ClassifyText",
     signature=Signature(inputs=(TensorSpec("TEXT", "BYTES", (-1,)),), outputs=(LOGITS, LABEL), requests=_texts,
-                        tensors=classification_tensors),
+                        tensors=classification_tensors, fields={"texts": "TEXT"}),
 )
 
 FILL_MASK = Task(
@@ -399,5 +399,6 @@ FILL_MASK = Task(
         outputs=(TensorSpec("TEXT", "BYTES", (1,)), TensorSpec("LOGITS", "FP32", (-1, 262), optional=True)),
         requests=_masked_text,
         tensors=_filled,
+        fields={"text": "TEXT", "mask_spans": "MASK_SPANS"},
     ),
 )

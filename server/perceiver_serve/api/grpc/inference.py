@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from ...errors import InvalidInput, PayloadTooLarge
+from ...errors import InvalidInput, ModelNotFound, PayloadTooLarge
 from ...pb.inference import grpc_service_pb2 as pb
 from ..oip import infer as v2
 from ..oip.tensors import DTYPES, Tensor, check_datatype, element_count, from_raw, to_raw
@@ -95,8 +95,13 @@ class InferenceService:
         return pb.ServerReadyResponse(ready=v2.server_ready(self.state))
 
     async def ModelReady(self, request: pb.ModelReadyRequest, call: RpcCall) -> pb.ModelReadyResponse:
+        """``ready: false`` for a model or version that isn't there too, as Triton answers (a readiness
+        question, not a lookup)."""
         call.model = request.name
-        return pb.ModelReadyResponse(ready=v2.model_ready(self.state, request.name, request.version))
+        try:
+            return pb.ModelReadyResponse(ready=v2.model_ready(self.state, request.name, request.version))
+        except ModelNotFound:
+            return pb.ModelReadyResponse(ready=False)
 
     async def ServerMetadata(self, request: pb.ServerMetadataRequest, call: RpcCall) -> pb.ServerMetadataResponse:
         return pb.ServerMetadataResponse(**v2.server_metadata())
@@ -114,6 +119,9 @@ class InferenceService:
 
     async def ModelInfer(self, request: pb.ModelInferRequest, call: RpcCall) -> pb.ModelInferResponse:
         call.model = request.model_name
+        for kind, tensors in (("input", request.inputs), ("output", request.outputs)):
+            for tensor in tensors:
+                v2.refuse_unsupported(kind, tensor.name, tensor.parameters)
         names = [o.name for o in request.outputs] if request.outputs else None
         infer = v2.InferRequest(request.model_name, request.model_version, _inputs(request),
                                 _parameters(request.parameters), names, request.id)

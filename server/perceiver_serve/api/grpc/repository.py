@@ -6,9 +6,9 @@ are control calls: bound with the admin key when one is set.
 
 from __future__ import annotations
 
-from ...errors import InvalidRequest, ModelControlDisabled
+from ...errors import ModelControlDisabled
 from ...pb.inference import grpc_service_pb2 as pb
-from ..repository import load_model, repository_index
+from ..repository import load_model, refuse_overrides, repository_index
 from ..state import ServerState
 from .calls import Handler, RpcCall
 
@@ -29,18 +29,18 @@ class RepositoryService:
     async def RepositoryModelLoad(self, request: pb.RepositoryModelLoadRequest,
                                   call: RpcCall) -> pb.RepositoryModelLoadResponse:
         self._check_control()
-        call.model = request.model_name
-        _no_parameters(request)
-        await load_model(self.state.registry, request.model_name)
-        return pb.RepositoryModelLoadResponse(model_name=request.model_name, isLoaded=True)
+        call.model = name = _model_name(request)
+        refuse_overrides(request.parameters)
+        await load_model(self.state.registry, name)
+        return pb.RepositoryModelLoadResponse(model_name=name, isLoaded=True)
 
     async def RepositoryModelUnload(self, request: pb.RepositoryModelUnloadRequest,
                                     call: RpcCall) -> pb.RepositoryModelUnloadResponse:
         self._check_control()
-        call.model = request.model_name
-        _no_parameters(request)
-        self.state.registry.unload(request.model_name)
-        return pb.RepositoryModelUnloadResponse(model_name=request.model_name, isUnloaded=True)
+        call.model = name = _model_name(request)
+        refuse_overrides(request.parameters)
+        self.state.registry.unload(name)
+        return pb.RepositoryModelUnloadResponse(model_name=name, isUnloaded=True)
 
     def _check_control(self) -> None:
         if not self.control:
@@ -48,11 +48,8 @@ class RepositoryService:
                                        "--model-control explicit or poll to load and unload them")
 
 
-def _no_parameters(request: pb.RepositoryModelLoadRequest | pb.RepositoryModelUnloadRequest) -> None:
-    """Triton's load parameters (a config or files to load instead of the repository's) have no
-    meaning here: refused, not ignored. ``unload_dependents`` (tritonclient sends it on every unload)
-    is met whatever its value: no model here depends on another."""
-    unknown = sorted(set(request.parameters) - {"unload_dependents"})
-    if unknown:
-        raise InvalidRequest(f"parameters {unknown} are not supported: a model is "
-                             "loaded from its folder in the repository, as its model.toml says")
+def _model_name(request: pb.RepositoryModelLoadRequest | pb.RepositoryModelUnloadRequest) -> str:
+    """The model a load or unload names, in either layout: Triton's (``repository_name`` = 1, ``model_name``
+    = 2; tritonclient sends both) or KServe's (``model_name`` = 1, which this proto reads as
+    ``repository_name``, and nothing at 2)."""
+    return request.model_name or request.repository_name

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -19,18 +19,36 @@ import numpy as np
 from ... import __version__
 from ...engine import ModelRegistry, ServedModel
 from ...engine.registry import READY
-from ...errors import InvalidInput, ModelNotFound, NotReady
+from ...errors import InvalidInput, InvalidRequest, ModelNotFound, NotReady
 from ...tasks import TASKS, Call, Task, TensorSpec
 from ..state import ServerState
 from .tensors import Tensor
 
 SERVER_NAME = "perceiver-serve"
-EXTENSIONS = ("binary_tensor_data",)
+EXTENSIONS = ("binary_tensor_data", "model_repository")
 PLATFORM = "pytorch_perceiver"
 MAX_ELEMENTS = 1 << 26  # per tensor: 64 Mi elements, checked before any is decoded
 #: Parameters the protocol itself uses (binary outputs, client bookkeeping); never task fields.
 PROTOCOL_PARAMETERS = frozenset({"binary_data_output", "binary_data", "binary_data_size", "headers", "priority",
                                  "timeout", "sequence_id", "sequence_start", "sequence_end"})
+
+
+#: Tensor parameters of Triton extensions this server does not offer: refused, since a client that sends
+#: them expects another answer (class strings, data left in shared memory) than it would get.
+UNSUPPORTED_TENSOR_PARAMETERS = {
+    "classification": "the classification extension is not offered: request LOGITS and take its largest entries, "
+                      "or LABEL, or set the top_k parameter",
+    **dict.fromkeys(("shared_memory_region", "shared_memory_byte_size", "shared_memory_offset"),
+                    "shared memory is not offered: tensors travel in the request and the answer"),
+}
+
+
+def refuse_unsupported(kind: str, name: str, parameters: Mapping[str, Any]) -> None:
+    """:class:`InvalidRequest` for an input's or output's parameter of an extension not offered here."""
+    for parameter in parameters:
+        if parameter in UNSUPPORTED_TENSOR_PARAMETERS:
+            raise InvalidRequest(f"{kind} {name[:64]!r}: parameter {parameter!r}: "
+                                 f"{UNSUPPORTED_TENSOR_PARAMETERS[parameter]}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -172,7 +190,8 @@ async def _infer(state: ServerState, served: ServedModel, task: Task, request: I
     outputs = _requested(served, signature.outputs, request.outputs)
     settable = set(task.request.model_fields) - {"model", "version"}
     parameters = {k: v for k, v in request.parameters.items() if k in settable and k not in PROTOCOL_PARAMETERS}
-    bodies = [task.parse({**parameters, **fields}) for fields in signature.requests(arrays)]
+    names = {**{name: f"parameters.{name}" for name in parameters}, **signature.fields}
+    bodies = [task.parse({**parameters, **fields}, names) for fields in signature.requests(arrays)]
     call = Call(state.limits, state.budget, deadline)
     results = await _all([task.execute(served, body, call) for body in bodies])
     produced = signature.tensors(results)

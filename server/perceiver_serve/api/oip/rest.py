@@ -63,7 +63,10 @@ def _split(request: Request, raw: bytes) -> tuple[bytes, memoryview]:
     declared = request.headers.get(HEADER_LENGTH)
     if declared is None:
         return raw, memoryview(b"")
-    if not declared.strip().isdigit() or int(declared) > len(raw):
+    if not declared.strip().isdigit():
+        raise InvalidInput(f"Inference-Header-Content-Length is {declared[:20]!r}, not a number of bytes",
+                           code="bad_header_length")
+    if int(declared) > len(raw):
         raise InvalidInput(f"Inference-Header-Content-Length is {declared[:20]!r}, but the body has {len(raw)} bytes",
                            code="bad_header_length")
     length = int(declared)
@@ -162,7 +165,11 @@ def install_v2(app: FastAPI) -> None:
     async def model_infer(request: Request, model: str, version: str = "") -> Response:
         header, binary = _split(request, await request.body())
         body = _parse_body(header)
-        names = [o.name for o in body.outputs] if body.outputs is not None else None
+        for item in body.inputs:
+            v2.refuse_unsupported("input", item.name, item.parameters)
+        for output in body.outputs or ():
+            v2.refuse_unsupported("output", output.name, output.parameters)
+        names = [o.name for o in body.outputs] if body.outputs else None  # none, or []: the default outputs
         call = v2.InferRequest(model, version, _tensors(body, binary), body.parameters, names, body.id)
         request.scope["state"]["model"] = model
         answer = await v2.infer(state(request), call)
