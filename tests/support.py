@@ -84,3 +84,25 @@ def grpc_channel(port: int, **options: int):
     with grpc.insecure_channel(f"127.0.0.1:{port}", options=list(options.items())) as channel:
         grpc.channel_ready_future(channel).result(timeout=30)
         yield channel
+
+
+class Peak:
+    """The server's peak RSS growth over what it held when the block began."""
+
+    def __init__(self, pid: int) -> None:
+        self.status = Path(f"/proc/{pid}/status")
+        self.clear_refs = Path(f"/proc/{pid}/clear_refs")
+
+    def _kib(self, field: str) -> int:
+        for line in self.status.read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+        raise AssertionError(f"no {field} in {self.status}")
+
+    def __enter__(self) -> "Peak":
+        self.clear_refs.write_text("5")  # VmHWM starts again from the current RSS
+        self.start = self._kib("VmRSS") * 1024
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.growth = self._kib("VmHWM") * 1024 - self.start

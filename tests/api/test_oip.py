@@ -10,6 +10,7 @@ import zlib
 import numpy as np
 import pytest
 
+from ..support import Peak
 from .conftest import png_bytes
 
 TEXT_MODEL = "text-sentiment"
@@ -157,6 +158,8 @@ def test_a_compression_bomb_stops_at_the_body_limit(client, server):
     zeros = bytes(1 << 20)
     packed = b"".join(bomb.compress(zeros) for _ in range(1024)) + bomb.flush()
     assert len(packed) < 2 << 20
-    refused = client.post(f"/v2/models/{TEXT_MODEL}/infer", content=packed, headers={"Content-Encoding": "gzip"})
+    with Peak(server.process.pid) as peak:
+        refused = client.post(f"/v2/models/{TEXT_MODEL}/infer", content=packed, headers={"Content-Encoding": "gzip"})
     assert refused.status_code == 413 and "once decompressed" in refused.json()["error"], refused.text
+    assert peak.growth < 256 << 20, peak.growth  # not the whole gigabyte, then refused
     assert infer(client, TEXT_MODEL, TEXTS).status_code == 200

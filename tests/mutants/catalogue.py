@@ -270,6 +270,11 @@ MUTANTS: tuple[Mutant, ...] = (
         ("tests/modeling/test_cpu_kernels.py::test_fp16_products_of_any_row_count_meet_a_few_shapes",),
     ),
     Mutant(
+        "decompressed-bytes-not-counted", "api/middleware.py",
+        'seen += len(message.get("body", b""))', 'seen += 0 if decoder is not None else len(message.get("body", b""))',
+        ("tests/api/test_oip.py::test_a_compression_bomb_stops_at_the_body_limit",),
+    ),
+    Mutant(
         "activation-post-op-dropped", "modeling/kernels.py",
         'attr, algorithm = activation.onednn if activation is not None else ("none", "")',
         'attr, algorithm = ("none", "")',

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import grpc
 import httpx
@@ -21,7 +20,7 @@ from PIL import Image
 from perceiver_serve.pb.perceiver.v1 import perceiver_pb2 as pb
 from perceiver_serve.pb.perceiver.v1 import perceiver_pb2_grpc
 
-from ..support import grpc_channel, metric_value, running
+from ..support import Peak, grpc_channel, metric_value, running
 from .repository import repository
 
 MiB = 1 << 20
@@ -69,28 +68,6 @@ def rest(server):
 def stub(server):
     with grpc_channel(server.grpc_port) as channel:
         yield perceiver_pb2_grpc.PerceiverStub(channel)
-
-
-class Peak:
-    """The server's peak RSS growth over what it held when the block began."""
-
-    def __init__(self, pid: int) -> None:
-        self.status = Path(f"/proc/{pid}/status")
-        self.clear_refs = Path(f"/proc/{pid}/clear_refs")
-
-    def _kib(self, field: str) -> int:
-        for line in self.status.read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-        raise AssertionError(f"no {field} in {self.status}")
-
-    def __enter__(self) -> "Peak":
-        self.clear_refs.write_text("5")  # VmHWM starts again from the current RSS
-        self.start = self._kib("VmRSS") * 1024
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.growth = self._kib("VmHWM") * 1024 - self.start
 
 
 def video(stub, frames: list[bytes]) -> list[pb.ReconstructVideoResponse]:
