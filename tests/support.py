@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import ssl
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -106,3 +107,14 @@ class Peak:
 
     def __exit__(self, *exc) -> None:
         self.growth = self._kib("VmHWM") * 1024 - self.start
+
+
+def wait_for(check, timeout: float = 120.0, what: str = "a state"):
+    """Poll ``check`` until it returns something true; the waiting is on the server's state (metrics,
+    for one, are recorded just after an answer is sent)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if result := check():
+            return result
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")

@@ -106,7 +106,7 @@ def test_frames_smaller_than_a_tile_are_padded(client, direct):
 @pytest.mark.parametrize(
     "case, status, code",
     [
-        ("different_sizes", 400, "invalid_input"),
+        ("different_sizes", 400, "frame_size_mismatch"),
         ("too_small", 400, "frame_too_small"),
         ("missing_frame2", 400, "missing_field"),
         ("not_an_image", 415, "unsupported_media_type"),

@@ -75,6 +75,12 @@ def test_image_errors(client, kwargs, status, code):
     assert error_of(client.post("/classify/image", **kwargs)) == (status, code)
 
 
+def test_the_415_names_both_bodies_the_route_reads(client):
+    refused = client.post("/classify/image", content=b"x", headers={"content-type": "application/octet-stream"})
+    assert error_of(refused) == (415, "unsupported_media_type")
+    assert "multipart/form-data or a raw image/* body" in refused.json()["error"]["message"]
+
+
 def test_decompression_bomb_is_refused_by_its_header(client):
     bomb = png_with_header(30_000, 30_000)  # a valid header over a tiny body: never decoded
     r = client.post("/classify/image", files={"image": ("bomb.png", bomb, "image/png")})

@@ -17,7 +17,7 @@ import pytest
 from perceiver_serve.pb.perceiver.v1 import perceiver_pb2 as pb
 from perceiver_serve.pb.perceiver.v1 import perceiver_pb2_grpc
 
-from ..support import DEMO_MODELS, grpc_channel, metric_value, rss_bytes, running
+from ..support import DEMO_MODELS, grpc_channel, metric_value, rss_bytes, running, wait_for
 
 ADMIN, API = "admin-secret", "model-secret"
 OLD = ("old-negative", "old-positive")
@@ -38,16 +38,6 @@ def set_labels(folder: Path, labels: tuple[str, ...]) -> None:
     config["id2label"] = {str(i): label for i, label in enumerate(labels)}
     config["label2id"] = {label: i for i, label in enumerate(labels)}
     path.write_text(json.dumps(config))
-
-
-def wait_for(check, timeout: float = 120.0, what: str = "a state"):
-    """Poll ``check`` until it returns something true; the waiting is on the server's state."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if result := check():
-            return result
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def index(client: httpx.Client, **kwargs) -> dict[str, dict]:

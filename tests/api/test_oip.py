@@ -163,3 +163,20 @@ def test_a_compression_bomb_stops_at_the_body_limit(client, server):
     assert refused.status_code == 413 and "once decompressed" in refused.json()["error"], refused.text
     assert peak.growth < 256 << 20, peak.growth  # not the whole gigabyte, then refused
     assert infer(client, TEXT_MODEL, TEXTS).status_code == 200
+
+
+def test_an_image_batch_error_names_the_image(client):
+    good = png_bytes(np.zeros((40, 40, 3), np.uint8))
+    images = [good, b"garbage", good]
+    blob = b"".join(struct.pack("<I", len(i)) + i for i in images)
+    body = {"inputs": [{"name": "IMAGE", "datatype": "BYTES", "shape": [3], "parameters": {"binary_data_size": len(blob)}}]}
+    refused = infer(client, "image-classifier", body, blob)
+    assert refused.status_code == 415 and refused.json()["error"].startswith("IMAGE[1]: "), refused.text
+
+
+def test_rest_only_parameters_are_refused_over_v2(client):
+    frame = np.zeros((32, 40, 3), np.uint8)
+    body = {"inputs": [{"name": n, "datatype": "UINT8", "shape": list(frame.shape), "data": frame.ravel().tolist()}
+                       for n in ("FRAME1", "FRAME2")], "parameters": {"format": "png"}}
+    refused = infer(client, "optical-flow", body)
+    assert refused.status_code == 422 and "'format'" in refused.json()["error"] and "FLOW" in refused.json()["error"]

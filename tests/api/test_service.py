@@ -6,7 +6,7 @@ import httpx
 import numpy as np
 import pytest
 
-from ..support import ServerProcess
+from ..support import ServerProcess, metric_value, wait_for
 from .conftest import error_of, png_bytes
 
 TASKS = {"text-classification", "fill-mask", "image-classification", "optical-flow", "video-autoencoding"}
@@ -156,6 +156,15 @@ def test_body_limit_by_content_length_and_by_stream(guarded):
         image = png_bytes(np.random.default_rng(0).integers(0, 256, (200, 200, 3), dtype=np.uint8))
         assert error_of(c.post("/classify/image", files={"image": ("a.png", image)})) == (413, "too_large")
         assert c.post("/classify/text", json={"text": "still serving"}).status_code == 200
+        assert httpx.post(guarded.url + "/flow", content=big).status_code == 401  # no key: refused before routing
+        # Each refusal is counted under its route, whether the route or a middleware answered it.
+        wait_for(lambda: metric_value(c.get("/metrics").text, "perceiver_requests_total", model="",
+                                      endpoint="/flow", protocol="rest", status="401") >= 1, 10, "the 401's count")
+        metrics = c.get("/metrics").text
+        assert metric_value(metrics, "perceiver_requests_total", model="", endpoint="/classify/text",
+                            protocol="rest", status="413") >= 2  # the server is shared: others may add
+        assert metric_value(metrics, "perceiver_requests_total", model="", endpoint="/classify/image",
+                            protocol="rest", status="413") >= 1
 
 
 async def test_concurrent_requests_share_forward_passes(server):

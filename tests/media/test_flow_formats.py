@@ -96,6 +96,12 @@ def test_zero_flow_is_white():
     assert (flow_to_rgb(np.zeros((3, 4, 2), np.float32)) == WHITE).all()
 
 
+def test_sub_pixel_noise_is_drawn_pale_not_as_motion():
+    """A still scene's flow of millionths of a pixel is near white; half a pixel is half saturated."""
+    assert (flow_to_rgb(field((6.5e-6, 0.0), (0.0, -3e-6))) >= 254).all()
+    assert flow_to_rgb(field((0.5, 0.0)))[0, 0].tolist() == [255, 127, 127]
+
+
 def test_rightward_flow_is_the_hue_at_angle_zero():
     rgb = flow_to_rgb(field((4.0, 0.0), (2.0, 0.0), (0.0, 0.0)))
     assert rgb[0].tolist() == [list(colour_wheel()[0]), [255, 127, 127], list(WHITE)]

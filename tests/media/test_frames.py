@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+from PIL import Image
 from perceiver_serve.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
 from perceiver_serve.media import MediaLimits, decode_frame_pair, rgb_frame_from_raw
 
@@ -20,8 +21,25 @@ def test_frame_pair_of_different_formats_and_modes():
 
 
 def test_frames_of_different_sizes_name_both_sizes():
-    with rejected(InvalidInput, "invalid_input", "frame2 is 640×480 but frame1 is 320×240"):
+    with rejected(InvalidInput, "frame_size_mismatch", "frame1 is 320×240 but frame2 is 640×480"):
         decode_frame_pair(encode(solid(RED, (320, 240)), "PNG"), encode(solid(RED, (640, 480)), "PNG"), LIMITS)
+
+
+def _turned(size: tuple[int, int], orientation: int, fmt: str = "JPEG") -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    return encode(solid(RED, size), fmt, exif=exif)
+
+
+def test_frames_are_compared_upright():
+    """A frame stored 64×48 with EXIF orientation 6 is 48×64 upright: it pairs with a 48×64 frame, and not
+    with a 64×48 one (whose stored size matches: compared again once decoded)."""
+    frame1, frame2 = decode_frame_pair(_turned((64, 48), 6), encode(solid(RED, (48, 64)), "PNG"), LIMITS)
+    assert frame1.shape == frame2.shape == (64, 48, 3)
+    with rejected(InvalidInput, "frame_size_mismatch", "frame1 is 48×64 but frame2 is 64×48 (upright"):
+        decode_frame_pair(_turned((64, 48), 6), encode(solid(RED, (64, 48)), "PNG"), LIMITS)
+    with rejected(InvalidInput, "frame_size_mismatch", "frame1 is 48×64 but frame2 is 64×48 (upright"):
+        decode_frame_pair(_turned((64, 48), 6, "PNG"), encode(solid(RED, (64, 48)), "PNG"), LIMITS)
 
 
 @pytest.mark.parametrize(

@@ -3,7 +3,7 @@ import warnings
 import numpy as np
 import pytest
 from perceiver_serve.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
-from perceiver_serve.media import IMAGE_FORMATS, MediaLimits, decode_image
+from perceiver_serve.media import IMAGE_FORMATS, MediaLimits, decode_image, open_image
 from PIL import Image
 
 from .samples import BLUE, GREEN, RED, WHITE, animation, encode, patched, png_with_header, rejected, solid
@@ -133,6 +133,45 @@ def test_exif_orientation_is_applied():
     assert upright.shape == (64, 32, 3)
     assert np.abs(upright[8, 16] - RED).max() < 20  # stored left is now on top
     assert np.abs(upright[56, 16] - BLUE).max() < 20
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "WEBP", "JPEG"])
+def test_a_broken_exif_block_is_ignored(fmt):
+    """Metadata that does not parse leaves the picture as stored, as browsers show it: its pixels are fine."""
+    assert_colour(decode_image(encode(solid(RED), fmt, exif=b"garbage!!", **({"quality": 100} if fmt != "PNG" else {})),
+                               LIMITS), RED, tolerance=3)
+
+
+def _tiled_tiff(tile: int) -> bytes:
+    """A 64 × 64 zlib-compressed TIFF in 16 px tiles whose header then claims ``tile`` px tiles."""
+    import io
+    import struct
+
+    tifffile = pytest.importorskip("tifffile")
+    out = io.BytesIO()
+    tifffile.imwrite(out, np.zeros((64, 64), np.uint8), tile=(16, 16), compression="zlib")
+    data = bytearray(out.getvalue())
+    ifd = struct.unpack("<I", data[4:8])[0]
+    for k in range(struct.unpack("<H", data[ifd:ifd + 2])[0]):
+        entry = ifd + 2 + 12 * k
+        tag, kind = struct.unpack("<HH", data[entry:entry + 4])
+        if tag in (322, 323):  # TileWidth, TileLength
+            data[entry + 8:entry + (10 if kind == 3 else 12)] = struct.pack("<H" if kind == 3 else "<I", tile)
+    return bytes(data)
+
+
+def test_tiff_tiles_beyond_the_pixel_limit_are_refused_from_the_header():
+    """libtiff allocates a whole tile's buffer: 4.6 KB claiming 46,000 px square tiles asked for 2 GiB."""
+    with rejected(PayloadTooLarge, "too_large", "stored in tiles of 46000×46000"):
+        open_image(_tiled_tiff(46000), LIMITS)
+
+
+def test_decoded_bytes_count_tile_buffers_and_row_pointers():
+    plain = open_image(encode(solid(0, (64, 64), mode="L"), "PNG"), LIMITS).decoded_bytes
+    assert open_image(_tiled_tiff(1024), LIMITS).decoded_bytes == plain + 1024 * 1024  # one byte a pixel
+    thin = open_image(encode(solid(0, (1, 100_000), mode="L"), "PNG"), LIMITS).decoded_bytes
+    wide = open_image(encode(solid(0, (100_000, 1), mode="L"), "PNG"), LIMITS).decoded_bytes
+    assert thin - wide == (100_000 - 1) * 8 * 2  # a pointer a row, for the picture and its RGB copy
 
 
 def test_cmyk_jpeg_is_converted_to_rgb():

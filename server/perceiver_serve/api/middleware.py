@@ -15,8 +15,10 @@ import re
 import time
 import uuid
 import zlib
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
+
+from starlette.routing import Match
 
 from ..errors import BodyTimeout, InvalidInput, PayloadTooLarge
 from ..metrics import Metrics
@@ -60,11 +62,22 @@ def new_request_id(offered: str | None) -> str:
 
 
 class RequestContext:
-    """Request id in and out, the in-flight gauge, per-request metrics, an access log line, model leases."""
+    """Request id in and out, the in-flight gauge, per-request metrics, an access log line, model leases.
 
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+    ``routes`` (the app's) name the endpoint of a request that a middleware answered before routing (a
+    body over the limit, a missing key): its route's path, as when the route answers, not "unmatched".
+    """
+
+    def __init__(self, app: ASGIApp, metrics: Metrics, routes: Sequence[Any] = ()) -> None:
         self.app = app
         self.metrics = metrics
+        self.routes = routes  # the app's own list: routes added later count too
+
+    def _endpoint(self, scope: Scope) -> str:
+        route = scope.get("route")
+        if route is None:  # answered before routing, or no route has this path
+            route = next((r for r in self.routes if r.matches(scope)[0] != Match.NONE), None)
+        return getattr(route, "path", None) or "unmatched"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -95,8 +108,7 @@ class RequestContext:
                     await send_error(scope, send_with_id, 500, "internal", f"internal error; request id {request_id}")
             finally:
                 elapsed = time.perf_counter() - started
-                route = scope.get("route")
-                endpoint = getattr(route, "path", None) or "unmatched"
+                endpoint = self._endpoint(scope)
                 model = scope["state"].get("model", "")
                 if endpoint not in ("/metrics", "/health/live", "/health/ready", "/v2/health/live", "/v2/health/ready"):
                     self.metrics.observe_request(model, endpoint, protocol, status, elapsed)

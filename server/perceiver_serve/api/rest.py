@@ -135,9 +135,12 @@ def _coerce(value: str, kind: type) -> Any:
     return kind(value)
 
 
-async def _form(request: Request) -> FormData:
+async def _form(request: Request, raw: str | None = None) -> FormData:
+    """The multipart form; ``raw`` names the other media type the route reads as its body (``image/*``)."""
     if _media_type(request) != "multipart/form-data":
-        raise UnsupportedMediaType(f"expected multipart/form-data, got {_media_type(request) or 'no content type'}")
+        alternative = f" or a raw {raw}* body" if raw and raw.endswith("/") else f" or a raw {raw} body" if raw else ""
+        raise UnsupportedMediaType(f"expected multipart/form-data{alternative}, got "
+                                   f"{_media_type(request) or 'no content type'}")
     try:
         return await request.form(max_files=4, max_fields=16)
     except (ServeError, ClientDisconnect):
@@ -168,7 +171,7 @@ async def read_request(request: Request, task: Task) -> Any:
         fields = _form_params(FormData(), query, _scalar_fields(task, skip=(field,)))
         return task.parse({field: _raw_field(task, await request.body(), field), **fields})
     if route.files:
-        form = await _form(request)
+        form = await _form(request, route.raw[0] if route.raw else None)
         scalars = _scalar_fields(task, skip=route.files)
         uploads = {name: await _upload(form, name) for name in route.files}
         _known_fields_once(form, {*route.files, *scalars})
@@ -343,5 +346,5 @@ def create_app(state: ServerState, *, api_key: str | None = None, admin_key: str
         # The doc pages are open only where they exist: without them, their paths are as guarded as any.
         app.add_middleware(ApiKeyAuth, api_key=api_key, admin_key=admin_key,
                            open_paths=OPEN_PATHS | (DOC_PATHS if docs else frozenset()))
-    app.add_middleware(RequestContext, metrics=state.metrics)
+    app.add_middleware(RequestContext, metrics=state.metrics, routes=app.router.routes)
     return app

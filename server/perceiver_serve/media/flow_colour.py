@@ -23,6 +23,9 @@ _SEGMENTS: tuple[tuple[int, tuple[int, int, int]], ...] = (
 )
 # Middlebury's marker for "no flow known here" in .flo files; such pixels are drawn black.
 UNKNOWN_FLOW_THRESHOLD = 1e9
+#: The default colour scale never drops below this speed (pixels): a still scene's flow of a few
+#: millionths of a pixel is drawn near white, not at full saturation as if it moved.
+MIN_SCALE = 1.0
 
 
 def colour_wheel() -> np.ndarray:
@@ -40,9 +43,10 @@ _WHEEL = colour_wheel()
 def flow_to_rgb(flow: np.ndarray, max_magnitude: float | None = None) -> np.ndarray:
     """Colour-code an ``(H, W, 2)`` flow field into an ``(H, W, 3)`` uint8 picture.
 
-    Speeds are divided by ``max_magnitude`` (by default the largest speed in the field, so
-    every picture uses the whole saturation range; pass a fixed value to compare pictures).
-    Pixels faster than ``max_magnitude`` are drawn darker, as in the reference code.
+    Speeds are divided by ``max_magnitude`` (by default the largest speed in the field, but at
+    least :data:`MIN_SCALE`, so a picture of motion uses the whole saturation range and one of
+    sub-pixel noise stays pale; pass a fixed value to compare pictures). Pixels faster than
+    ``max_magnitude`` are drawn darker, as in the reference code.
     """
     u = flow[..., 0].astype(np.float64)
     v = flow[..., 1].astype(np.float64)
@@ -52,7 +56,7 @@ def flow_to_rgb(flow: np.ndarray, max_magnitude: float | None = None) -> np.ndar
     u, v = np.where(known, u, 0.0), np.where(known, v, 0.0)
     speed = np.hypot(u, v)
     if max_magnitude is None:
-        max_magnitude = float(speed.max(initial=0.0)) or 1.0
+        max_magnitude = max(float(speed.max(initial=0.0)), MIN_SCALE)
     elif not max_magnitude > 0:
         raise ValueError(f"max_magnitude must be positive, got {max_magnitude}")
     radius = (speed / max_magnitude)[..., None]

@@ -73,6 +73,11 @@ _TRANSPOSITIONS = {
     7: Image.Transpose.TRANSVERSE,
     8: Image.Transpose.ROTATE_90,
 }
+#: Pillow keeps a pointer for each row of every picture it holds: a tall, thin picture (1 × 40,000,000
+#: px) costs more in these than in its pixels.
+_ROW_BYTES = 8
+#: TIFF tags of a tiled file's tile size: libtiff's decoder allocates one tile's buffer from them.
+_TILE_WIDTH, _TILE_LENGTH = 322, 323
 # Reduce a picture to no less than this many times the side its processing resizes it to:
 # resampling from there is indistinguishable from resampling the full picture (Pillow's
 # ``reducing_gap`` of 3 makes the same trade).
@@ -106,6 +111,8 @@ class OpenedImage:
     kind: str
     field: str
     min_side: int | None = None
+    #: The pixels of the tile buffer the decoder allocates (a tiled TIFF's tile size; 0: none of its own).
+    tile_pixels: int = 0
     size: tuple[int, int] = dataclasses.field(init=False)  # (width, height) as sent, upright once decoded
 
     def __post_init__(self) -> None:
@@ -113,14 +120,16 @@ class OpenedImage:
 
     @property
     def decoded_bytes(self) -> int:
-        """The most memory :meth:`decode` holds at once, from the header's size and pixel mode."""
+        """The most memory :meth:`decode` holds at once, from the header's size, pixel mode and tiles:
+        the pictures' pixels, a pointer for each of their rows, and the decoder's tile buffer."""
         picture = self.picture
-        per_pixel = _STORAGE_BYTES.get(picture.mode, 4)
+        stored = _STORAGE_BYTES.get(picture.mode, 4)
+        per_pixel, copies = stored, 1
         if picture.mode != "RGB":
-            per_pixel += 4  # the RGB copy
+            per_pixel, copies = per_pixel + 4, copies + 1  # the RGB copy
         if picture.mode in _HIGH_DEPTH_MODES or _may_have_transparency(picture):
-            per_pixel += 12  # the intermediate pictures of scaling samples or compositing onto white
-        return picture.width * picture.height * per_pixel
+            per_pixel, copies = per_pixel + 12, copies + 3  # the intermediates of scaling samples or compositing onto white
+        return picture.width * picture.height * per_pixel + picture.height * _ROW_BYTES * copies + self.tile_pixels * stored
 
     def decode(self) -> Image.Image:
         """The loaded, upright RGB picture (see the module docstring), reduced as ``min_side`` allows.
@@ -131,12 +140,12 @@ class OpenedImage:
         picture, self.picture = self.picture, None
         with translated_errors(f"{self.field} ({self.kind})", too_large=_PILLOW_BOMB_GUARD):
             picture.load()
-            orientation = picture.getexif().get(ExifTags.Base.Orientation, 1)
+            orientation = _orientation(picture)
             rgb = _to_rgb(picture)
             del picture
             if self.min_side is not None and (factor := min(rgb.size) // (REDUCING_GAP * self.min_side)) >= 2:
                 rgb = rgb.reduce(factor)
-            if orientation in _TRANSPOSITIONS:
+            if orientation != 1:
                 rgb = rgb.transpose(_TRANSPOSITIONS[orientation])
                 if orientation >= 5:  # a quarter turn: the picture as shown is the header's size turned
                     self.size = self.size[::-1]
@@ -158,7 +167,7 @@ def open_image(data: bytes, limits: MediaLimits, *, field: str = "image", min_si
     with translated_errors(f"{field} ({kind})", too_large=_PILLOW_BOMB_GUARD):
         picture = opener(io.BytesIO(data))
         check_image_size(picture.width, picture.height, limits, field=field)
-        opened = OpenedImage(picture, kind, field, min_side)
+        opened = OpenedImage(picture, kind, field, min_side, _tile_pixels(picture, limits, f"{field} ({kind})"))
         if min_side is not None and kind == "JPEG":
             # Decodes at 1/2, 1/4 or 1/8 scale with the short side still at least this long.
             picture.draft(None, (REDUCING_GAP * min_side,) * 2)
@@ -176,17 +185,19 @@ def open_frame_pair(first: bytes, second: bytes, limits: MediaLimits) -> tuple[O
 
     The frames may differ in format and pixel mode; only their sizes must agree, since flow
     maps each pixel of the first frame into the second. Flow needs every pixel, so nothing
-    is reduced.
+    is reduced. Sizes that agree once one frame is turned a quarter are compared again once both
+    are decoded and upright (a PNG's EXIF orientation may follow its pixels in the file).
     """
     frames = open_image(first, limits, field="frame1"), open_image(second, limits, field="frame2")
-    _check_same_size(*frames)
+    if sorted(frames[0].size) != sorted(frames[1].size):
+        check_same_size(frames[0].size, frames[1].size)
     return frames
 
 
 def decode_opened_pair(frames: tuple[OpenedImage, OpenedImage]) -> tuple[np.ndarray, np.ndarray]:
     """Decode an opened pair into same-sized ``(H, W, 3)`` uint8 arrays, one Pillow picture at a time."""
     arrays = tuple(np.array(frame.decode()) for frame in frames)
-    _check_same_size(*frames)  # again once upright: EXIF may turn one frame and not the other
+    check_same_size(frames[0].size, frames[1].size, upright=True)
     return arrays
 
 
@@ -195,12 +206,36 @@ def decode_frame_pair(first: bytes, second: bytes, limits: MediaLimits) -> tuple
     return decode_opened_pair(open_frame_pair(first, second, limits))
 
 
-def _check_same_size(frame1: OpenedImage, frame2: OpenedImage) -> None:
-    if frame1.size != frame2.size:
-        raise InvalidInput(
-            f"frame2 is {_dimensions(*frame2.size)} but frame1 is {_dimensions(*frame1.size)}; "
-            "the two frames must be the same size"
-        )
+def check_same_size(frame1: tuple[int, int], frame2: tuple[int, int], *, upright: bool = False) -> None:
+    """Refuse flow frames of different ``(width, height)``: the same message whichever form they came in."""
+    if frame1 != frame2:
+        turned = " (upright, after their EXIF orientation)" if upright else ""
+        raise InvalidInput(f"frame1 is {_dimensions(*frame1)} but frame2 is {_dimensions(*frame2)}{turned}; "
+                           "both frames must be the same size", code="frame_size_mismatch")
+
+
+def _orientation(picture: Image.Image) -> int:
+    """The EXIF orientation that turns ``picture`` upright (1: as stored). An EXIF block that does not
+    parse, or an orientation that is not one of the eight, is ignored, as browsers do: the pixels may be
+    fine."""
+    try:
+        orientation = picture.getexif().get(ExifTags.Base.Orientation, 1)
+        return orientation if orientation in _TRANSPOSITIONS else 1
+    except Exception:  # noqa: BLE001 - Pillow's EXIF parser raises several kinds for broken metadata
+        return 1
+
+
+def _tile_pixels(picture: ImageFile.ImageFile, limits: MediaLimits, subject: str) -> int:
+    """The pixels of a tiled TIFF's tile (libtiff allocates one tile's buffer: a 46,000 px square tile in a
+    4.6 KB file of a 64 × 64 picture asks for 2 GiB), refused beyond the pixel limit; 0 for other files."""
+    tags = getattr(picture, "tag_v2", None)
+    if tags is None or _TILE_WIDTH not in tags:
+        return 0
+    width, length = int(tags.get(_TILE_WIDTH, 0)), int(tags.get(_TILE_LENGTH, 0))
+    if width * length > limits.max_image_pixels:
+        raise PayloadTooLarge(f"{subject} is stored in tiles of {_dimensions(width, length)}, which have "
+                              f"{width * length} pixels each; the limit is {limits.max_image_pixels}")
+    return width * length
 
 
 def rgb_frame_from_raw(

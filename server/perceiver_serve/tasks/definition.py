@@ -71,6 +71,8 @@ class Signature:
     tensors: Callable[[Sequence[Any]], dict[str, np.ndarray]]
     #: The input tensors' names, by the request field each becomes (error messages name the tensor).
     fields: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    #: Request fields that shape only REST's answer (its encoding), by why: refused as v2 parameters.
+    rest_only: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
 
 def utf8(data: bytes, where: str) -> str:

@@ -25,7 +25,7 @@ from ..engine import ServedModel
 from ..errors import InvalidInput, PayloadTooLarge
 from ..media.budget import DecodeBudget
 from ..media.flow_formats import FLOW_FORMATS
-from ..media.image import check_image_size, decode_opened_pair, open_frame_pair, rgb_frame_from_raw
+from ..media.image import check_image_size, check_same_size, decode_opened_pair, open_frame_pair, rgb_frame_from_raw
 from ..media.limits import MediaLimits
 from ..modeling import PerceiverForOpticalFlow, flow_patches
 from .common import TaskOptions, off_loop, request_deadline
@@ -175,9 +175,7 @@ async def estimate_flow(served: ServedModel, first: bytes | RawFrame, second: by
             return decode_opened_pair(frames)
     elif isinstance(first, RawFrame) and isinstance(second, RawFrame):
         height, width = first.height, first.width
-        if (second.height, second.width) != (height, width):
-            raise InvalidInput(f"frame1 is {width}×{height} but frame2 is {second.width}×{second.height}; "
-                               "both frames must be the same size", code="frame_size_mismatch")
+        check_same_size((width, height), (second.width, second.height))
         check_image_size(width, height, limits, field="frame1")
 
         def decode() -> tuple[np.ndarray, np.ndarray]:
@@ -254,5 +252,6 @@ OPTICAL_FLOW = Task(
         requests=_frames,
         tensors=_flow,
         fields={"frame1": "FRAME1", "frame2": "FRAME2"},
+        rest_only={"format": "it picks REST's encoding of the field (npy, flo, png, json); v2 answers the FLOW tensor"},
     ),
 )

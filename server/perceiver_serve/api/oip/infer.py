@@ -19,7 +19,7 @@ import numpy as np
 from ... import __version__
 from ...engine import ModelRegistry, ServedModel
 from ...engine.registry import READY
-from ...errors import InvalidInput, InvalidRequest, ModelNotFound, NotReady
+from ...errors import InvalidInput, InvalidRequest, ModelNotFound, NotReady, ServeError
 from ...tasks import TASKS, Call, Task, TensorSpec
 from ..state import ServerState
 from .tensors import Tensor
@@ -171,6 +171,16 @@ async def _all(works: Sequence[Awaitable[Any]]) -> list[Any]:
             job.cancel()
 
 
+async def _item(work: Awaitable[Any], tensor: str, index: int, count: int) -> Any:
+    """One item's answer; where a tensor holds several items (images), its error names which one."""
+    try:
+        return await work
+    except ServeError as exc:
+        if count > 1:
+            exc.message = f"{tensor}[{index}]: {exc.message}"
+        raise
+
+
 async def infer(state: ServerState, request: InferRequest, deadline: float | None = None) -> InferAnswer:
     served = find_model(state.registry, request.model, request.version)
     task = _task(served)
@@ -188,12 +198,15 @@ async def _infer(state: ServerState, served: ServedModel, task: Task, request: I
                            code="no_v2_signature")
     arrays = _check_inputs(served, signature.inputs, request.inputs)
     outputs = _requested(served, signature.outputs, request.outputs)
+    for name in request.parameters.keys() & signature.rest_only.keys():
+        raise InvalidRequest(f"parameter {name!r} is not taken over v2: {signature.rest_only[name]}")
     settable = set(task.request.model_fields) - {"model", "version"}
     parameters = {k: v for k, v in request.parameters.items() if k in settable and k not in PROTOCOL_PARAMETERS}
     names = {**{name: f"parameters.{name}" for name in parameters}, **signature.fields}
     bodies = [task.parse({**parameters, **fields}, names) for fields in signature.requests(arrays)]
     call = Call(state.limits, state.budget, deadline)
-    results = await _all([task.execute(served, body, call) for body in bodies])
+    results = await _all([_item(task.execute(served, body, call), signature.inputs[0].name, i, len(bodies))
+                          for i, body in enumerate(bodies)])
     produced = signature.tensors(results)
     return InferAnswer(served.name, [Tensor(spec.name, spec.datatype, produced[spec.name]) for spec in outputs],
                        request.id, served.version)
