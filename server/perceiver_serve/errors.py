@@ -158,6 +158,14 @@ class LoadFailed(ServeError):
     grpc_status = "FAILED_PRECONDITION"
 
 
+class ControlConflict(ServeError):
+    """A load that another call (an unload of the same model) overtook before it answered (409 / ABORTED)."""
+
+    code = "conflict"
+    http_status = 409
+    grpc_status = "ABORTED"
+
+
 class ModelControlDisabled(ServeError):
     """A load or unload on a server started without ``--model-control explicit|poll``."""
 

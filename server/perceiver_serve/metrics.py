@@ -109,8 +109,8 @@ class Metrics:
         for waited in queue_seconds:
             queue.observe(waited)
 
-    def observe_rejected(self, model: str, reason: str) -> None:
-        self.rejected.labels(model, reason).inc()
+    def observe_rejected(self, model: str, reason: str, items: int = 1) -> None:
+        self.rejected.labels(model, reason).inc(items)
 
     def observe_model_state(self, model: str, version: str, ready: bool, load_seconds: float | None = None) -> None:
         self.model_ready.labels(model, version).set(1 if ready else 0)

@@ -543,3 +543,41 @@ def test_poll_mode_a_new_model_that_fails_leaves_the_server_ready(tmp_path):
         assert_ready()
         with pytest.raises(grpc.RpcError):  # the broken model itself answers as failed
             oip_grpc.GRPCInferenceServiceStub(channel).ModelInfer(oip_pb.ModelInferRequest(model_name="no-weights"))
+
+
+def test_an_unload_racing_a_load_is_a_conflict_not_a_failed_load(explicit):
+    """A load overtaken by an unload of the same model answers 409 conflict (nothing on disk is wrong), or
+    200 if it answered first, never "failed to load: None"; the server answers meanwhile."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    root, _, client = explicit
+    copy_model(root, "raced", labels=OLD)
+    load_url, unload_url = "/v2/repository/models/raced/load", "/v2/repository/models/raced/unload"
+    outcomes = []
+    with ThreadPoolExecutor(2) as pool:
+        for _ in range(8):  # the load is overtaken in about one of four
+            loading = pool.submit(client.post, load_url, headers=bearer(ADMIN))
+            time.sleep(0.05)
+            unloading = pool.submit(client.post, unload_url, headers=bearer(ADMIN))
+            assert client.get("/health/live").status_code == 200
+            loaded, unloaded = loading.result(), unloading.result()
+            assert unloaded.status_code == 200, unloaded.text
+            outcomes.append((loaded.status_code, loaded.json().get("code", loaded.json().get("state"))))
+    assert set(outcomes) <= {(200, "READY"), (409, "conflict")}, outcomes
+    assert classify(client, "raced").status_code == 404  # the last call, an unload, stands
+
+
+def test_a_model_that_failed_to_load_does_not_take_the_tasks_default(explicit):
+    """A broken copy marked default (first by name, too) leaves requests that name no model to a model
+    that serves; named, it answers why it can't."""
+    root, _, client = explicit
+    folder = copy_model(root, "a-broken", labels=NEW)
+    weights = folder / "checkpoint" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:5000])
+    failed = client.post("/v2/repository/models/a-broken/load", headers=bearer(ADMIN))
+    assert failed.status_code == 400 and failed.json()["code"] == "load_failed", failed.text
+    unnamed = client.post("/classify/text", json={"text": "a fine day"}, headers=bearer(API))
+    assert unnamed.status_code == 200 and unnamed.json()["model"] != "a-broken", unnamed.text
+    named = classify(client, "a-broken")
+    assert named.status_code == 503 and "failed to load" in named.json()["error"]["message"]
+    assert client.post("/v2/repository/models/a-broken/unload", headers=bearer(ADMIN)).status_code == 200

@@ -187,3 +187,12 @@ async def test_concurrent_requests_share_forward_passes(server):
     after = passes()
     forward_passes, items = after[0] - before[0], after[1] - before[1]
     assert items == 32 and forward_passes < 32
+
+
+def test_an_idle_server_has_nothing_in_flight(client):
+    """The scrape that reads the gauge is not in flight by its own count; probes neither."""
+    client.get("/health/ready")
+    wait_for(lambda: metric_value(client.get("/metrics").text, "perceiver_inflight_requests", protocol="rest") == 0,
+             30, "the in-flight gauge at 0")  # requests of earlier tests, if any, finish first
+    metrics = client.get("/metrics").text
+    assert 'endpoint="/metrics"' not in metrics and 'endpoint="/health/ready"' not in metrics

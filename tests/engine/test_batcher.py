@@ -100,6 +100,53 @@ async def test_full_queue_rejects_at_once():
         batcher.stop()
 
 
+class Refusals:
+    """An observer that keeps the rejected-items count by reason (as perceiver_rejected_requests_total)."""
+
+    def __init__(self) -> None:
+        self.items: dict[str, int] = {}
+
+    def observe_queue_depth(self, model, depth):
+        pass
+
+    def observe_batch(self, *args):
+        pass
+
+    def observe_rejected(self, model, reason, items=1):
+        self.items[reason] = self.items.get(reason, 0) + items
+
+
+async def test_refusals_count_work_items_not_requests():
+    """A refused request of five items counts five, whether the queue is full, it can never fit, or its
+    batch failed: the counter's unit is the work item, as its help text says."""
+    refusals = Refusals()
+
+    def fn(payloads):
+        if 13 in payloads:
+            raise ValueError("unlucky")
+        time.sleep(0.3)
+        return [p * 2 for p in payloads]
+
+    runner = Recorder(fn=fn)
+    batcher = DynamicBatcher("m", runner, limits(max_batch_size=8, max_queue=6, max_delay_ms=0), refusals)
+    batcher.start()
+    try:
+        first = asyncio.ensure_future(batcher.submit(1))
+        await asyncio.to_thread(runner.started.wait, 5)
+        queued = asyncio.ensure_future(batcher.submit_all([2, 3, 4]))
+        await asyncio.sleep(0)
+        with pytest.raises(QueueFull):
+            await batcher.submit_all([5, 6, 7, 8, 9])
+        with pytest.raises(PayloadTooLarge):
+            batcher.check_fits(7)
+        assert await first == 2 and await queued == [4, 6, 8]
+        with pytest.raises(InferenceFailed):
+            await batcher.submit_all([13, 14, 15, 16, 17])
+    finally:
+        batcher.stop()
+    assert refusals.items == {"queue_full": 5, "too_large": 7, "error": 5}
+
+
 @contextlib.asynccontextmanager
 async def busy_worker():
     """A one-at-a-time batcher whose worker is busy with a slow first item."""

@@ -109,8 +109,10 @@ def test_broken_checkpoint_fails_alone_and_others_serve(tmp_path, text_checkpoin
         assert "cannot serve task 'fill-mask'" in registry.get("wrongtask").reason
         assert not registry.ready
         assert registry.resolve("text-classification", "good").name == "good"
-        with pytest.raises(NotReady, match="failed to load"):  # the default (first by name) is broken
-            registry.resolve("text-classification")
+        # The default is not the broken one (first by name): a model that failed never takes it from one that serves.
+        assert registry.resolve("text-classification").name == "good"
+        with pytest.raises(NotReady, match="failed to load"):
+            registry.resolve("text-classification", "broken")
         with pytest.raises(ModelNotFound, match="serves text-classification, not fill-mask"):
             registry.resolve("fill-mask", "good")
         with pytest.raises(ModelNotFound):

@@ -275,6 +275,22 @@ MUTANTS: tuple[Mutant, ...] = (
         ("tests/api/test_oip.py::test_a_compression_bomb_stops_at_the_body_limit",),
     ),
     Mutant(
+        "tiff-tile-size-unchecked", "media/image.py",
+        "if width * length > limits.max_image_pixels:", "if False:",
+        ("tests/media/test_image.py::test_tiff_tiles_beyond_the_pixel_limit_are_refused_from_the_header",),
+    ),
+    Mutant(
+        "v2-http-infer-outlives-its-client", "api/oip/rest.py",
+        "answer = await until_disconnect(request, v2.infer(state(request), call))",
+        "answer = await v2.infer(state(request), call)",
+        ("tests/reliability/test_faults.py::test_a_rest_client_that_disconnects_frees_its_queued_work",),
+    ),
+    Mutant(
+        "cancelled-at-shutdown-is-a-bare-500", "api/middleware.py",
+        "            except asyncio.CancelledError:\n", "            except ZeroDivisionError:\n",
+        ("tests/reliability/test_drain.py::test_a_request_still_running_when_the_grace_period_ends_gets_a_clean_refusal",),
+    ),
+    Mutant(
         "activation-post-op-dropped", "modeling/kernels.py",
         'attr, algorithm = activation.onednn if activation is not None else ("none", "")',
         'attr, algorithm = ("none", "")',

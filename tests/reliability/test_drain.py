@@ -150,3 +150,27 @@ def test_sigterm_under_load_drains_cleanly(tmp_path):
     # Everything the server accepted and answered, its clients received.
     assert len(re.findall(r"POST /classify/text 200 ", logs)) == outcomes["rest answered"]
     assert len(re.findall(r"grpc ClassifyText OK ", logs)) == outcomes["grpc answered"]
+
+
+def test_a_request_still_running_when_the_grace_period_ends_gets_a_clean_refusal(tmp_path):
+    """The grace period over, uvicorn cancels what is still running: the client gets 503 shutting_down with
+    its request id (as a draining server refuses), not a bare 500, and the process exits."""
+    import httpx
+
+    root = repository(tmp_path / "repo", "optical-flow")
+    big = np.random.default_rng(4).integers(0, 256, (600, 600, 3), dtype=np.uint8)  # hundreds of tiles
+    files = {"frame1": ("1.png", png_bytes(big)), "frame2": ("2.png", png_bytes(np.roll(big, 2, 1)))}
+    with ServerProcess("--grace-period", "1", repository=root) as proc:
+        proc.wait()
+        answer: list[httpx.Response] = []
+        sender = threading.Thread(target=lambda: answer.append(httpx.post(proc.url + "/flow", files=files, timeout=60)))
+        sender.start()
+        time.sleep(1.5)  # decoded and computing
+        os.kill(proc.process.pid, signal.SIGTERM)
+        sender.join(60)
+        code = proc.process.wait(30)
+        logs = proc.logs()
+    (refused,) = answer
+    assert refused.status_code == 503, refused.text
+    assert refused.json()["error"]["code"] == "shutting_down" and refused.headers["x-request-id"]
+    assert code == 0 and "grace period ran out" in logs and "Traceback" not in logs

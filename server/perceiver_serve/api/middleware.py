@@ -34,6 +34,8 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+#: Probes and scrapes: neither counted as requests nor in flight (they would count themselves).
+UNCOUNTED_PATHS = frozenset({"/metrics", "/health/live", "/health/ready", "/v2/health/live", "/v2/health/ready"})
 
 
 async def send_error(scope: Scope, send: Send, status: int, code: str, message: str,
@@ -98,9 +100,19 @@ class RequestContext:
             await send(message)
 
         protocol = protocol_of(scope["path"])
-        with self.metrics.track_inflight(protocol), leases:
+        counted = scope["path"] not in UNCOUNTED_PATHS  # a scrape does not count itself in flight
+        with self.metrics.track_inflight(protocol) if counted else contextlib.nullcontext(), leases:
             try:
                 await self.app(scope, receive, send_with_id)
+            except asyncio.CancelledError:
+                # Only the server's own shutdown cancels a request, once its grace period has run out: the
+                # client gets the clean refusal a draining server gives (uvicorn would answer a bare 500).
+                if responded:
+                    raise
+                log.warning("%s %s cancelled: the grace period ran out before it finished", scope["method"],
+                            scope["path"], extra={"request_id": request_id})
+                await send_error(scope, send_with_id, 503, "shutting_down",
+                                 "the server stopped before this request was done: its grace period ran out")
             except Exception:  # a bug: answer 500 with the request id, log it, keep serving
                 log.exception("unhandled error in %s %s", scope["method"], scope["path"],
                               extra={"request_id": request_id})
@@ -110,7 +122,7 @@ class RequestContext:
                 elapsed = time.perf_counter() - started
                 endpoint = self._endpoint(scope)
                 model = scope["state"].get("model", "")
-                if endpoint not in ("/metrics", "/health/live", "/health/ready", "/v2/health/live", "/v2/health/ready"):
+                if endpoint not in UNCOUNTED_PATHS:
                     self.metrics.observe_request(model, endpoint, protocol, status, elapsed)
                 log.info("%s %s %s %.1fms", scope["method"], scope["path"], status, elapsed * 1000,
                          extra={"request_id": request_id, "model": model, "status": status,

@@ -18,8 +18,8 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from ..engine import ModelRegistry
-from ..engine.registry import READY
-from ..errors import InvalidInput, InvalidRequest, LoadFailed
+from ..engine.registry import READY, UNAVAILABLE, UNLOADING
+from ..errors import ControlConflict, InvalidInput, InvalidRequest, LoadFailed
 
 PREFIX = "/v2/repository"
 
@@ -81,8 +81,12 @@ async def _control_request(request: Request) -> None:
 
 
 async def load_model(registry: ModelRegistry, name: str) -> dict[str, Any]:
-    """Load or reload ``name``; :class:`LoadFailed` (with the reason) when the new copy did not come up."""
+    """Load or reload ``name``; :class:`LoadFailed` (with the reason) when the new copy did not come up,
+    :class:`ControlConflict` when an unload of the model overtook this load before it answered."""
     served = await asyncio.to_thread(registry.load, name)
+    if served.state in (UNLOADING, UNAVAILABLE):
+        raise ControlConflict(f"model {name!r} was unloaded by another call as this load finished; load it again "
+                              "to serve it")
     if served.state != READY:
         raise LoadFailed(f"model {name!r} failed to load: {served.reason}")
     if served.reason:  # the previous copy still serves; the reload itself failed
@@ -119,7 +123,8 @@ def add_repository_routes(app: FastAPI, responses: dict[int | str, Any], control
               summary="Unload a model: new requests get 404 model_not_found, in-flight ones finish")
     async def unload(request: Request, name: str) -> JSONResponse:
         await _control_request(request)
-        served = request.app.state.serve.registry.unload(name)
+        # Off the event loop: an unload waits for a load of the same model to finish.
+        served = await asyncio.to_thread(request.app.state.serve.registry.unload, name)
         return JSONResponse({"name": name, "state": served.state.upper()})
 
 

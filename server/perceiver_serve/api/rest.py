@@ -9,11 +9,9 @@ every failure is a :class:`ServeError` rendered as ``{"error": {"code", "message
 
 from __future__ import annotations
 
-import asyncio
 import json
 import types
-from collections.abc import Awaitable
-from typing import Any, Literal, TypeVar, Union, get_args, get_origin
+from typing import Any, Literal, Union, get_args, get_origin
 
 import numpy as np
 from fastapi import FastAPI, Request
@@ -22,10 +20,11 @@ from starlette.datastructures import FormData, UploadFile
 from starlette.requests import ClientDisconnect
 
 from ..answers import ErrorResponse, ModelInfo, ModelList
-from ..errors import ClientDisconnected, InvalidInput, InvalidRequest, ServeError, UnsupportedMediaType
+from ..errors import InvalidInput, InvalidRequest, ServeError, UnsupportedMediaType
 from ..media.flow_formats import FLOW_FORMATS, to_json
 from ..metrics import EXPOSITION_CONTENT_TYPE
 from ..tasks import TASKS, Call, Task
+from .disconnect import until_disconnect
 from .docs import DOC_PATHS, install_docs
 from .errors import install_error_handlers
 from .repository import add_repository_routes
@@ -34,7 +33,6 @@ from .oip.rest import OPEN_PATHS as V2_OPEN_PATHS
 from .oip.rest import install_v2
 from .state import ServerState
 
-T = TypeVar("T")
 
 OPEN_PATHS = frozenset({"/health/live", "/health/ready", "/metrics", *V2_OPEN_PATHS})
 
@@ -47,31 +45,6 @@ SCALARS = (str, int, float, bool)
 
 def _media_type(request: Request) -> str:
     return request.headers.get("content-type", "").split(";")[0].strip().lower()
-
-
-async def until_disconnect(request: Request, work: Awaitable[T]) -> T:
-    """Await ``work``, abandoning it (and dropping its queued items) if the client disconnects.
-
-    The abandoned request ends as :class:`ClientDisconnected` (499, never sent), so logs and
-    metrics count a client's choice, not a 500.
-    """
-    task = asyncio.ensure_future(work)
-
-    async def disconnected() -> None:
-        while (await request.receive())["type"] != "http.disconnect":
-            pass
-
-    watcher = asyncio.ensure_future(disconnected())
-    try:
-        done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-        if task not in done:
-            task.cancel()
-            raise ClientDisconnected("the client disconnected before its answer was ready")
-        return task.result()
-    finally:
-        watcher.cancel()
-        if not task.done():
-            task.cancel()
 
 
 def _kind(annotation: Any) -> Any:

@@ -73,7 +73,7 @@ class BatchObserver(Protocol):
 
     def observe_batch(self, model: str, size: int, queue_seconds: list[float], compute_seconds: float) -> None: ...
 
-    def observe_rejected(self, model: str, reason: str) -> None: ...
+    def observe_rejected(self, model: str, reason: str, items: int = 1) -> None: ...
 
 
 class _NullObserver:
@@ -83,7 +83,7 @@ class _NullObserver:
     def observe_batch(self, model: str, size: int, queue_seconds: list[float], compute_seconds: float) -> None:
         pass
 
-    def observe_rejected(self, model: str, reason: str) -> None:
+    def observe_rejected(self, model: str, reason: str, items: int = 1) -> None:
         pass
 
 
@@ -290,7 +290,7 @@ class DynamicBatcher:
             if self._stopping:
                 raise ShuttingDown(f"model {self.name!r} is shutting down")
             if len(self._queue) + len(items) > self.limits.max_queue:
-                self.observer.observe_rejected(self.name, "queue_full")
+                self.observer.observe_rejected(self.name, "queue_full", len(items))
                 raise QueueFull(
                     f"model {self.name!r} has {len(self._queue)} items queued (limit {self.limits.max_queue}); "
                     "retry later"
@@ -327,7 +327,7 @@ class DynamicBatcher:
             try:
                 await asyncio.wait_for(woken, deadline - time.monotonic())
             except TimeoutError:
-                self.observer.observe_rejected(self.name, "deadline")
+                self.observer.observe_rejected(self.name, "deadline", len(pending))
                 raise DeadlineExceeded(
                     f"request to model {self.name!r} passed its deadline with {len(pending)} of its {len(items)} "
                     "work items not yet admitted to the queue") from None
@@ -348,7 +348,7 @@ class DynamicBatcher:
         many items for one request call this before building them, to spare the work.
         """
         if count > self.limits.max_queue:
-            self.observer.observe_rejected(self.name, "too_large")
+            self.observer.observe_rejected(self.name, "too_large", count)
             raise PayloadTooLarge(
                 f"this request needs {count} work items on model {self.name!r}, more than its queue ever "
                 f"holds ({self.limits.max_queue}); send a smaller input"
@@ -574,5 +574,5 @@ class DynamicBatcher:
             log.exception("model %s: forward pass failed on a batch of %d", self.name, len(batch), exc_info=exc)
             kind = "out of memory" if is_out_of_memory(exc) else f"{type(exc).__name__}: {exc}"
             error = InferenceFailed(f"model {self.name!r} failed on this request's batch ({kind})")
-        self.observer.observe_rejected(self.name, "error")
+        self.observer.observe_rejected(self.name, "error", len(batch))
         settle_all(batch, [error] * len(batch))

@@ -363,12 +363,15 @@ class ModelRegistry:
         thread.start()
 
     def _choose_defaults(self) -> None:
-        """Called under ``_lock``: each task's model for requests that name none (``default = true`` first)."""
-        candidates = [m.spec for m in self.models.values() if m.spec is not None and m.state not in (UNLOADING,
-                                                                                                    UNAVAILABLE)]
+        """Called under ``_lock``: each task's model for requests that name none (``default = true`` first).
+
+        A model that failed to load is chosen only where no other serves the task (its requests then
+        learn why): otherwise a broken copy marked ``default`` would turn away every request that names
+        no model while a good one serves."""
+        candidates = [m for m in self.models.values() if m.spec is not None and m.state not in (UNLOADING, UNAVAILABLE)]
         self.defaults = {}
-        for spec in sorted(candidates, key=lambda s: (not s.default, s.name)):
-            self.defaults.setdefault(spec.task, spec.name)
+        for served in sorted(candidates, key=lambda m: (m.state == FAILED, not m.spec.default, m.spec.name)):
+            self.defaults.setdefault(served.spec.task, served.spec.name)
 
     def _report(self, served: ServedModel) -> None:
         if self.observer is not None and hasattr(self.observer, "observe_model_state"):

@@ -6,6 +6,8 @@ are control calls: bound with the admin key when one is set.
 
 from __future__ import annotations
 
+import asyncio
+
 from ...errors import ModelControlDisabled
 from ...pb.inference import grpc_service_pb2 as pb
 from ..repository import load_model, refuse_overrides, repository_index
@@ -39,7 +41,7 @@ class RepositoryService:
         self._check_control()
         call.model = name = _model_name(request)
         refuse_overrides(request.parameters)
-        self.state.registry.unload(name)
+        await asyncio.to_thread(self.state.registry.unload, name)  # it waits for a load of the same model
         return pb.RepositoryModelUnloadResponse(model_name=name, isUnloaded=True)
 
     def _check_control(self) -> None:

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ...errors import InvalidInput, InvalidRequest
 from ...tasks.definition import describe
+from ..disconnect import until_disconnect
 from ..state import ServerState
 from . import infer as v2
 from .tensors import Tensor, from_json, from_raw, to_json_data, to_raw
@@ -172,7 +173,7 @@ def install_v2(app: FastAPI) -> None:
         names = [o.name for o in body.outputs] if body.outputs else None  # none, or []: the default outputs
         call = v2.InferRequest(model, version, _tensors(body, binary), body.parameters, names, body.id)
         request.scope["state"]["model"] = model
-        answer = await v2.infer(state(request), call)
+        answer = await until_disconnect(request, v2.infer(state(request), call))  # a client gone: its work dropped
         return _answer(answer, body)
 
     for base in ("/models/{model}", "/models/{model}/versions/{version}"):
