@@ -1,6 +1,7 @@
 """Models, health, OpenAPI, routing errors, body limits and API keys on the real server."""
 
 import asyncio
+import json
 
 import httpx
 import numpy as np
@@ -146,6 +147,8 @@ def test_body_limit_by_content_length_and_by_stream(guarded):
     with httpx.Client(base_url=guarded.url, headers=AUTH) as c:
         r = c.post("/classify/text", content=big, headers={"content-type": "text/plain"})
         assert error_of(r) == (413, "too_large")
+        # Written by the middleware, formatted as a route's error is (compact JSON).
+        assert r.content == json.dumps(r.json(), ensure_ascii=False, separators=(",", ":")).encode()
 
         def chunks():
             for _ in range(10):

@@ -40,7 +40,7 @@ UNCOUNTED_PATHS = frozenset({"/metrics", "/health/live", "/health/ready", "/v2/h
 
 async def send_error(scope: Scope, send: Send, status: int, code: str, message: str,
                      headers: Iterable[tuple[bytes, bytes]] = ()) -> None:
-    body = json.dumps(error_body(scope["path"], code, message)).encode()
+    body = json.dumps(error_body(scope["path"], code, message), ensure_ascii=False, separators=(",", ":")).encode()  # as routes
     await send({"type": "http.response.start", "status": status, "headers": [
         (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *headers]})
     await send({"type": "http.response.body", "body": body})
