@@ -163,9 +163,12 @@ async def busy_worker():
 
 async def test_expired_items_are_never_computed():
     async with busy_worker() as (batcher, runner):
-        with pytest.raises(DeadlineExceeded):
+        with pytest.raises(DeadlineExceeded, match=r"s after it arrived, before it was computed"):
             await batcher.submit(99, deadline=time.monotonic() + 0.05)
-    assert [99] not in runner.batches
+        # The worker is free again: 97 is computed (0.3 s), and 98 waits past the deadline behind it.
+        with pytest.raises(DeadlineExceeded, match="before this part of it was computed"):
+            await batcher.submit_all([97, 98], deadline=time.monotonic() + 0.05)
+    assert [99] not in runner.batches and [98] not in runner.batches
 
 
 async def test_cancelled_items_are_never_computed():

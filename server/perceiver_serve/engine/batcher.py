@@ -105,6 +105,8 @@ class _Item:
     enqueued: float
     deadline: float
     dropped_because: str = CANCELLED
+    #: How many items its request has (a flow's tiles; 1 for most).
+    group: int = 1
     #: Set by the worker, under the lock, once the item's batch is over: its result may not have
     #: reached the caller's event loop yet (``future.done()`` lags behind).
     finished: bool = False
@@ -264,7 +266,8 @@ class DynamicBatcher:
             deadline = now + self.limits.timeout_ms / 1000
         if not gradual:
             self.check_fits(len(payloads))
-        items = [_Item(p, self.runner.batch_key(p), loop.create_future(), loop, now, deadline) for p in payloads]
+        items = [_Item(p, self.runner.batch_key(p), loop.create_future(), loop, now, deadline, group=len(payloads))
+                 for p in payloads]
         reason = CANCELLED
         try:
             if len(items) <= self.limits.max_queue:
@@ -513,8 +516,12 @@ class DynamicBatcher:
                 expired.append(item)
             else:
                 live.append(item)
-        settle_all(expired, [DeadlineExceeded(f"request to model {self.name!r} passed its deadline after waiting "
-                                              f"{now - item.enqueued:.3f} s in the queue") for item in expired])
+        # Worded for requests of many items too (a flow's tiles): their parts computed before the deadline
+        # were not waiting, only this part was not reached in time.
+        settle_all(expired, [DeadlineExceeded(f"request to model {self.name!r} passed its deadline "
+                                              f"{now - item.enqueued:.3f} s after it arrived, before "
+                                              f"{'this part of it' if item.group > 1 else 'it'} was computed")
+                             for item in expired])
         return live
 
     def _run_warm_up(self, stream: WorkerStream, executor: BatchRunner) -> None:
