@@ -129,7 +129,7 @@ BAD_UNARY = [
     ("ClassifyImage", pb.ClassifyImageRequest(image=png(picture(8, 8)), model="text-sentiment"),
      grpc.StatusCode.NOT_FOUND, "wrong_task"),
     ("EstimateFlow", pb.EstimateFlowRequest(frame1=png(picture(40, 50)), frame2=png(picture(40, 52))),
-     grpc.StatusCode.INVALID_ARGUMENT, "invalid_input"),
+     grpc.StatusCode.INVALID_ARGUMENT, "frame_size_mismatch"),
     ("EstimateFlow", pb.EstimateFlowRequest(frame1=png(picture(40, 50)), frame2=png(picture(40, 50)), model="nope"),
      grpc.StatusCode.NOT_FOUND, "model_not_found"),
 ]

@@ -111,7 +111,7 @@ IMAGES: list[tuple[str, bytes, tuple[int, str | None]]] = [
 
 FRAME = png(noise(48, 64))
 FRAME_PAIRS: list[tuple[str, bytes, bytes, tuple[int, str | None]]] = [
-    ("different_sizes", FRAME, png(noise(48, 66)), (400, "invalid_input")),
+    ("different_sizes", FRAME, png(noise(48, 66)), (400, "frame_size_mismatch")),
     ("different_modes_same_size", FRAME, png(noise(48, 64).convert("L")), OK),
     ("png_and_jpeg", FRAME, encode(noise(48, 64), "JPEG"), OK),
     ("rgba_and_palette", png(noise(48, 64).convert("RGBA")), png(noise(48, 64).convert("P")), OK),
