@@ -13,6 +13,8 @@ from PIL import Image
 
 from perceiver_serve.pb.perceiver.v1 import perceiver_pb2 as pb
 
+from ..support import wait_for
+
 RNG = np.random.default_rng(7)
 
 
@@ -174,7 +176,12 @@ def test_rpcs_are_counted_in_metrics(stub, rest):
     stub.ClassifyText(pb.ClassifyTextRequest(texts=["count me"]))
     stub.ListModels(pb.ListModelsRequest())
     error_of(stub.ClassifyText, pb.ClassifyTextRequest(texts=[""]))
-    text = rest.get("/metrics").text
+    # An RPC leaves the in-flight gauge a moment after its reply is sent: read once it has.
+    def settled() -> str | None:
+        text = rest.get("/metrics").text
+        return text if 'perceiver_inflight_requests{protocol="grpc"} 0.0' in text else None
+
+    text = wait_for(settled, 10, "the gRPC in-flight gauge back at 0")
     for status in ("OK", "INVALID_ARGUMENT"):
         assert re.search(r'perceiver_requests_total\{endpoint="ClassifyText",model="text-sentiment",'
                          rf'protocol="grpc",status="{status}"\}} [1-9]', text), status

@@ -260,10 +260,10 @@ def test_attention_in_a_compute_dtype_covers_big_heads_only(masked, monkeypatch)
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("name", ["gelu", "gelu_new", "relu", "silu"])
-def test_activations_are_applied_by_onednns_op_as_it_writes_the_product(name, dtype, monkeypatch):
-    """A product that goes to oneDNN's op applies the activation as that op's post-op (SiLU, which the
-    op isn't given, after it), with the answer of the activation applied to F.linear's product; products
-    elsewhere apply it after."""
+def test_activations_are_applied_by_onednns_op_in_bf16_latent_products(name, dtype, monkeypatch):
+    """A bf16 latent product applies the activation as oneDNN's post-op (SiLU, which the op isn't given,
+    after it); float32 products and products over input rows apply it after, as a post-op is one more
+    kernel oneDNN keeps per shape. Every answer is the activation of F.linear's product."""
     from perceiver_serve.modeling.attention import activation
 
     if dtype == torch.bfloat16 and not kernels.ONEDNN_BF16:
@@ -281,15 +281,19 @@ def test_activations_are_applied_by_onednns_op_as_it_writes_the_product(name, dt
     monkeypatch.setattr(torch.ops.mkldnn, "_linear_pointwise", Spy())
     g = torch.Generator().manual_seed(12)
     weight, bias = (torch.randn(96, 80, generator=g) / 9).to(dtype), torch.randn(96, generator=g).to(dtype)
-    x = torch.randn(100, 80, generator=g).to(dtype)
-    with torch.inference_mode():
-        got = kernels.linear(x, weight, bias, activation=act)
-        few = kernels.linear(x[:3], weight, bias, activation=act)  # too few rows for oneDNN: F.linear
-    assert got.dtype == dtype and set(post_ops) == {act.onednn or ("none", "")}
+    x = torch.randn(128, 80, generator=g).to(dtype)
     expected = act(F.linear(x.float(), weight.float(), bias.float()))
     tolerance = 1e-5 if dtype == torch.float32 else 3e-2
-    torch.testing.assert_close(got.float(), expected, rtol=tolerance, atol=tolerance)
-    torch.testing.assert_close(few.float(), expected[:3], rtol=tolerance, atol=tolerance)
+    with torch.inference_mode():
+        latent = kernels.linear(x, weight, bias, onednn_max_rows=64, activation=act)  # latent: 2 × 64 rows
+        fused = set(post_ops)
+        post_ops.clear()
+        rows = kernels.linear(x, weight, bias, activation=act)  # rows of inputs: chunks
+    assert latent.dtype == rows.dtype == dtype
+    assert fused == {(act.onednn if dtype == torch.bfloat16 and act.onednn else ("none", ""))}
+    assert set(post_ops) == {("none", "")}
+    for got in (latent, rows):
+        torch.testing.assert_close(got.float(), expected, rtol=tolerance, atol=tolerance)
 
 
 @needs_onednn

@@ -291,12 +291,6 @@ MUTANTS: tuple[Mutant, ...] = (
         ("tests/reliability/test_drain.py::test_a_request_still_running_when_the_grace_period_ends_gets_a_clean_refusal",),
     ),
     Mutant(
-        "activation-post-op-dropped", "modeling/kernels.py",
-        'attr, algorithm = activation.onednn if activation is not None else ("none", "")',
-        'attr, algorithm = ("none", "")',
-        ("tests/modeling/test_cpu_kernels.py::test_activations_are_applied_by_onednns_op_as_it_writes_the_product",),
-    ),
-    Mutant(
         "attention-compute-dtype-ignored", "modeling/kernels.py",
         "if (compute_dtype is not None and compute_dtype != q.dtype and not q.requires_grad",
         "if (False and compute_dtype != q.dtype and not q.requires_grad",

@@ -30,7 +30,7 @@ Weights of at most :data:`PACK_MAX_BYTES` are packed once in oneDNN's blocked la
 weights of a float32 CPU model (and of a bf16 one where the CPU multiplies bf16 natively, see
 :data:`ONEDNN_BF16`) are replaced by their packed form at load (:func:`pack_in_place`; in bf16 a
 self-attention's query, key and value weights become one, ``attention.QKVAttention.fuse_packed``).
-A product through oneDNN's op applies the MLP's activation as it writes its output
+A bf16 latent product through oneDNN's op applies the MLP's activation as it writes its output
 (:class:`Activation`). A cross-attention over inputs padded at the end (a batch of texts)
 projects and attends only the real rows (:func:`packable_lengths`, used by
 ``attention.QKVAttention``).
@@ -221,10 +221,11 @@ def _onednn_latent_dtype(x: torch.Tensor) -> bool:
 
 @dataclasses.dataclass(frozen=True)
 class Activation:
-    """An activation function that a product through oneDNN's op applies as it writes its output
-    (``onednn``: the op's post-op name and algorithm), saving a pass over the output: on one AMX Xeon
-    core pair, 26 distinct bf16 256 × 1280 × 1280 products with GELU took 537–542 µs each fused against
-    639–669 separately. Call it to apply it to a tensor."""
+    """An activation function that a bf16 latent product through oneDNN's op applies as it writes its
+    output (``onednn``: the op's post-op name and algorithm), saving a pass over the output: on one AMX
+    Xeon core pair, 26 distinct bf16 256 × 1280 × 1280 products with GELU took 537–542 µs each fused
+    against 639–669 separately. Other products apply it after (see :func:`linear`). Call it to apply it
+    to a tensor."""
 
     apply: Callable[[torch.Tensor], torch.Tensor]
     onednn: tuple[str, str] | None = None
@@ -237,7 +238,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
            onednn_max_rows: int = 0, activation: Activation | None = None) -> torch.Tensor:
     """``F.linear``; through oneDNN for fp32 CPU inference products of ``ONEDNN_MIN_ROWS`` to
     ``onednn_max_rows`` rows (0: never; only for products whose shapes come from a small set).
-    ``activation``: applied to the product (by oneDNN as it writes it, where the product is oneDNN's).
+    ``activation``: applied to the product (by oneDNN as it writes it, for bf16 latent products).
 
     bf16/fp16 products on a CPU without hardware support for them are computed in fp32 and
     rounded back: exact products of the low-precision values accumulated in fp32, which is what
@@ -245,7 +246,11 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
 
     A weight with an int8 twin (``dtype = "int8"``, see :mod:`.precision`) is multiplied in int8.
     """
-    if activation is not None and not (activation.onednn and x.device.type == "cpu" and not x.requires_grad):
+    if activation is not None and not (activation.onednn and x.dtype == torch.bfloat16 and x.device.type == "cpu"
+                                       and not x.requires_grad
+                                       and _latent_shaped(x.numel() // max(x.shape[-1], 1), onednn_max_rows)):
+        # Fused only into bf16 latent products (a few shapes, where it was measured): a post-op is one more
+        # kernel oneDNN keeps per shape, and float32 ones fused everywhere grew the load test's server by 4-10%.
         return activation(linear(x, weight, bias, onednn_max_rows=onednn_max_rows))
     q = int8_of(weight)
     if q is not None and not x.requires_grad:
