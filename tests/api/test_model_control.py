@@ -547,13 +547,14 @@ def test_poll_mode_a_new_model_that_fails_leaves_the_server_ready(tmp_path):
 
 def test_an_unload_racing_a_load_is_a_conflict_not_a_failed_load(explicit):
     """A load overtaken by an unload of the same model answers 409 conflict (nothing on disk is wrong), or
-    200 if it answered first, never "failed to load: None"; the server answers meanwhile."""
+    200 if it answered first, never "failed to load: None"; either call may reach the model first (an
+    unload before the first load finds nothing loaded: 404); the server answers meanwhile."""
     from concurrent.futures import ThreadPoolExecutor
 
     root, _, client = explicit
     copy_model(root, "raced", labels=OLD)
     load_url, unload_url = "/v2/repository/models/raced/load", "/v2/repository/models/raced/unload"
-    outcomes = []
+    loads, unloads = [], []
     with ThreadPoolExecutor(2) as pool:
         for _ in range(8):  # the load is overtaken in about one of four
             loading = pool.submit(client.post, load_url, headers=bearer(ADMIN))
@@ -561,10 +562,10 @@ def test_an_unload_racing_a_load_is_a_conflict_not_a_failed_load(explicit):
             unloading = pool.submit(client.post, unload_url, headers=bearer(ADMIN))
             assert client.get("/health/live").status_code == 200
             loaded, unloaded = loading.result(), unloading.result()
-            assert unloaded.status_code == 200, unloaded.text
-            outcomes.append((loaded.status_code, loaded.json().get("code", loaded.json().get("state"))))
-    assert set(outcomes) <= {(200, "READY"), (409, "conflict")}, outcomes
-    assert classify(client, "raced").status_code == 404  # the last call, an unload, stands
+            loads.append((loaded.status_code, loaded.json().get("code", loaded.json().get("state"))))
+            unloads.append((unloaded.status_code, unloaded.json().get("code", unloaded.json().get("state"))))
+    assert set(loads) <= {(200, "READY"), (409, "conflict")}, loads
+    assert {status for status, _ in unloads} <= {200, 404}, unloads
 
 
 def test_a_model_that_failed_to_load_does_not_take_the_tasks_default(explicit):
