@@ -246,15 +246,13 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
 
     A weight with an int8 twin (``dtype = "int8"``, see :mod:`.precision`) is multiplied in int8.
     """
-    if activation is not None and not (activation.onednn and x.dtype == torch.bfloat16 and x.device.type == "cpu"
-                                       and not x.requires_grad
-                                       and _latent_shaped(x.numel() // max(x.shape[-1], 1), onednn_max_rows)):
-        # Fused only into bf16 latent products (a few shapes, where it was measured): a post-op is one more
-        # kernel oneDNN keeps per shape, and float32 ones fused everywhere grew the load test's server by 4-10%.
+    if activation is not None:
+        if _fuses(activation, x, weight, onednn_max_rows):
+            return _onednn_product(x, weight, bias, onednn_max_rows, activation=activation)
         return activation(linear(x, weight, bias, onednn_max_rows=onednn_max_rows))
     q = int8_of(weight)
     if q is not None and not x.requires_grad:
-        return _activated(int8_linear(x, q, bias), activation)
+        return int8_linear(x, q, bias)
     if weight.is_mkldnn and not (_onednn_latent_dtype(x) and x.device.type == "cpu"
                                  and _latent_shaped(x.numel() // max(x.shape[-1], 1), onednn_max_rows)):
         weight = weight.to_dense()  # packed in place (see pack_in_place), met off its usual path
@@ -264,7 +262,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
         and not (weight.requires_grad or x.requires_grad)
     ):
         return linear(x.float(), weight.float(), None if bias is None else bias.float(),
-                      onednn_max_rows=onednn_max_rows, activation=activation).to(x.dtype)
+                      onednn_max_rows=onednn_max_rows).to(x.dtype)
     if (
         ONEDNN_LINEAR
         and _onednn_latent_dtype(x)
@@ -276,21 +274,27 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
         latent = _latent_shaped(rows, onednn_max_rows)
         if x.dtype == torch.float32 and (latent or rows >= ONEDNN_ROW_MULTIPLE):
             if torch.compiler.is_compiling():
-                return _activated(torch.ops.perceiver_serve.onednn_linear(x, weight, bias, onednn_max_rows), activation)
-            return _onednn_product(x, weight, bias, onednn_max_rows, activation=activation)
+                return torch.ops.perceiver_serve.onednn_linear(x, weight, bias, onednn_max_rows)
+            return _onednn_product(x, weight, bias, onednn_max_rows)
         if (latent or rows >= ONEDNN_ROW_MULTIPLE) and not torch.compiler.is_compiling():
             # bf16 (compiled: inductor's own). Other products too, in chunks of a few shapes: F.linear reaches
             # oneDNN as well, which compiles a kernel for every row count it meets and keeps it.
-            return _onednn_product(x, weight, bias, onednn_max_rows, activation=activation)
+            return _onednn_product(x, weight, bias, onednn_max_rows)
     if (x.dtype == torch.float16 and x.device.type == "cpu" and not (weight.requires_grad or x.requires_grad)
             and x.numel() // max(x.shape[-1], 1) >= ONEDNN_ROW_MULTIPLE and not torch.compiler.is_compiling()):
         # fp16 (CPUs with native fp16 products): F.linear reaches oneDNN, so a few shapes for it too.
-        return _activated(_onednn_product(x, weight, bias, 0, lambda chunk: F.linear(chunk, weight, bias)), activation)
-    return _activated(F.linear(x, weight, bias), activation)
+        return _onednn_product(x, weight, bias, 0, lambda chunk: F.linear(chunk, weight, bias))
+    return F.linear(x, weight, bias)
 
 
-def _activated(x: torch.Tensor, activation: Activation | None) -> torch.Tensor:
-    return x if activation is None else activation(x)
+def _fuses(activation: Activation, x: torch.Tensor, weight: torch.Tensor, max_rows: int) -> bool:
+    """Whether :func:`linear` applies ``activation`` as oneDNN's post-op: only in bf16 latent products (a few
+    shapes, where it was measured; a post-op is one more kernel oneDNN keeps per shape, and float32 products
+    fused everywhere grew the load test's server by 4-10%)."""
+    return (activation.onednn is not None and ONEDNN_LINEAR and x.dtype == weight.dtype == torch.bfloat16
+            and _onednn_latent_dtype(x) and x.device.type == "cpu" and int8_of(weight) is None
+            and not (x.requires_grad or weight.requires_grad) and not torch.compiler.is_compiling()
+            and _latent_shaped(x.numel() // max(x.shape[-1], 1), max_rows))
 
 
 def _latent_shaped(rows: int, max_rows: int) -> bool:
@@ -309,7 +313,7 @@ def _onednn_product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
     :data:`ONEDNN_CHUNK_ROWS`, the last zero-padded up to a multiple of :data:`ONEDNN_ROW_MULTIPLE`
     (at most 63 rows of extra work). Chunks are copied into one output, so the peak memory stays
     that of ``F.linear``. ``product`` (a chunk → its product) replaces oneDNN's op with the packed weight;
-    ``activation`` goes to oneDNN's op as its post-op (with ``product``: applied after it).
+    ``activation`` goes to oneDNN's op as its post-op (without ``product`` only).
     """
     flat = x.reshape(-1, x.shape[-1])
     rows = flat.shape[0]
@@ -317,8 +321,6 @@ def _onednn_product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
         op, packed = torch.ops.mkldnn._linear_pointwise, packed_weight(weight)
         attr, algorithm = activation.onednn if activation is not None else ("none", "")
         product = lambda chunk: op(chunk, packed, bias, attr, [], algorithm)  # noqa: E731
-    elif activation is not None:
-        product = lambda chunk, plain=product: activation(plain(chunk))  # noqa: E731
     if _latent_shaped(rows, max_rows):
         out = in_parts(flat, halving_parts(rows, max_rows), product)
     else:
@@ -523,7 +525,8 @@ class Linear(nn.Linear):
         mkl = self.mkl_packed
         if mkl is not None and x.device.type == "cpu" and (mkl.only or (
                 x.numel() == mkl.rows * x.shape[-1] and not x.requires_grad and not torch.compiler.is_compiling())):
-            return _activated(mkl_product(x, mkl, self.bias), activation)
+            out = mkl_product(x, mkl, self.bias)  # float32: never fused (see _fuses)
+            return out if activation is None else activation(out)
         return linear(x, self.weight, self.bias, onednn_max_rows=self.onednn_max_rows, activation=activation)
 
 
