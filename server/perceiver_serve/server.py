@@ -152,9 +152,7 @@ async def serve(settings: Settings) -> int:
         name = signal.Signals(signum).name
         if drain_deadline is not None:  # the second signal: the operator does not want to wait
             log.warning("received %s again while draining: quitting now", name)
-            logging.shutdown()
-            sys.stderr.flush()
-            os._exit(128 + signum)
+            _exit_now(128 + signum)
         drain_deadline = time.monotonic() + settings.grace_period_s
         log.info("received %s: draining (grace period %.0f s; %s again quits at once)", name,
                  settings.grace_period_s, name)
@@ -191,6 +189,21 @@ async def serve(settings: Settings) -> int:
         await loading
         if poller is not None:
             await asyncio.to_thread(poller.stop)
-        await asyncio.to_thread(state.registry.stop, settings.grace_period_s)
+        running = await asyncio.to_thread(state.registry.stop, settings.grace_period_s)
+        if running:
+            # A batch still computing (its requests already answered 503 when uvicorn's grace ran out) cannot be
+            # interrupted; the interpreter's exit would tear down torch's thread pools under it and abort the
+            # process (SIGABRT, "terminate called without an active exception"). Leave without that teardown.
+            log.warning("stopped: the grace period ran out with %s still computing; exiting without waiting for "
+                        "them", ", ".join(running))
+            _exit_now(exit_code)
         log.info("stopped")
     return exit_code
+
+
+def _exit_now(code: int) -> None:
+    """End the process at once with ``code``, its log written out first (no interpreter teardown)."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

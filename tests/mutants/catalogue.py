@@ -291,6 +291,11 @@ MUTANTS: tuple[Mutant, ...] = (
         ("tests/reliability/test_drain.py::test_a_request_still_running_when_the_grace_period_ends_gets_a_clean_refusal",),
     ),
     Mutant(
+        "exit-tears-down-under-a-computing-batch", "server.py",
+        "            _exit_now(exit_code)\n", "            pass\n",
+        ("tests/reliability/test_drain.py::test_a_request_still_running_when_the_grace_period_ends_gets_a_clean_refusal",),
+    ),
+    Mutant(
         "attention-compute-dtype-ignored", "modeling/kernels.py",
         "if (compute_dtype is not None and compute_dtype != q.dtype and not q.requires_grad",
         "if (False and compute_dtype != q.dtype and not q.requires_grad",

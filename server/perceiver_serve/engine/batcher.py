@@ -357,16 +357,19 @@ class DynamicBatcher:
                 f"holds ({self.limits.max_queue}); send a smaller input"
             )
 
-    def stop(self, timeout: float | None = None) -> None:
-        """Refuse new work, finish what is queued, and end the worker threads."""
+    def stop(self, timeout: float | None = None, ends: float | None = None) -> list[str]:
+        """Refuse new work, finish what is queued, and end the worker threads, waiting at most ``timeout``
+        seconds (or until ``ends``, a ``time.monotonic()``). The names of the workers still computing then."""
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
             threads = list(self._threads)  # no worker is renewed once stopping
-        ends = None if timeout is None else time.monotonic() + timeout
+        if ends is None and timeout is not None:
+            ends = time.monotonic() + timeout
         for thread in threads:
             if thread.is_alive():
                 thread.join(None if ends is None else max(0.0, ends - time.monotonic()))
+        return [thread.name for thread in threads if thread.is_alive()]
 
     # -- worker side --------------------------------------------------------------------------
     def _work(self, stream: WorkerStream, executor: BatchRunner, first: bool = True) -> None:

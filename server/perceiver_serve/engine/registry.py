@@ -386,13 +386,17 @@ class ModelRegistry:
         if self.observer is not None and hasattr(self.observer, "observe_model_event"):
             self.observer.observe_model_event(name, event, "success" if succeeded else "failure")
 
-    def stop(self, timeout: float | None = None) -> None:
-        """Finish queued work on every model and stop their workers."""
+    def stop(self, timeout: float | None = None) -> list[str]:
+        """Finish queued work on every model and stop their workers, waiting at most ``timeout`` seconds in
+        all. The names of the threads still running then (a batch still computing, an unload under way)."""
+        ends = None if timeout is None else time.monotonic() + timeout
+        running: list[str] = []
         for served in list(self.models.values()):
             if served.batcher is not None:
-                served.batcher.stop(timeout)
+                running += served.batcher.stop(ends=ends)
         for thread in self._releases:
-            thread.join(timeout)
+            thread.join(None if ends is None else max(0.0, ends - time.monotonic()))
+        return running + [thread.name for thread in self._releases if thread.is_alive()]
 
     # -- lookups ------------------------------------------------------------------------------
     @property
