@@ -171,6 +171,15 @@ RETURN_WAIT_MAX_S = 0.05
 _IDLE = object()  # _take_batch's answer when the worker has been idle long enough
 
 
+def join_until(threads: Sequence[threading.Thread], ends: float | None) -> list[str]:
+    """Wait for ``threads`` to end until ``ends`` (a ``time.monotonic()``; None: for good); the names of those
+    still running then."""
+    for thread in threads:
+        if thread.is_alive():  # one never started (a warm-up failed before its turn) cannot be joined
+            thread.join(None if ends is None else max(0.0, ends - time.monotonic()))
+    return [thread.name for thread in threads if thread.is_alive()]
+
+
 class DynamicBatcher:
     def __init__(self, name: str, runner: BatchRunner, limits: BatchingConfig,
                  observer: BatchObserver | None = None, device: str | torch.device = "cpu",
@@ -357,19 +366,14 @@ class DynamicBatcher:
                 f"holds ({self.limits.max_queue}); send a smaller input"
             )
 
-    def stop(self, timeout: float | None = None, ends: float | None = None) -> list[str]:
-        """Refuse new work, finish what is queued, and end the worker threads, waiting at most ``timeout``
-        seconds (or until ``ends``, a ``time.monotonic()``). The names of the workers still computing then."""
+    def stop(self, ends: float | None = None) -> list[str]:
+        """Refuse new work, finish what is queued, and end the worker threads, waiting for them until ``ends``
+        (a ``time.monotonic()``; None: as long as they take). The names of the workers still computing then."""
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
             threads = list(self._threads)  # no worker is renewed once stopping
-        if ends is None and timeout is not None:
-            ends = time.monotonic() + timeout
-        for thread in threads:
-            if thread.is_alive():
-                thread.join(None if ends is None else max(0.0, ends - time.monotonic()))
-        return [thread.name for thread in threads if thread.is_alive()]
+        return join_until(threads, ends)
 
     # -- worker side --------------------------------------------------------------------------
     def _work(self, stream: WorkerStream, executor: BatchRunner, first: bool = True) -> None:

@@ -31,7 +31,7 @@ from ..allocator import trim_heap
 from ..errors import ModelNotFound, NotReady, ServeError
 from ..modeling import PerceiverTaskModel, load_model, model_outline
 from ..modeling.threads import in_fresh_thread, threads_per_instance
-from .batcher import BatchObserver, DynamicBatcher
+from .batcher import BatchObserver, DynamicBatcher, join_until
 from .devices import asked_for_gpu, configure_tf32, resolve_device
 from .repository import ModelRepository, ModelSpec, RepositoryError, SpecProblem, describe_validation_error
 from .warmup import warm_up
@@ -390,13 +390,9 @@ class ModelRegistry:
         """Finish queued work on every model and stop their workers, waiting at most ``timeout`` seconds in
         all. The names of the threads still running then (a batch still computing, an unload under way)."""
         ends = None if timeout is None else time.monotonic() + timeout
-        running: list[str] = []
-        for served in list(self.models.values()):
-            if served.batcher is not None:
-                running += served.batcher.stop(ends=ends)
-        for thread in self._releases:
-            thread.join(None if ends is None else max(0.0, ends - time.monotonic()))
-        return running + [thread.name for thread in self._releases if thread.is_alive()]
+        running = [name for served in list(self.models.values()) if served.batcher is not None
+                   for name in served.batcher.stop(ends)]
+        return running + join_until(self._releases, ends)
 
     # -- lookups ------------------------------------------------------------------------------
     @property
