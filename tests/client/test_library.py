@@ -215,3 +215,21 @@ def test_models_over_grpc_carry_the_rest_numbers(process, rest):
     ints = [(name, key) for name, pair in expected.items() for table in pair if table
             for key, value in table.items() if isinstance(value, int)]
     assert ints and all(isinstance({**(got[name][0] or {}), **(got[name][1] or {})}[key], int) for name, key in ints)
+
+
+@pytest.mark.parametrize("status, trailers, deadline_passed, want", [
+    ("INTERNAL", (), True, "deadline_exceeded"),  # gRPC's own failure once the deadline had passed
+    ("INTERNAL", (), False, "internal"),  # before the deadline: what gRPC said
+    ("INTERNAL", (("x-request-id", "ab" * 16),), True, "internal"),  # the server's own answer: never relabelled
+    ("DEADLINE_EXCEEDED", (), True, "deadline_exceeded"),
+])
+def test_a_stream_failed_by_grpc_after_its_deadline_is_a_deadline(status, trailers, deadline_passed, want):
+    import grpc
+
+    from perceiver_serve.client.grpc_transport import grpc_error
+
+    failure = grpc.aio.AioRpcError(grpc.StatusCode[status], grpc.aio.Metadata(), grpc.aio.Metadata(*trailers),
+                                   details="Internal error from Core")
+    error = grpc_error(failure, "127.0.0.1:1", deadline_passed=deadline_passed)
+    assert error.code == want
+    assert error.status == ("DEADLINE_EXCEEDED" if want == "deadline_exceeded" else status)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import re
+from collections import Counter
 
 import grpc
 import numpy as np
@@ -172,7 +173,7 @@ def test_request_id_is_echoed_and_logged(stub, process, rest):
     assert re.search(r"grpc ClassifyText OK .*\[request grpc-test-id\.42\]", process.logs())
 
 
-def test_rpcs_are_counted_in_metrics(stub, rest):
+def test_rpcs_are_counted_in_metrics(stub, rest, process):
     stub.ClassifyText(pb.ClassifyTextRequest(texts=["count me"]))
     stub.ListModels(pb.ListModelsRequest())
     error_of(stub.ClassifyText, pb.ClassifyTextRequest(texts=[""]))
@@ -181,7 +182,12 @@ def test_rpcs_are_counted_in_metrics(stub, rest):
         text = rest.get("/metrics").text
         return text if 'perceiver_inflight_requests{protocol="grpc"} 0.0' in text else None
 
-    text = wait_for(settled, 10, "the gRPC in-flight gauge back at 0")
+    try:
+        text = wait_for(settled, 10, "the gRPC in-flight gauge back at 0")
+    except AssertionError as exc:  # say which RPCs this session's server has seen, for the one still counted
+        gauge = re.findall(r'perceiver_inflight_requests\{protocol="grpc"\} \S+', rest.get("/metrics").text)
+        seen = Counter(re.findall(r"access: grpc (\w+ \w+) ", process.logs()))
+        raise AssertionError(f"{exc}: {gauge}; the gRPC calls this server has ended: {dict(seen)}") from None
     for status in ("OK", "INVALID_ARGUMENT"):
         assert re.search(r'perceiver_requests_total\{endpoint="ClassifyText",model="text-sentiment",'
                          rf'protocol="grpc",status="{status}"\}} [1-9]', text), status

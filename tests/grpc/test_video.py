@@ -20,6 +20,7 @@ from perceiver_serve.pb.perceiver.v1 import perceiver_pb2 as pb
 
 from ..numerics import FP32, assert_close, distinguishable
 from ..reactive import reactive_models
+from ..support import wait_for
 from .conftest import AUTH
 
 MODEL = "video-autoencoder"
@@ -312,6 +313,32 @@ def test_a_client_that_stops_reading_holds_the_server_at_a_bounded_backlog(make_
     max_undelivered = runner.options.max_undelivered_chunks
     assert backlog <= 2 * max_undelivered + 4 < total
     assert sum(1 for m in responses if m.WhichOneof("kind") == "chunk") == windows  # reading resumes it
+
+
+def test_a_client_that_stops_reading_is_ended_and_lets_its_model_go(make_stub, inproc, monkeypatch):
+    """Still connected but reading nothing: after max_stream_idle_s the server ends the stream (its
+    tasks, its model copy and the in-flight gauge let go) instead of holding it while the client stays."""
+    runner = inproc.served(MODEL).runner
+    monkeypatch.setattr(runner, "options", runner.options.model_copy(update={"max_stream_idle_s": 0.5}))
+    stub = make_stub({"grpc.http2.bdp_probe": 0})
+
+    def ended() -> float:
+        return inproc.metric("perceiver_requests_total", {"model": MODEL, "endpoint": "ReconstructVideo",
+                                                          "protocol": "grpc", "status": "DEADLINE_EXCEEDED"})
+
+    before = ended()
+    responses = stub.ReconstructVideo(plain_stream(MAX_FRAMES, 1), metadata=AUTH, timeout=60)
+    assert next(responses).WhichOneof("kind") == "started"  # then read nothing
+    wait_for(lambda: ended() > before, 30, "the server ending the stream nobody reads")
+    assert inproc.metric("perceiver_inflight_requests", {"protocol": "grpc"}) == 0
+    for task in PRODUCER, READER:
+        assert settled(lambda task=task: inproc.tasks_named(task)) == 0, f"{task} still runs after the stream ended"
+    with pytest.raises(grpc.RpcError) as info:
+        for _ in responses:  # what was written before the stall still arrives, then the status
+            pass
+    error = info.value
+    assert error.code() == grpc.StatusCode.DEADLINE_EXCEEDED, error.details()
+    assert "read nothing" in error.details() and "max_stream_idle_s" in error.details()
 
 
 # -- bad streams -------------------------------------------------------------------------------------

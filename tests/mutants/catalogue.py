@@ -393,6 +393,11 @@ MUTANTS: tuple[Mutant, ...] = (
         ("tests/grpc/test_video.py::test_a_stream_that_goes_quiet_is_ended_and_lets_its_model_go",),
     ),
     Mutant(
+        "stalled-reader-held-forever", "api/grpc/video.py",
+        "await asyncio.wait_for(call.context.write(message), idle_s)", "await call.context.write(message)",
+        ("tests/grpc/test_video.py::test_a_client_that_stops_reading_is_ended_and_lets_its_model_go",),
+    ),
+    Mutant(
         "mask-span-cuts-a-character", "tasks/text.py",
         "        if cut is not None:\n            raise InvalidInput(f\"mask_spans", "        if False:\n            raise InvalidInput(f\"mask_spans",
         (f"{TEXT_API}::test_fill_mask_spans_keep_characters_whole",),

@@ -30,10 +30,19 @@ def _trailer(error: grpc.aio.AioRpcError, key: str) -> str | None:
     return None
 
 
-def grpc_error(error: grpc.aio.AioRpcError, target: str) -> PerceiverError:
+def grpc_error(error: grpc.aio.AioRpcError, target: str, *, deadline_passed: bool = False) -> PerceiverError:
+    """``error`` as a :class:`PerceiverError`; ``deadline_passed`` says the call's own deadline has.
+
+    A stream whose deadline passes while its requests are being written can end INTERNAL
+    ("Internal error from Core", grpc/grpc#36066) rather than DEADLINE_EXCEEDED: with no
+    answer from the server behind it, that is the deadline.
+    """
     status = error.code()
     code = _trailer(error, "x-error-code")
     message = error.details() or status.name
+    if code is None and deadline_passed and status == grpc.StatusCode.INTERNAL \
+            and _trailer(error, "x-request-id") is None:
+        status, message = grpc.StatusCode.DEADLINE_EXCEEDED, f"Deadline Exceeded (gRPC said: {message})"
     if code is None:  # gRPC itself failed the call: no server answer behind it
         code = {grpc.StatusCode.UNAVAILABLE: "unreachable", grpc.StatusCode.DEADLINE_EXCEEDED: "deadline_exceeded",
                 grpc.StatusCode.CANCELLED: "cancelled"}.get(status, status.name.lower())

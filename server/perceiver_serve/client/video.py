@@ -150,6 +150,8 @@ async def stream_events(transport: GrpcTransport, pieces: Iterable[VideoPiece] |
             failed.append(exc)
             call.cancel()
 
+    loop = asyncio.get_running_loop()
+    ends = None if timeout is None else loop.time() + timeout
     call = transport.stub.ReconstructVideo(requests(), metadata=transport.metadata, timeout=timeout)
     try:
         async for message in call:
@@ -162,7 +164,8 @@ async def stream_events(transport: GrpcTransport, pieces: Iterable[VideoPiece] |
             raise failed[0] from None
         if isinstance(exc, asyncio.CancelledError):
             raise
-        raise grpc_error(exc, transport.connection.grpc_address) from None
+        raise grpc_error(exc, transport.connection.grpc_address,
+                         deadline_passed=ends is not None and loop.time() >= ends) from None
     finally:
         call.cancel()  # a no-op once finished; otherwise the server stops decoding
 

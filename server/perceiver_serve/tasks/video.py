@@ -42,8 +42,8 @@ class VideoOptions(TaskOptions):
     max_frames_per_stream: int = Field(16 * 64, ge=1, description="Longest stream accepted, in frames.")
     max_stream_idle_s: float = Field(
         30.0, gt=0, le=3600,
-        description="Longest wait for a stream's next message; a stream quiet for longer is ended "
-                    "(DEADLINE_EXCEEDED), so that a stalled client holds no model copy.")
+        description="Longest wait for a stream's next message, or for its client to read a reply; a stream "
+                    "stalled for longer is ended (DEADLINE_EXCEEDED), so that a stalled client holds no model copy.")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -5,14 +5,15 @@ stopping when the consumer goes away. This module decodes each media message off
 loop into the task's ``(frames, audio)`` pieces and writes each chunk and label event to the
 client the moment the task yields it; ``context.write`` waits for gRPC flow control, so a
 client that stops reading stops the task's consumer, and the task's bounded queue then stops
-the decoding.
+the decoding. A client that reads nothing, or sends nothing, for the model's
+``max_stream_idle_s`` has its stream ended (DEADLINE_EXCEEDED).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import numpy as np
 
@@ -53,13 +54,31 @@ async def reconstruct_video(state: ServerState, requests: AsyncIterator[pb.Recon
     model: PerceiverForMultimodalAutoencoding = served.model
     config = model.config
     grid = pb.VideoGrid(frames=config.output_shape[1], height=config.output_shape[2], width=config.output_shape[3])
-    await call.context.write(pb.ReconstructVideoResponse(started=pb.StreamStarted(
+    write = _writer(call, options.max_stream_idle_s)
+    await write(pb.ReconstructVideoResponse(started=pb.StreamStarted(
         model=served.name, grid=grid, audio_samples_per_window=config.num_frames * config.audio_samples_per_frame,
         sample_rate=options.sample_rate, chunks_per_window=settings.chunks_per_window)))
     pieces = media_pieces(requests, MediaDecoder(served, state.limits, state.budget, call.deadline()))
     async with contextlib.aclosing(reconstruct(served, settings, pieces)) as events:
         async for event in events:
-            await call.context.write(event_message(event, grid))
+            await write(event_message(event, grid))
+
+
+def _writer(call: RpcCall, idle_s: float) -> Callable[[pb.ReconstructVideoResponse], Awaitable[None]]:
+    """Writes a reply, waiting for gRPC flow control at most ``idle_s`` seconds.
+
+    A client that stops reading (its window full) without cancelling would otherwise hold its
+    stream, its model copy and its backlog of decoded chunks for as long as it stays
+    connected: the same bound as for a client that stops sending.
+    """
+    async def write(message: pb.ReconstructVideoResponse) -> None:
+        try:
+            await asyncio.wait_for(call.context.write(message), idle_s)
+        except TimeoutError:
+            raise DeadlineExceeded(f"the client read nothing for {idle_s:g} s (the model's max_stream_idle_s): "
+                                   "the stream is ended; read replies as they come") from None
+
+    return write
 
 
 class MediaDecoder:
