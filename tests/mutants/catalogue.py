@@ -394,7 +394,7 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     Mutant(
         "stalled-reader-held-forever", "api/grpc/video.py",
-        "await asyncio.wait_for(call.context.write(message), idle_s)", "await call.context.write(message)",
+        "async with asyncio.timeout(idle_s):", "async with asyncio.timeout(None):",
         ("tests/grpc/test_video.py::test_a_client_that_stops_reading_is_ended_and_lets_its_model_go",),
     ),
     Mutant(

@@ -72,8 +72,9 @@ def _writer(call: RpcCall, idle_s: float) -> Callable[[pb.ReconstructVideoRespon
     connected: the same bound as for a client that stops sending.
     """
     async def write(message: pb.ReconstructVideoResponse) -> None:
-        try:
-            await asyncio.wait_for(call.context.write(message), idle_s)
+        try:  # in the handler's own task: gRPC ends the RPC by cancelling that task
+            async with asyncio.timeout(idle_s):
+                await call.context.write(message)
         except TimeoutError:
             raise DeadlineExceeded(f"the client read nothing for {idle_s:g} s (the model's max_stream_idle_s): "
                                    "the stream is ended; read replies as they come") from None
