@@ -201,6 +201,12 @@ class Outcome:
     latencies: list[float]
     seconds: float
 
+    @classmethod
+    def joined(cls, parts: list[Outcome]) -> Outcome:
+        return cls(sum((p.statuses for p in parts), Counter()), [w for p in parts for w in p.wrong],
+                   [x for p in parts for x in p.lost], [t for p in parts for t in p.latencies],
+                   sum(p.seconds for p in parts))
+
 
 Send = Callable[[Job, aiohttp.ClientSession], Awaitable[Reply]]
 
@@ -266,19 +272,26 @@ def test_mixed_load_every_answer_is_its_callers(server, inputs):
     assert not warm.lost and not warm.wrong, (warm.lost[:5], warm.wrong[:5])
     # Every queue holds more than the 64 clients can have in flight: nothing may be refused.
     assert warm.statuses == {200: WARM_UP}, warm.statuses
-    before = idle_rss(server.process.pid)
     jobs = plan(inputs, MEASURED, seed=2)
-    outcome = asyncio.run(run(server.url, jobs, inputs))
-    after = idle_rss(server.process.pid)
+    halves = jobs[:MEASURED // 2], jobs[MEASURED // 2:]
+    rss = [idle_rss(server.process.pid)]
+    outcomes = []
+    for half in halves:
+        outcomes.append(asyncio.run(run(server.url, half, inputs)))
+        rss.append(idle_rss(server.process.pid))
+    outcome = Outcome.joined(outcomes)
     p50, p95 = np.percentile(outcome.latencies, [50, 95]) * 1000
     print(f"\nload: {len(jobs)} requests {dict(Counter(j.kind for j in jobs))} by {CLIENTS} clients in "
           f"{outcome.seconds:.1f} s ({len(jobs) / outcome.seconds:.0f} req/s), p50 {p50:.0f} ms, p95 {p95:.0f} ms, "
           f"statuses {dict(outcome.statuses)}, wrong {len(outcome.wrong)}, lost {len(outcome.lost)}; "
-          f"server RSS {before / 2**20:.0f} -> {after / 2**20:.0f} MiB")
+          f"server RSS {' -> '.join(f'{value / 2**20:.0f}' for value in rss)} MiB")
     assert not outcome.lost, outcome.lost[:10]
     assert not outcome.wrong, outcome.wrong[:10]
     assert outcome.statuses == {200: len(jobs)}, outcome.statuses
-    assert after <= before * (1 + RSS_GROWTH), f"RSS grew from {before / 2**20:.0f} to {after / 2**20:.0f} MiB"
+    # A leak grows memory with the traffic, in both halves; a one-off step (a heap or cache reaching a
+    # new high: once in CI on an AVX2 EPYC, 466 -> 522 MiB, never in 5 rounds of 5,000 here) in one.
+    growth = [after / before - 1 for before, after in zip(rss, rss[1:])]
+    assert min(growth) <= RSS_GROWTH / 2, f"RSS grew in both halves: {[f'{g:.1%}' for g in growth]}"
 
 
 def test_a_full_queue_refuses_with_429_and_retry_after(server, inputs):
