@@ -389,12 +389,12 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     Mutant(
         "quiet-stream-waited-for-forever", "api/grpc/video.py",
-        "return await asyncio.wait_for(anext(requests, None), idle_s)", "return await anext(requests, None)",
+        "async with _idle_bound(idle_s, \"the stream sent nothing\"", "async with _idle_bound(None, \"the stream sent nothing\"",
         ("tests/grpc/test_video.py::test_a_stream_that_goes_quiet_is_ended_and_lets_its_model_go",),
     ),
     Mutant(
         "stalled-reader-held-forever", "api/grpc/video.py",
-        "async with asyncio.timeout(idle_s):", "async with asyncio.timeout(None):",
+        "async with _idle_bound(idle_s, \"the client read nothing\"", "async with _idle_bound(None, \"the client read nothing\"",
         ("tests/grpc/test_video.py::test_a_client_that_stops_reading_is_ended_and_lets_its_model_go",),
     ),
     Mutant(

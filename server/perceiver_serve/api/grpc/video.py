@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 
 import numpy as np
 
@@ -54,32 +54,37 @@ async def reconstruct_video(state: ServerState, requests: AsyncIterator[pb.Recon
     model: PerceiverForMultimodalAutoencoding = served.model
     config = model.config
     grid = pb.VideoGrid(frames=config.output_shape[1], height=config.output_shape[2], width=config.output_shape[3])
-    write = _writer(call, options.max_stream_idle_s)
-    await write(pb.ReconstructVideoResponse(started=pb.StreamStarted(
+    idle_s = options.max_stream_idle_s
+    await _write(call, pb.ReconstructVideoResponse(started=pb.StreamStarted(
         model=served.name, grid=grid, audio_samples_per_window=config.num_frames * config.audio_samples_per_frame,
-        sample_rate=options.sample_rate, chunks_per_window=settings.chunks_per_window)))
+        sample_rate=options.sample_rate, chunks_per_window=settings.chunks_per_window)), idle_s)
     pieces = media_pieces(requests, MediaDecoder(served, state.limits, state.budget, call.deadline()))
     async with contextlib.aclosing(reconstruct(served, settings, pieces)) as events:
         async for event in events:
-            await write(event_message(event, grid))
+            await _write(call, event_message(event, grid), idle_s)
 
 
-def _writer(call: RpcCall, idle_s: float) -> Callable[[pb.ReconstructVideoResponse], Awaitable[None]]:
-    """Writes a reply, waiting for gRPC flow control at most ``idle_s`` seconds.
+@contextlib.asynccontextmanager
+async def _idle_bound(idle_s: float, stalled: str, advice: str) -> AsyncIterator[None]:
+    """Ends the stream (DEADLINE_EXCEEDED) when the wait inside takes more than ``idle_s`` seconds.
 
-    A client that stops reading (its window full) without cancelling would otherwise hold its
-    stream, its model copy and its backlog of decoded chunks for as long as it stays
-    connected: the same bound as for a client that stops sending.
+    A client that stops sending, or stops reading (its window full), without closing or
+    cancelling its stream would otherwise hold the stream, its model copy and its backlog for as
+    long as it stays connected. The wait stays in the handler's own task, the one gRPC cancels
+    to end the RPC (``asyncio.wait_for`` would move it to another).
     """
-    async def write(message: pb.ReconstructVideoResponse) -> None:
-        try:  # in the handler's own task: gRPC ends the RPC by cancelling that task
-            async with asyncio.timeout(idle_s):
-                await call.context.write(message)
-        except TimeoutError:
-            raise DeadlineExceeded(f"the client read nothing for {idle_s:g} s (the model's max_stream_idle_s): "
-                                   "the stream is ended; read replies as they come") from None
+    try:
+        async with asyncio.timeout(idle_s):
+            yield
+    except TimeoutError:
+        raise DeadlineExceeded(f"{stalled} for {idle_s:g} s (the model's max_stream_idle_s): the stream is "
+                               f"ended; {advice}") from None
 
-    return write
+
+async def _write(call: RpcCall, message: pb.ReconstructVideoResponse, idle_s: float) -> None:
+    """Writes a reply, waiting for gRPC flow control at most ``idle_s`` seconds."""
+    async with _idle_bound(idle_s, "the client read nothing", "read replies as they come"):
+        await call.context.write(message)
 
 
 class MediaDecoder:
@@ -163,14 +168,9 @@ async def media_pieces(requests: AsyncIterator[pb.ReconstructVideoRequest],
 
 async def _next_message(requests: AsyncIterator[pb.ReconstructVideoRequest],
                         idle_s: float) -> pb.ReconstructVideoRequest | None:
-    """The stream's next message (None at its end), waited for at most ``idle_s`` seconds: a client that
-    stops sending without closing its stream would otherwise hold its model copy (through unloads and
-    reloads too) for as long as it stays connected."""
-    try:
-        return await asyncio.wait_for(anext(requests, None), idle_s)
-    except TimeoutError:
-        raise DeadlineExceeded(f"the stream sent nothing for {idle_s:g} s (the model's max_stream_idle_s): "
-                               "it is ended; send the next message sooner, or close the stream when done") from None
+    """The stream's next message (None at its end), waited for at most ``idle_s`` seconds."""
+    async with _idle_bound(idle_s, "the stream sent nothing", "send the next message sooner, or close it when done"):
+        return await anext(requests, None)
 
 
 def _f32le(values: np.ndarray | None) -> bytes:
