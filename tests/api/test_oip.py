@@ -24,7 +24,8 @@ def infer(client, model: str, body: dict, binary: bytes = b"", **headers):
 
 
 def test_server_metadata_and_health(client):
-    assert client.get("/v2").json()["extensions"] == ["binary_tensor_data", "model_repository"]
+    assert client.get("/v2").json()["extensions"] == ["binary_tensor_data", "model_repository",
+                                                 "model_configuration", "statistics"]
     assert client.get("/v2/health/live").json() == {"live": True}
     assert client.get("/v2/health/ready").json() == {"ready": True}
     assert client.get(f"/v2/models/{TEXT_MODEL}/ready").json() == {"name": TEXT_MODEL, "ready": True}
@@ -40,6 +41,57 @@ def test_model_metadata_carries_labels_and_the_video_note(client):
     assert video["inputs"] == [] and "ReconstructVideo" in video["parameters"]["note"]
     refused = infer(client, "video-autoencoder", {"inputs": []})
     assert refused.status_code == 400 and "ReconstructVideo" in refused.json()["error"]
+
+
+def test_model_config_matches_the_metadata_and_the_batching(client):
+    """Triton's model configuration extension: whole shapes (max_batch_size 0) equal to the metadata's,
+    Triton's data type names, and the server's own batching, dtype and device from /models."""
+    for model in (TEXT_MODEL, "language-mlm", "optical-flow"):
+        meta, config = client.get(f"/v2/models/{model}").json(), client.get(f"/v2/models/{model}/config").json()
+        assert config["name"] == model and config["max_batch_size"] == 0
+        for kind, key in (("inputs", "input"), ("outputs", "output")):
+            assert [(t["name"], t["dims"]) for t in config[key]] == [(t["name"], t["shape"]) for t in meta[kind]]
+            assert [t["data_type"] for t in config[key]] == [
+                "TYPE_STRING" if t["datatype"] == "BYTES" else "TYPE_" + t["datatype"] for t in meta[kind]]
+        described = client.get(f"/models/{model}").json()
+        parameters = {name: value["string_value"] for name, value in config["parameters"].items()}
+        assert parameters["task"] == described["task"] and parameters["dtype"] == described["dtype"]
+        assert parameters["max_batch_items"] == str(described["batching"]["max_batch_size"])
+        assert parameters["device"] == described["device"]
+        assert config["instance_group"] == [{"name": model, "kind": "KIND_CPU", "count": described["instances"]}]
+    spans = client.get("/v2/models/language-mlm/versions/1/config").json()["input"][1]
+    assert spans == {"name": "MASK_SPANS", "data_type": "TYPE_INT64", "dims": [-1, 2], "optional": True}
+    video = client.get("/v2/models/video-autoencoder/config").json()
+    assert video["input"] == [] and "ReconstructVideo" in video["parameters"]["note"]["string_value"]
+    for path, code in (("/v2/models/no-such-model/config", 404), (f"/v2/models/{TEXT_MODEL}/versions/7/config", 404)):
+        answer = client.get(path)
+        assert answer.status_code == code and "error" in answer.json()
+
+
+def test_model_statistics_count_the_items_answered(client):
+    """The statistics extension: a request of five texts adds five items, over REST or v2 alike; every loaded
+    model is listed by /v2/models/stats."""
+    def stats(path: str) -> dict:
+        answer = client.get(path)
+        assert answer.status_code == 200, answer.text
+        return answer.json()["model_stats"]
+
+    before = stats(f"/v2/models/{TEXT_MODEL}/stats")[0]
+    assert client.post("/classify/text", json={"texts": ["one", "two", "three"]}).status_code == 200
+    texts = {"name": "TEXT", "shape": [2], "datatype": "BYTES", "data": ["four", "five"]}
+    assert infer(client, TEXT_MODEL, {"inputs": [texts]}).status_code == 200
+    after = stats(f"/v2/models/{TEXT_MODEL}/versions/1/stats")[0]
+    assert (after["name"], after["version"]) == (TEXT_MODEL, "1")
+    assert after["inference_count"] - before["inference_count"] == 5
+    assert 1 <= after["execution_count"] - before["execution_count"] <= 2
+    for kind in ("success", "queue", "compute_infer"):
+        assert after["inference_stats"][kind]["count"] - before["inference_stats"][kind]["count"] == 5
+        assert after["inference_stats"][kind]["ns"] > before["inference_stats"][kind]["ns"]
+    assert after["last_inference"] >= before["last_inference"]
+    listed = {(m["name"], m["version"]) for m in stats("/v2/models/stats")}
+    assert {(m["name"], "1") for m in client.get("/models").json()["models"] if m["state"] == "ready"} <= listed
+    for path in ("/v2/models/no-such-model/stats", f"/v2/models/{TEXT_MODEL}/versions/7/stats"):
+        assert client.get(path).status_code == 404
 
 
 def test_json_data_flat_or_nested_and_no_content_type(client):

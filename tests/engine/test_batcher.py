@@ -632,3 +632,33 @@ async def test_a_worker_gathering_a_batch_is_woken_once_it_can_be_full_not_per_r
     # Woken by the first request (the queue was empty), then by the fourth (the batch is full): not by
     # the second and third.
     assert woken == 2, woken
+
+
+async def test_statistics_count_items_passes_and_failures_as_triton_reports_them():
+    """The statistics extension's numbers: items and passes, each item's wait plus its pass's time making up
+    its time to answer, passes by size, and failed items apart."""
+    def fn(payloads):
+        if 13 in payloads:
+            raise ValueError("unlucky")
+        return [p * 2 for p in payloads]
+
+    runner = Recorder(fn=fn, delay=0.02)
+    batcher = started(runner, max_batch_size=4, max_delay_ms=30)
+    try:
+        await asyncio.gather(*(batcher.submit(i) for i in range(6)))
+        with pytest.raises(InferenceFailed):
+            await batcher.submit(13)
+    finally:
+        batcher.stop()
+    stats = batcher.statistics.as_dict()
+    infer = stats["inference_stats"]
+    sizes = [len(b) for b in runner.batches[:-1]]
+    assert stats["inference_count"] == 6 and stats["execution_count"] == len(sizes)
+    assert {b["batch_size"]: b["compute_infer"]["count"] for b in stats["batch_stats"]} == {
+        size: sizes.count(size) for size in sizes}
+    assert all(b["compute_infer"]["ns"] >= 20e6 * b["compute_infer"]["count"] for b in stats["batch_stats"])
+    assert infer["success"]["count"] == infer["queue"]["count"] == infer["compute_infer"]["count"] == 6
+    assert abs(infer["success"]["ns"] - infer["queue"]["ns"] - infer["compute_infer"]["ns"]) <= 12
+    assert infer["compute_infer"]["ns"] >= 6 * 20e6 and infer["queue"]["ns"] > 0
+    assert infer["fail"]["count"] == 1 and infer["fail"]["ns"] >= 20e6
+    assert stats["last_inference"] > (time.time() - 60) * 1000

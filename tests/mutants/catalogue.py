@@ -393,6 +393,17 @@ MUTANTS: tuple[Mutant, ...] = (
         ("tests/grpc/test_video.py::test_a_stream_that_goes_quiet_is_ended_and_lets_its_model_go",),
     ),
     Mutant(
+        "failed-items-counted-as-answered", "engine/batcher.py",
+        "self.statistics.failed([i.enqueued for i in batch], time.monotonic())",
+        "self.statistics.passed([i.enqueued for i in batch], time.monotonic(), time.monotonic())",
+        ("tests/engine/test_batcher.py::test_statistics_count_items_passes_and_failures_as_triton_reports_them",),
+    ),
+    Mutant(
+        "config-dims-without-the-batch-dimension", "api/oip/infer.py",
+        '"dims": _dims(spec, served)}', '"dims": _dims(spec, served)[1:]}',
+        ("tests/api/test_oip.py::test_model_config_matches_the_metadata_and_the_batching",),
+    ),
+    Mutant(
         "stalled-reader-held-forever", "api/grpc/video.py",
         "async with _idle_bound(idle_s, \"the client read nothing\"", "async with _idle_bound(None, \"the client read nothing\"",
         ("tests/grpc/test_video.py::test_a_client_that_stops_reading_is_ended_and_lets_its_model_go",),

@@ -58,11 +58,34 @@ def triton(request, server, tmp_path_factory):
 
 def test_live_ready_and_metadata(triton):
     assert triton["live"] and triton["ready"] and all(triton["models_ready"].values())
-    assert "binary_tensor_data" in triton["extensions"]
+    assert {"binary_tensor_data", "model_configuration"} <= set(triton["extensions"])
     meta = triton["metadata"]
     assert meta["inputs"] == [{"name": "TEXT", "datatype": "BYTES", "shape": [-1]}]
     assert [(t["name"], t["datatype"], t["shape"][0]) for t in meta["outputs"]] == [("LOGITS", "FP32", -1),
                                                                                       ("LABEL", "BYTES", -1)]
+
+
+def test_model_config_reads_as_triton_s(triton, rest):
+    """get_model_config: Triton's data type and instance kind names, whole shapes (max_batch_size 0), and
+    the server's batching in its parameters."""
+    config = triton["config"]
+    assert config["max_batch_size"] == 0 and config["kind"] == "KIND_CPU"
+    assert config["input"] == [{"name": "TEXT", "data_type": "TYPE_STRING", "dims": [1], "optional": False},
+                               {"name": "MASK_SPANS", "data_type": "TYPE_INT64", "dims": [-1, 2], "optional": True}]
+    assert config["output"] == [{"name": "TEXT", "data_type": "TYPE_STRING", "dims": [1]},
+                                {"name": "LOGITS", "data_type": "TYPE_FP32", "dims": [-1, 262]}]
+    described = rest.get("/models/language-mlm").json()
+    assert config["parameters"]["task"] == "fill-mask"
+    assert config["parameters"]["max_batch_items"] == str(described["batching"]["max_batch_size"])
+
+
+def test_inference_statistics_count_what_the_client_sent(triton, rest):
+    """get_inference_statistics after the client's own two requests of two texts each (and whatever the tests
+    before it sent the shared server): every item answered, in passes of one or more, every model listed."""
+    stats = triton["stats"]
+    assert stats["inference_count"] >= 4 and stats["success"] == stats["inference_count"]
+    assert 2 <= stats["execution_count"] <= stats["inference_count"]
+    assert triton["all_stats"] == sorted(m["name"] for m in rest.get("/models").json()["models"])
 
 
 @pytest.mark.parametrize("tensors", ["binary", "json"])
@@ -97,8 +120,9 @@ def test_flow_equals_rest_npy(triton, rest):
 
 
 def test_errors_reach_the_client_with_their_message(triton):
-    unknown_model, unknown_input = triton["errors"]
-    assert "no model named 'no-such-model'" in unknown_model
+    unknown_model, unknown_config, unknown_stats, unknown_input = triton["errors"]
+    for error in (unknown_model, unknown_config, unknown_stats):
+        assert "no model named 'no-such-model'" in error
     assert "has no input 'WRONG'" in unknown_input
 
 

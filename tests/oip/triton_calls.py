@@ -52,6 +52,22 @@ def run(kind: str, address: str, inputs: dict[str, np.ndarray]) -> dict[str, Any
         meta = {"inputs": [{"name": t.name, "datatype": t.datatype, "shape": list(t.shape)} for t in meta.inputs],
                 "outputs": [{"name": t.name, "datatype": t.datatype, "shape": list(t.shape)} for t in meta.outputs]}
     out["metadata"] = {"inputs": meta["inputs"], "outputs": meta["outputs"]}
+    config = client.get_model_config("language-mlm")
+    if kind == "grpc":  # its messages and enums, as a tritonclient.grpc user reads them
+        from tritonclient.grpc import model_config_pb2 as mc
+        config = config.config
+        config = {"max_batch_size": config.max_batch_size,
+                  "input": [{"name": t.name, "data_type": mc.DataType.Name(t.data_type), "dims": list(t.dims),
+                             "optional": t.optional} for t in config.input],
+                  "output": [{"name": t.name, "data_type": mc.DataType.Name(t.data_type), "dims": list(t.dims)}
+                             for t in config.output],
+                  "kind": mc.ModelInstanceGroup.Kind.Name(config.instance_group[0].kind),
+                  "parameters": {k: v.string_value for k, v in config.parameters.items()}}
+    else:
+        config = {**config, "kind": config["instance_group"][0]["kind"],
+                  "parameters": {k: v["string_value"] for k, v in config["parameters"].items()}}
+        config["input"] = [{"optional": False, **t} for t in config["input"]]
+    out["config"] = {key: config[key] for key in ("max_batch_size", "input", "output", "kind", "parameters")}
 
     for binary in (True, False):
         result = client.infer("text-sentiment", [_tensor(module, kind, "TEXT", inputs["texts"], "BYTES", binary)],
@@ -68,8 +84,22 @@ def run(kind: str, address: str, inputs: dict[str, np.ndarray]) -> dict[str, Any
                                            _tensor(module, kind, "FRAME2", inputs["frame2"], "UINT8", True)])
     out["flow"] = result.as_numpy("FLOW").tolist()
 
+    def statistics(*name: str) -> dict[str, Any]:
+        stats = client.get_inference_statistics(*name)
+        if kind == "grpc":
+            from google.protobuf import json_format
+            stats = json_format.MessageToDict(stats, preserving_proto_field_name=True,
+                                              always_print_fields_with_no_presence=True)
+        return stats
+
+    text_stats = statistics("text-sentiment")["model_stats"][0]
+    out["stats"] = {key: int(text_stats[key]) for key in ("inference_count", "execution_count")}
+    out["stats"]["success"] = int(text_stats["inference_stats"]["success"]["count"])
+    out["all_stats"] = sorted(m["name"] for m in statistics()["model_stats"])
+
     out["errors"] = []
-    for call in (lambda: client.get_model_metadata("no-such-model"),
+    for call in (lambda: client.get_model_metadata("no-such-model"), lambda: client.get_model_config("no-such-model"),
+                 lambda: client.get_inference_statistics("no-such-model"),
                  lambda: client.infer("text-sentiment", [_tensor(module, kind, "WRONG", inputs["texts"], "BYTES", True)])):
         try:
             call()

@@ -339,7 +339,8 @@ def test_the_v2_protocol_is_guarded_but_its_health_probes(guarded):
     assert status_of(guarded, "GET", "/v2/health/ready") == 503  # open; not ready: the pickled model failed
     for method, path in (("GET", "/v2"), ("GET", "/v2/models/text-sentiment"), ("GET", "/v2/models/text-sentiment/ready"),
                          ("POST", "/v2/models/text-sentiment/infer"), ("GET", "/v2/health/live/x"),
-                         ("POST", "/v2/models/text-sentiment/versions/1/infer")):
+                         ("POST", "/v2/models/text-sentiment/versions/1/infer"),
+                         ("GET", "/v2/models/text-sentiment/config")):
         assert status_of(guarded, method, path) == 401, path
     credentials = grpc.ssl_channel_credentials(root_certificates=guarded.cert.read_bytes())
     with grpc.secure_channel(f"127.0.0.1:{guarded.grpc_port}", credentials) as channel:
@@ -351,6 +352,7 @@ def _check_v2_rpcs(inference) -> None:
     assert not inference.ServerReady(ipb.ServerReadyRequest(), timeout=10).ready  # answered without the key
     for call, request in ((inference.ModelInfer, ipb.ModelInferRequest(model_name="text-sentiment")),
                           (inference.ModelMetadata, ipb.ModelMetadataRequest(name="text-sentiment")),
+                          (inference.ModelConfig, ipb.ModelConfigRequest(name="text-sentiment")),
                           (inference.ModelReady, ipb.ModelReadyRequest(name="text-sentiment")),
                           (inference.ServerMetadata, ipb.ServerMetadataRequest())):
         with pytest.raises(grpc.RpcError) as info:

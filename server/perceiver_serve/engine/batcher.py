@@ -56,6 +56,7 @@ from ..errors import DeadlineExceeded, InferenceFailed, PayloadTooLarge, QueueFu
 from ..modeling.threads import threads_per_instance, use_torch_threads
 from .devices import WorkerStream
 from .repository import BatchingConfig
+from .statistics import InferenceStatistics
 from .tasks import BatchRunner
 
 log = logging.getLogger(__name__)
@@ -205,6 +206,8 @@ class DynamicBatcher:
         self.runner = runner
         self.limits = limits
         self.observer = observer or _NullObserver()
+        #: What Triton's statistics extension reports for this model version (see .statistics).
+        self.statistics = InferenceStatistics()
         self.instances = instances
         self.threads = threads_per_instance(instances, threads)
         self.executors: list[BatchRunner] = list(executors) if executors is not None else [runner] * instances
@@ -575,7 +578,9 @@ class DynamicBatcher:
             with self._cond:
                 self.forward_passes += 1
             self._worked = True
-        compute = time.monotonic() - started
+        ended = time.monotonic()
+        compute = ended - started
+        self.statistics.passed([i.enqueued for i in batch], started, ended)
         self.observer.observe_batch(self.name, len(batch), [started - i.enqueued for i in batch], compute)
         self._answered_at = time.monotonic()
         settle_all(batch, results)
@@ -589,4 +594,5 @@ class DynamicBatcher:
             kind = "out of memory" if is_out_of_memory(exc) else f"{type(exc).__name__}: {exc}"
             error = InferenceFailed(f"model {self.name!r} failed on this request's batch ({kind})")
         self.observer.observe_rejected(self.name, "error", len(batch))
+        self.statistics.failed([i.enqueued for i in batch], time.monotonic())
         settle_all(batch, [error] * len(batch))

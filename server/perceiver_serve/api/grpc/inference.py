@@ -12,6 +12,7 @@ import json
 from typing import Any
 
 import numpy as np
+from google.protobuf import json_format
 
 from ...errors import InvalidInput, ModelNotFound, PayloadTooLarge
 from ...pb.inference import grpc_service_pb2 as pb
@@ -86,7 +87,7 @@ class InferenceService:
     def handlers(self) -> dict[str, Handler]:
         """The protocol's own RPCs; the repository calls are :class:`.repository.RepositoryService`'s."""
         return {name: getattr(self, name) for name in ("ServerLive", "ServerReady", "ModelReady", "ServerMetadata",
-                                                        "ModelMetadata", "ModelInfer")}
+                                                        "ModelMetadata", "ModelConfig", "ModelStatistics", "ModelInfer")}
 
     async def ServerLive(self, request: pb.ServerLiveRequest, call: RpcCall) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=True)
@@ -116,6 +117,17 @@ class InferenceService:
             name=metadata["name"], versions=metadata["versions"], platform=metadata["platform"],
             inputs=[tensor(**t) for t in metadata["inputs"]], outputs=[tensor(**t) for t in metadata["outputs"]],
             properties=properties)
+
+    async def ModelConfig(self, request: pb.ModelConfigRequest, call: RpcCall) -> pb.ModelConfigResponse:
+        served = v2.find_model(self.state.registry, request.name, request.version)
+        call.model = served.name
+        return json_format.ParseDict({"config": v2.model_config(served)}, pb.ModelConfigResponse())
+
+    async def ModelStatistics(self, request: pb.ModelStatisticsRequest,
+                              call: RpcCall) -> pb.ModelStatisticsResponse:
+        call.model = request.name
+        return json_format.ParseDict(v2.model_statistics(self.state.registry, request.name, request.version),
+                                     pb.ModelStatisticsResponse())
 
     async def ModelInfer(self, request: pb.ModelInferRequest, call: RpcCall) -> pb.ModelInferResponse:
         call.model = request.model_name

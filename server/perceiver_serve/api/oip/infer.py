@@ -25,7 +25,7 @@ from ..state import ServerState
 from .tensors import Tensor
 
 SERVER_NAME = "perceiver-serve"
-EXTENSIONS = ("binary_tensor_data", "model_repository")
+EXTENSIONS = ("binary_tensor_data", "model_repository", "model_configuration", "statistics")
 PLATFORM = "pytorch_perceiver"
 MAX_ELEMENTS = 1 << 26  # per tensor: 64 Mi elements, checked before any is decoded
 #: Parameters the protocol itself uses (binary outputs, client bookkeeping); never task fields.
@@ -123,6 +123,71 @@ def model_metadata(registry: ModelRegistry, served: ServedModel) -> dict[str, An
         "outputs": tensors(signature.outputs) if signature else [],
         "parameters": parameters,
     }
+
+
+def _config_tensor(spec: TensorSpec, served: ServedModel, output: bool) -> dict[str, Any]:
+    data_type = "TYPE_STRING" if spec.datatype == "BYTES" else f"TYPE_{spec.datatype}"
+    tensor: dict[str, Any] = {"name": spec.name, "data_type": data_type, "dims": _dims(spec, served)}
+    if spec.optional and not output:
+        tensor["optional"] = True
+    return tensor
+
+
+def _instance_group(served: ServedModel) -> dict[str, Any]:
+    """Where the model computes, as Triton's ``instance_group`` says it (``KIND_AUTO`` before it is placed)."""
+    device = served.device or (served.spec.device if served.spec else "auto")
+    kind = "KIND_GPU" if device.startswith("cuda") else "KIND_CPU" if device == "cpu" else "KIND_AUTO"
+    if served.batcher is not None:
+        count = served.batcher.instances
+    else:
+        count = served.spec.instances if served.spec else 1
+    group: dict[str, Any] = {"name": served.name, "kind": kind, "count": count}
+    if kind == "KIND_GPU":
+        group["gpus"] = [int(device.partition(":")[2] or 0)]
+    return group
+
+
+def model_config(served: ServedModel) -> dict[str, Any]:
+    """The model configuration extension (Triton's ``ModelConfig``, in its JSON form): name, platform, tensors,
+    instances, and how the server batches it.
+
+    ``max_batch_size`` is 0, Triton's "the dims are whole shapes": each tensor's ``dims`` are its full shape
+    as the metadata gives it, batch dimension included (-1 where free), so a client that prepends a batch
+    dimension only when ``max_batch_size`` is above 0 sends the shapes this server takes. The server's own
+    dynamic batching (of work items across requests, see :mod:`...engine.batcher`) is told in ``parameters``,
+    as ``ModelParameter`` strings, with the task and the effective dtype and device.
+    """
+    task = _task(served)
+    signature = task.signature if task else None
+    parameters: dict[str, str] = {"task": served.task or ""}
+    if task is not None and signature is None and task.v2_note:
+        parameters["note"] = task.v2_note
+    if served.spec is not None:
+        batching = served.spec.batching
+        parameters.update(dtype=served.model.precision if served.model is not None else served.spec.dtype,
+                          device=served.device or served.spec.device,
+                          max_batch_items=str(batching.max_batch_size), max_delay_ms=f"{batching.max_delay_ms:g}",
+                          max_queue=str(batching.max_queue), timeout_ms=f"{batching.timeout_ms:g}")
+    return {
+        "name": served.name, "platform": PLATFORM, "max_batch_size": 0,
+        "input": [_config_tensor(s, served, False) for s in signature.inputs] if signature else [],
+        "output": [_config_tensor(s, served, True) for s in signature.outputs] if signature else [],
+        "instance_group": [_instance_group(served)],
+        "parameters": {name: {"string_value": value} for name, value in parameters.items()},
+    }
+
+
+def model_statistics(registry: ModelRegistry, name: str = "", version: str = "") -> dict[str, Any]:
+    """The statistics extension (Triton's ``ModelStatisticsResponse``, JSON form): every loaded version of
+    every model, of the named model, or the named version (see :mod:`...engine.statistics`)."""
+    if name:
+        chosen = [find_model(registry, name, version)] if version else list(
+            registry.versions.get(find_model(registry, name).name, {}).values())
+    else:
+        chosen = [served for versions in list(registry.versions.values()) for served in list(versions.values())]
+    stats = [{"name": served.name, "version": served.version, **served.batcher.statistics.as_dict()}
+             for served in sorted(chosen, key=lambda s: (s.name, int(s.version))) if served.batcher is not None]
+    return {"model_stats": stats}
 
 
 def _check_inputs(served: ServedModel, specs: Sequence[TensorSpec], inputs: Sequence[Tensor]) -> dict[str, np.ndarray]:

@@ -158,6 +158,11 @@ def install_v2(app: FastAPI) -> None:
         request.scope["state"]["model"] = served.name
         return JSONResponse(v2.model_metadata(state(request).registry, served))
 
+    async def model_config(request: Request, model: str, version: str = "") -> JSONResponse:
+        served = v2.find_model(state(request).registry, model, version)
+        request.scope["state"]["model"] = served.name
+        return JSONResponse(v2.model_config(served))
+
     async def model_ready(request: Request, model: str, version: str = "") -> JSONResponse:
         is_ready = v2.model_ready(state(request), model, version)
         request.scope["state"]["model"] = model
@@ -176,7 +181,14 @@ def install_v2(app: FastAPI) -> None:
         answer = await until_disconnect(request, v2.infer(state(request), call))  # a client gone: its work dropped
         return _answer(answer, body)
 
+    async def model_statistics(request: Request, model: str = "", version: str = "") -> JSONResponse:
+        request.scope["state"]["model"] = model
+        return JSONResponse(v2.model_statistics(state(request).registry, model, version))
+
+    route("/models/stats", methods=["GET"])(model_statistics)  # before /models/{model}, which it would match
     for base in ("/models/{model}", "/models/{model}/versions/{version}"):
         route(base, methods=["GET"])(model_metadata)
         route(base + "/ready", methods=["GET"])(model_ready)
+        route(base + "/config", methods=["GET"])(model_config)
+        route(base + "/stats", methods=["GET"])(model_statistics)
         route(base + "/infer", methods=["POST"])(model_infer)
