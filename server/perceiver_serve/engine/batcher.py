@@ -578,10 +578,9 @@ class DynamicBatcher:
             with self._cond:
                 self.forward_passes += 1
             self._worked = True
-        ended = time.monotonic()
-        compute = ended - started
-        self.statistics.passed([i.enqueued for i in batch], started, ended)
-        self.observer.observe_batch(self.name, len(batch), [started - i.enqueued for i in batch], compute)
+        compute, waits = time.monotonic() - started, [started - i.enqueued for i in batch]
+        self.statistics.passed(waits, compute)
+        self.observer.observe_batch(self.name, len(batch), waits, compute)
         self._answered_at = time.monotonic()
         settle_all(batch, results)
         return False

@@ -33,46 +33,44 @@ class Duration:
 
 
 class InferenceStatistics:
-    """Counters of one model version's forward passes (thread-safe: every worker of its batcher adds)."""
+    """Counters of one model version's forward passes (thread-safe: every worker of its batcher adds).
+
+    An item answered spent its wait and then its pass, so ``success`` is derived: as many items as were
+    computed, in the time of their waits and passes together."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.last_inference_ms = 0  # wall clock, milliseconds since the epoch, of the last pass's end
-        self.inference_count = 0  # items computed
         self.execution_count = 0  # forward passes
-        self.success, self.fail, self.queue, self.compute = Duration(), Duration(), Duration(), Duration()
-        self.batches: dict[int, Duration] = defaultdict(Duration)
+        self.queue, self.compute, self.fail = Duration(), Duration(), Duration()  # per item
+        self.batches: dict[int, Duration] = defaultdict(Duration)  # passes, by size
 
-    def passed(self, enqueued: Sequence[float], started: float, ended: float) -> None:
-        """A pass over items that entered the queue at ``enqueued`` (``time.monotonic()``) ran from
-        ``started`` to ``ended`` and answered them all."""
-        size, compute = len(enqueued), ended - started
+    def passed(self, waits: Sequence[float], compute: float) -> None:
+        """A pass of ``compute`` seconds answered items that had waited ``waits`` seconds each in the queue."""
+        size = len(waits)
         with self._lock:
-            self._pass(size, compute)
-            self.success.add(size, sum(ended - t for t in enqueued))
-            self.queue.add(size, sum(started - t for t in enqueued))
+            self.last_inference_ms = time.time_ns() // 1_000_000
+            self.execution_count += 1
+            self.batches[size].add(1, compute)
+            self.queue.add(size, sum(waits))
             self.compute.add(size, compute * size)
 
     def failed(self, enqueued: Sequence[float], ended: float) -> None:
-        """Items that entered the queue at ``enqueued`` got an error from their pass, which ended at ``ended``."""
+        """Items that entered the queue at ``enqueued`` (``time.monotonic()``) got an error from their pass,
+        which ended at ``ended``."""
         with self._lock:
             self.fail.add(len(enqueued), sum(ended - t for t in enqueued))
-
-    def _pass(self, size: int, compute: float) -> None:
-        self.last_inference_ms = time.time_ns() // 1_000_000
-        self.inference_count += size
-        self.execution_count += 1
-        self.batches[size].add(1, compute)
 
     def as_dict(self) -> dict[str, Any]:
         """Triton's ``ModelStatistics`` fields after ``name`` and ``version``, in their JSON form."""
         zero = Duration().as_dict()
         with self._lock:
+            success = {"count": self.compute.count, "ns": self.queue.ns + self.compute.ns}
             return {
                 "last_inference": self.last_inference_ms,
-                "inference_count": self.inference_count,
+                "inference_count": self.compute.count,
                 "execution_count": self.execution_count,
-                "inference_stats": {"success": self.success.as_dict(), "fail": self.fail.as_dict(),
+                "inference_stats": {"success": success, "fail": self.fail.as_dict(),
                                     "queue": self.queue.as_dict(), "compute_input": zero,
                                     "compute_infer": self.compute.as_dict(), "compute_output": zero,
                                     "cache_hit": zero, "cache_miss": zero},

@@ -181,8 +181,8 @@ def model_statistics(registry: ModelRegistry, name: str = "", version: str = "")
     """The statistics extension (Triton's ``ModelStatisticsResponse``, JSON form): every loaded version of
     every model, of the named model, or the named version (see :mod:`...engine.statistics`)."""
     if name:
-        chosen = [find_model(registry, name, version)] if version else list(
-            registry.versions.get(find_model(registry, name).name, {}).values())
+        served = find_model(registry, name, version)  # 404 for an unknown model or version
+        chosen = [served] if version else list(registry.versions.get(name, {}).values())
     else:
         chosen = [served for versions in list(registry.versions.values()) for served in list(versions.values())]
     stats = [{"name": served.name, "version": served.version, **served.batcher.statistics.as_dict()}
