@@ -231,6 +231,47 @@ def test_big_heads_are_computed_one_at_a_time_into_the_layout_the_output_project
     assert kernels.attend(q, k, values).is_contiguous()  # batched under autograd (out= has no derivative)
 
 
+class LargestScores(TorchDispatchMode):
+    """Notes every SDPA call's widths and the most scores any softmax computed at once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sdpa_widths: list[tuple[int, int]] = []
+        self.most = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if "scaled_dot_product" in func._schema.name:
+            self.sdpa_widths.append((args[0].shape[-1], args[2].shape[-1]))
+        if "softmax" in func._schema.name:
+            self.most = max(self.most, out.numel())
+        return out
+
+
+@pytest.mark.parametrize("case", ["plain", "masked", "training"])
+def test_big_float32_heads_of_unequal_widths_stay_unpadded_and_hold_a_bounded_number_of_scores(case, monkeypatch):
+    """Past FUSED_SCORES_THRESHOLD scores, float32 queries narrower than the values go one head at a time
+    in chunks of query rows (never more scores at once than the threshold), not zero-padded to SDPA's
+    fused kernel; with a mask or under autograd they still go there, padded."""
+    threshold = 1 << 14
+    monkeypatch.setattr(kernels, "FUSED_SCORES_THRESHOLD", threshold)
+    g = torch.Generator().manual_seed(12)
+    nk = kernels.PER_HEAD_SCORES // 128 + 12  # 524 keys: chunks of 31 rows, the last one of 21
+    q, k = torch.randn(2, 2, 300, 8, generator=g), torch.randn(2, 2, nk, 8, generator=g)
+    values = torch.randn(2, 2, nk, 24, generator=g)
+    mask = (torch.arange(nk) < torch.tensor([[nk], [nk // 3]])) if case == "masked" else None
+    q.requires_grad_(case == "training")
+    with LargestScores() as seen:
+        got = kernels.attend(q, k, values, mask)
+    if case == "plain":
+        assert seen.sdpa_widths == [] and 0 < seen.most <= threshold
+    else:
+        assert seen.sdpa_widths == [(24, 24)]
+    expected = F.scaled_dot_product_attention(*(t.double() for t in (q, k, values)),
+                                              attn_mask=None if mask is None else mask[:, None, None, :])
+    torch.testing.assert_close(got.double(), expected, rtol=0, atol=1e-5)
+
+
 @pytest.mark.parametrize("masked", [False, True])
 def test_attention_in_a_compute_dtype_covers_big_heads_only(masked, monkeypatch):
     """``compute_dtype`` (an int8 model's bf16 attention): heads of at least PER_HEAD_SCORES scores are

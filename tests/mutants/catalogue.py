@@ -355,8 +355,19 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     Mutant(
         "bf16-attention-of-unequal-widths-never-fused", "modeling/kernels.py",
-        "(scores > FUSED_SCORES_THRESHOLD or _fused_bf16(q))", "(scores > FUSED_SCORES_THRESHOLD)",
+        "and not _big_heads_unfused(q, k, v, mask) or _fused_bf16(q))", "and not _big_heads_unfused(q, k, v, mask))",
         ("tests/modeling/test_cpu_kernels.py::test_bf16_attention_of_unequal_widths_takes_the_fused_kernel_where_the_cpu_has_amx",),
+    ),
+    Mutant(
+        "big-float32-heads-of-unequal-widths-padded-for-sdpa", "modeling/kernels.py",
+        "scores > FUSED_SCORES_THRESHOLD and not _big_heads_unfused(q, k, v, mask) or",
+        "scores > FUSED_SCORES_THRESHOLD or",
+        ("tests/modeling/test_cpu_kernels.py::test_big_float32_heads_of_unequal_widths_stay_unpadded_and_hold_a_bounded_number_of_scores",),
+    ),
+    Mutant(
+        "big-heads-hold-all-their-scores-at-once", "modeling/kernels.py",
+        "rows = max(1, min(n, FUSED_SCORES_THRESHOLD // k.shape[2]))", "rows = n",
+        ("tests/modeling/test_cpu_kernels.py::test_big_float32_heads_of_unequal_widths_stay_unpadded_and_hold_a_bounded_number_of_scores",),
     ),
     Mutant(
         "mkl-one-item-products-never-taken", "modeling/kernels.py",
