@@ -269,8 +269,9 @@ def train(run: RunOptions, say=print) -> Trained:
         figures.update(more)
     say(f"{NAME}: {figures}")
     # Two tiles a batch: one latent per pixel costs about 30 MB of transient memory a tile (504 MB
-    # at 16), and the compute per tile hardly changes with the batch on a CPU.
-    return Trained(model, "optical-flow", batching(2, timeout_ms=60000),
+    # at 16), and the compute per tile hardly changes with the batch on a CPU. Ten minutes a request:
+    # at about two tiles a second on 2 cores, a 1024×436 pair (345 tiles) takes three.
+    return Trained(model, "optical-flow", batching(2, timeout_ms=600_000),
                    dict(tile_overlap=OVERLAP, decode_chunk=16384), card(figures), figures,
                    pictures={} if picture is None else {"motorcycle-flow.png": picture})
 
@@ -357,7 +358,10 @@ toward the nearest matching pixel). Patches of 3×3 pixels match nothing on flat
 regions; those tiles lean on the few pixels that do match. Motions beyond about 8 px (the tile's
 matches are not limited, but a shift near the tile size leaves little overlap), motion blur,
 lighting changes and real 3D scenes are outside what it was built and checked for. One latent
-per pixel costs more than the old 64: about a quarter of a second per tile on 2 cores.
+per pixel costs more than the old 64: about half a second per tile on 2 cores of an AVX2 EPYC,
+so a 1024×436 pair (345 tiles) takes about three minutes there, a 1280×720 one (725 tiles) about
+six; its `model.toml` gives a request ten minutes (`timeout_ms`), and a client must wait as long
+(`perceiver-client flow --timeout 600`).
 It needs float32 (its `model.toml` says so): its matching logits are deliberately huge, and in
 bfloat16 they collapse (the flower pair: 7.10 px instead of 0.00 px).
 """
