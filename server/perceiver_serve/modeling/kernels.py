@@ -635,10 +635,11 @@ def _training(*tensors: torch.Tensor) -> bool:
 
 
 def _big_heads_unfused(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> bool:
-    """Whether a float32 CPU attention of more than :data:`FUSED_SCORES_THRESHOLD` scores with queries
-    narrower than its values stays unpadded, one head at a time in row chunks (heads of at least
+    """Whether a float32 CPU attention of more than :data:`FUSED_SCORES_THRESHOLD` scores whose queries
+    and values differ in width stays unpadded, one head at a time in row chunks (heads of at least
     :data:`PER_HEAD_SCORES` scores, no mask or key bias, not under autograd), rather than zero-padded to
-    the values' width for SDPA's fused kernel, which then multiplies the wider queries and keys too.
+    one width for SDPA's fused kernel, which then multiplies the padding too (64-wide queries and keys
+    padded to 192: three times the products of the scores).
     (At equal widths the fused kernel is the faster: 1.4× on the published flow model's 16 heads × 2,048²
     of 32 wide, 1.1× on the flow demo's decoder, 3,072² of 192 wide.)
 
