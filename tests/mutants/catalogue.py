@@ -355,13 +355,13 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     Mutant(
         "bf16-attention-of-unequal-widths-never-fused", "modeling/kernels.py",
-        "and not _big_heads_unfused(q, k, v, mask) or _fused_bf16(q))", "and not _big_heads_unfused(q, k, v, mask))",
+        "(_fused_bf16(q) or scores > FUSED_SCORES_THRESHOLD", "(scores > FUSED_SCORES_THRESHOLD",
         ("tests/modeling/test_cpu_kernels.py::test_bf16_attention_of_unequal_widths_takes_the_fused_kernel_where_the_cpu_has_amx",),
     ),
     Mutant(
         "big-float32-heads-of-unequal-widths-padded-for-sdpa", "modeling/kernels.py",
-        "scores > FUSED_SCORES_THRESHOLD and not _big_heads_unfused(q, k, v, mask) or",
-        "scores > FUSED_SCORES_THRESHOLD or",
+        "scores > FUSED_SCORES_THRESHOLD and not _big_heads_unfused(q, k, v, mask))",
+        "scores > FUSED_SCORES_THRESHOLD)",
         ("tests/modeling/test_cpu_kernels.py::test_big_float32_heads_of_unequal_widths_stay_unpadded_and_hold_a_bounded_number_of_scores",),
     ),
     Mutant(

@@ -711,8 +711,7 @@ def attend(
         # dynamic shapes (LoweringException in its SDPA layout constraint, seen at batch 16 × 402 bytes).
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
     qk_width, v_width = qk_dim, v_dim
-    if qk_dim != v_dim and (scores > FUSED_SCORES_THRESHOLD and not _big_heads_unfused(q, k, v, mask)
-                            or _fused_bf16(q)):
+    if qk_dim != v_dim and (_fused_bf16(q) or scores > FUSED_SCORES_THRESHOLD and not _big_heads_unfused(q, k, v, mask)):
         qk_width = v_width = max(qk_dim, v_dim)
     multiple = sdpa_width_multiple(q) if width_multiple is None else width_multiple
     qk_width, v_width = (-(-width // multiple) * multiple for width in (qk_width, v_width))
