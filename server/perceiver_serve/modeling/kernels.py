@@ -634,6 +634,11 @@ def _training(*tensors: torch.Tensor) -> bool:
     return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
+def _per_head(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
+    """Whether :func:`_unmasked_attention` computes these heads one at a time (:func:`_attention_per_head`)."""
+    return q.shape[2] * k.shape[2] >= PER_HEAD_SCORES and not _training(q, k, v)
+
+
 def _big_heads_unfused(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> bool:
     """Whether a float32 CPU attention of more than :data:`FUSED_SCORES_THRESHOLD` scores whose queries
     and values differ in width stays unpadded, one head at a time in row chunks (heads of at least
@@ -648,8 +653,7 @@ def _big_heads_unfused(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: 
     239 each, its whole pass 1.075× faster; the published MLM's decoder at batch 2 (2,048 queries over
     256 latents, 8 heads, 96-wide values) 47 against 58 ms (its encoder attends each text alone, see
     ``attention.QKVAttention``)."""
-    return (mask is None and q.dtype == torch.float32 and not _training(q, k, v) and not launch_bound(q.device)
-            and q.shape[2] * k.shape[2] >= PER_HEAD_SCORES)
+    return mask is None and q.dtype == torch.float32 and not launch_bound(q.device) and _per_head(q, k, v)
 
 
 def _unmasked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
@@ -661,12 +665,11 @@ def _unmasked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale
     Scores and softmax are computed in ``q``'s dtype; the probabilities are cast to ``v``'s dtype
     for the second product (see :func:`attend` for 16-bit values)."""
     b, h, n, _ = q.shape
-    training = _training(q, k, v)
-    if n * k.shape[2] >= PER_HEAD_SCORES and not training:
+    if _per_head(q, k, v):
         return _attention_per_head(q, k, v, scale)
     q3, k3, v3 = (t.reshape(b * h, t.shape[2], t.shape[3]) for t in (q, k, v))
     scores = torch.baddbmm(q3.new_empty(b * h, n, k3.shape[1]), q3, k3.transpose(1, 2), beta=0, alpha=scale)
-    if training:
+    if _training(q, k, v):
         scores = torch.softmax(scores, -1)  # training (scripts/demo_training): out= has no derivative
     else:
         torch.softmax(scores, -1, out=scores)
