@@ -337,6 +337,74 @@ def test_activations_are_applied_by_onednns_op_in_bf16_latent_products(name, dty
         torch.testing.assert_close(got.float(), expected, rtol=tolerance, atol=tolerance)
 
 
+class OneDnnOverloads(TorchDispatchMode):
+    """The overloads of oneDNN's linear op that products reach (``default``; ``binary``: a residual added)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func._schema.name == "mkldnn::_linear_pointwise":
+            self.seen.append(func._overloadname)
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_residuals_are_added_by_onednns_op_in_bf16_latent_products(dtype):
+    """A bf16 latent product adds its residual (a latent layer's attention and MLP outputs' skip connections)
+    as oneDNN's binary post-op; float32 products, products over input rows, a residual that broadcasts and an
+    activated product add it after. Every answer is F.linear's product (activated) plus the residual."""
+    from perceiver_serve.modeling.attention import activation
+
+    if dtype == torch.bfloat16 and not kernels.ONEDNN_BF16:
+        pytest.skip("this CPU has no native bf16 products, or oneDNN takes none")
+    if not kernels.ONEDNN_LINEAR:
+        pytest.skip("this torch build has no oneDNN linear")
+    g = torch.Generator().manual_seed(13)
+    weight, bias = (torch.randn(96, 80, generator=g) / 9).to(dtype), torch.randn(96, generator=g).to(dtype)
+    x, residual = torch.randn(2, 64, 80, generator=g).to(dtype), (torch.randn(2, 64, 96, generator=g) * 4).to(dtype)
+    product = F.linear(x.float(), weight.float(), bias.float())
+    tolerance = 1e-5 if dtype == torch.float32 else 6e-2
+    gelu = activation("gelu")
+    calls = {}
+    with torch.inference_mode():
+        for name, kwargs, expected in (
+            ("latent", {"onednn_max_rows": 64, "residual": residual}, product + residual.float()),
+            ("rows", {"residual": residual}, product + residual.float()),
+            ("broadcast", {"onednn_max_rows": 64, "residual": residual[:1]}, product + residual[:1].float()),
+            ("activated", {"onednn_max_rows": 64, "residual": residual, "activation": gelu},
+             gelu(product) + residual.float()),
+        ):
+            with OneDnnOverloads() as spy:
+                got = kernels.linear(x, weight, bias, **kwargs)
+            calls[name] = set(spy.seen)
+            assert got.dtype == dtype and got.shape == expected.shape, name
+            torch.testing.assert_close(got.float(), expected, rtol=tolerance, atol=tolerance, msg=name)
+    assert calls["latent"] == ({"binary"} if dtype == torch.bfloat16 else {"default"})
+    assert all("binary" not in seen for name, seen in calls.items() if name != "latent")
+
+
+@pytest.mark.skipif(not kernels.ONEDNN_BF16, reason="this CPU has no native bf16 products, or oneDNN takes none")
+def test_bf16_latent_layers_add_both_residuals_in_their_products(tmp_path):
+    """In a bf16 CPU model every latent layer's two skip connections (after attention, after the MLP) are added
+    by the products that end them, the encoder's cross-attention's too, and the model answers as transformers
+    does within bf16 rounding."""
+    from perceiver_serve.modeling.attention import PerceiverEncoder
+
+    reference = build_reference("PerceiverForSequenceClassification")
+    ours = load_model(save_reference(reference, tmp_path), dtype="bfloat16")
+    (encoder,) = [m for m in ours.modules() if isinstance(m, PerceiverEncoder)]
+    ids, mask = _texts(2)  # a batch of two: each latent product is one call (batch 1's 8-row ones: F.linear)
+    with torch.inference_mode(), OneDnnOverloads() as spy:
+        got = ours(ids, mask)
+    layers = len(encoder.self_attends) * encoder.num_blocks + 1
+    assert spy.seen.count("binary") == 2 * layers
+    with torch.inference_mode():
+        expected = reference(inputs=ids, attention_mask=mask).logits
+    torch.testing.assert_close(got.float(), expected, rtol=5e-2, atol=5e-2)
+
+
 @needs_onednn
 def test_compiled_encoders_keep_the_onednn_products(tmp_path, monkeypatch):
     """Inductor would lower the layers to MKL's sgemm; the products reach oneDNN as one opaque op."""

@@ -359,6 +359,18 @@ MUTANTS: tuple[Mutant, ...] = (
         ("tests/modeling/test_cpu_kernels.py::test_bf16_attention_of_unequal_widths_takes_the_fused_kernel_where_the_cpu_has_amx",),
     ),
     Mutant(
+        "residual-of-an-unfused-product-dropped", "modeling/kernels.py",
+        "        return linear(x, weight, bias, onednn_max_rows=onednn_max_rows, activation=activation) + residual",
+        "        return linear(x, weight, bias, onednn_max_rows=onednn_max_rows, activation=activation)",
+        ("tests/modeling/test_cpu_kernels.py::test_residuals_are_added_by_onednns_op_in_bf16_latent_products",),
+    ),
+    Mutant(
+        "bf16-latent-residuals-added-after-the-product", "modeling/kernels.py",
+        "if activation is None and _fuses_residual(residual, x, weight, onednn_max_rows):", "if False:",
+        ("tests/modeling/test_cpu_kernels.py::test_residuals_are_added_by_onednns_op_in_bf16_latent_products",
+         "tests/modeling/test_cpu_kernels.py::test_bf16_latent_layers_add_both_residuals_in_their_products"),
+    ),
+    Mutant(
         "big-float32-heads-of-unequal-widths-padded-for-sdpa", "modeling/kernels.py",
         "scores > FUSED_SCORES_THRESHOLD and not _big_heads_unfused(q, k, v, mask))",
         "scores > FUSED_SCORES_THRESHOLD)",

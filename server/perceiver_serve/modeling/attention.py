@@ -167,8 +167,8 @@ class AttentionOutput(nn.Module):
         super().__init__()
         self.dense = Linear(in_channels, out_channels)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dense(x)
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        return self.dense(x, residual=residual)
 
 
 class Attention(nn.Module):
@@ -188,9 +188,9 @@ class Attention(nn.Module):
                 key_mask: torch.Tensor | None = None) -> torch.Tensor:
         if inputs is not None and cross_attention.absorbs_inputs(self, hidden.shape[1], inputs.shape[1]):
             out = cross_attention.attend_inputs(self, hidden, inputs, key_mask)
-        else:
-            out = self.output(self.self(hidden, inputs, key_mask))
-        return out + hidden if self.use_query_residual else out
+            return out + hidden if self.use_query_residual else out
+        # The residual, if any, is added by the output product (oneDNN's post-op where that pays: kernels.linear).
+        return self.output(self.self(hidden, inputs, key_mask), residual=hidden if self.use_query_residual else None)
 
 
 class MLP(nn.Module):
@@ -203,8 +203,8 @@ class MLP(nn.Module):
     def hidden(self, x: torch.Tensor) -> torch.Tensor:
         return self.dense1(x, self._act)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dense2(self.hidden(x))
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        return self.dense2(self.hidden(x), residual=residual)
 
 
 class PerceiverLayer(nn.Module):
@@ -243,7 +243,7 @@ class PerceiverLayer(nn.Module):
     def forward(self, hidden: torch.Tensor, inputs: torch.Tensor | None = None,
                 key_mask: torch.Tensor | None = None) -> torch.Tensor:
         hidden = self.attention(hidden, inputs, key_mask)
-        return hidden + self.mlp(self.layernorm(hidden))
+        return self.mlp(self.layernorm(hidden), residual=hidden)
 
     def decode(self, queries: Queries, latents: torch.Tensor,
                projection: tuple[torch.Tensor, torch.Tensor | None] | None = None) -> torch.Tensor:

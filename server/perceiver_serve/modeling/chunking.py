@@ -38,14 +38,16 @@ def halving_parts(total: int, largest: int) -> list[int]:
     return parts
 
 
-def in_parts(flat: torch.Tensor, parts: list[int], product: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+def in_parts(flat: torch.Tensor, parts: list[int], product: Callable[..., torch.Tensor],
+             *alongside: torch.Tensor) -> torch.Tensor:
     """``product`` of the 2-D ``flat`` (rows → rows), one call per part of ``parts`` rows (they sum to
-    ``flat``'s rows), copied into one output."""
+    ``flat``'s rows), copied into one output. Each of ``alongside`` (2-D, as many rows) is cut into the
+    same parts, and ``product`` gets its part after ``flat``'s."""
     if len(parts) <= 1:
-        return product(flat)
+        return product(flat, *alongside)
     out, start = None, 0
     for n in parts:
-        result = product(flat[start:start + n])
+        result = product(flat[start:start + n], *(a[start:start + n] for a in alongside))
         if out is None:
             out = result.new_empty(flat.shape[0], result.shape[-1])
         out[start:start + n] = result

@@ -31,7 +31,7 @@ weights of a float32 CPU model (and of a bf16 one where the CPU multiplies bf16 
 :data:`ONEDNN_BF16`) are replaced by their packed form at load (:func:`pack_in_place`; in bf16 a
 self-attention's query, key and value weights become one, ``attention.QKVAttention.fuse_packed``).
 A bf16 latent product through oneDNN's op applies the MLP's activation as it writes its output
-(:class:`Activation`). A cross-attention over inputs padded at the end (a batch of texts)
+(:class:`Activation`), and adds a layer's residual the same way (:func:`_fuses_residual`). A cross-attention over inputs padded at the end (a batch of texts)
 projects and attends only the real rows (:func:`packable_lengths`, used by
 ``attention.QKVAttention``).
 
@@ -236,7 +236,8 @@ class Activation:
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *,
-           onednn_max_rows: int = 0, activation: Activation | None = None) -> torch.Tensor:
+           onednn_max_rows: int = 0, activation: Activation | None = None,
+           residual: torch.Tensor | None = None) -> torch.Tensor:
     """``F.linear``; through oneDNN for fp32 CPU inference products of ``ONEDNN_MIN_ROWS`` to
     ``onednn_max_rows`` rows (0: never; only for products whose shapes come from a small set).
     ``activation``: applied to the product (by oneDNN as it writes it, for bf16 latent products).
@@ -246,7 +247,14 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     a native kernel computes, at fp32 speed (the weights stay in low precision in memory).
 
     A weight with an int8 twin (``dtype = "int8"``, see :mod:`.precision`) is multiplied in int8.
+
+    ``residual``: added to the (activated) product; by oneDNN as it writes the product, where the
+    activation would be fused (bf16 latent products, :func:`_fuses_residual`).
     """
+    if residual is not None:
+        if activation is None and _fuses_residual(residual, x, weight, onednn_max_rows):
+            return _onednn_product(x, weight, bias, onednn_max_rows, residual=residual)
+        return linear(x, weight, bias, onednn_max_rows=onednn_max_rows, activation=activation) + residual
     if activation is not None:
         if _fuses(activation, x, weight, onednn_max_rows):
             return _onednn_product(x, weight, bias, onednn_max_rows, activation=activation)
@@ -292,7 +300,23 @@ def _fuses(activation: Activation, x: torch.Tensor, weight: torch.Tensor, max_ro
     """Whether :func:`linear` applies ``activation`` as oneDNN's post-op: only in bf16 latent products (a few
     shapes, where it was measured; a post-op is one more kernel oneDNN keeps per shape, and float32 products
     fused everywhere grew the load test's server by 4-10%)."""
-    return (activation.onednn is not None and ONEDNN_LINEAR and x.dtype == weight.dtype == torch.bfloat16
+    return activation.onednn is not None and _post_op_fuses(x, weight, max_rows)
+
+
+def _fuses_residual(residual: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, max_rows: int) -> bool:
+    """Whether :func:`linear` adds ``residual`` as oneDNN's binary post-op: in the products where an activation
+    would be fused (:func:`_fuses`), to a residual of the product's own shape and dtype. On an AMX Xeon (family
+    6, model 167, two threads; 26 distinct bf16 256 × 1280 × 1280 weights read from memory as in a pass) a
+    product with its residual added took 563-600 µs against 707-718 for the product and a separate addition
+    (the product alone: 512-547): a latent layer adds two residuals (attention's and the MLP's). Summed in
+    float32 before the one rounding to bf16, so the fused sum is as close to the exact one or closer."""
+    return (residual.dtype == x.dtype and residual.shape == (*x.shape[:-1], weight.shape[0])
+            and not residual.requires_grad and _post_op_fuses(x, weight, max_rows))
+
+
+def _post_op_fuses(x: torch.Tensor, weight: torch.Tensor, max_rows: int) -> bool:
+    """Whether a product of ``x`` and ``weight`` takes oneDNN's post-ops (:func:`_fuses`, :func:`_fuses_residual`)."""
+    return (ONEDNN_LINEAR and x.dtype == weight.dtype == torch.bfloat16
             and _onednn_latent_dtype(x) and x.device.type == "cpu" and int8_of(weight) is None
             and not (x.requires_grad or weight.requires_grad) and not torch.compiler.is_compiling()
             and _latent_shaped(x.numel() // max(x.shape[-1], 1), max_rows))
@@ -305,7 +329,7 @@ def _latent_shaped(rows: int, max_rows: int) -> bool:
 
 def _onednn_product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, max_rows: int,
                     product: Callable[[torch.Tensor], torch.Tensor] | None = None, *,
-                    activation: Activation | None = None) -> torch.Tensor:
+                    activation: Activation | None = None, residual: torch.Tensor | None = None) -> torch.Tensor:
     """oneDNN's product in chunks, so that it meets only a few row counts per weight.
 
     Latent layers (``max_rows``, see :class:`Linear`) run in parts of ``max_rows`` rows, half of
@@ -314,10 +338,16 @@ def _onednn_product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
     :data:`ONEDNN_CHUNK_ROWS`, the last zero-padded up to a multiple of :data:`ONEDNN_ROW_MULTIPLE`
     (at most 63 rows of extra work). Chunks are copied into one output, so the peak memory stays
     that of ``F.linear``. ``product`` (a chunk → its product) replaces oneDNN's op with the packed weight;
-    ``activation`` goes to oneDNN's op as its post-op (without ``product`` only).
+    ``activation`` goes to oneDNN's op as its post-op, and ``residual`` (latent products, the product's
+    shape) as its binary one: added (without ``product`` only).
     """
     flat = x.reshape(-1, x.shape[-1])
     rows = flat.shape[0]
+    if residual is not None:
+        op, packed = torch.ops.mkldnn._linear_pointwise.binary, packed_weight(weight)
+        out = in_parts(flat, halving_parts(rows, max_rows), lambda chunk, other: op(chunk, other, packed, bias, "add"),
+                       residual.reshape(rows, weight.shape[0]))
+        return out.view(*x.shape[:-1], weight.shape[0])
     if product is None:
         op, packed = torch.ops.mkldnn._linear_pointwise, packed_weight(weight)
         attr, algorithm = activation.onednn if activation is not None else ("none", "")
@@ -520,15 +550,19 @@ class Linear(nn.Linear):
     #: Its weight is part of a fused product that replaced it (``attention.QKVAttention.fuse_packed``).
     fused = False
 
-    def forward(self, x: torch.Tensor, activation: Activation | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, activation: Activation | None = None,
+                residual: torch.Tensor | None = None) -> torch.Tensor:
+        """The product, ``activation`` applied to it and ``residual`` added to that (see :func:`linear`)."""
         if self.fused:
             raise RuntimeError("this layer's weight was fused into its attention's one product; that product computes it")
         mkl = self.mkl_packed
         if mkl is not None and x.device.type == "cpu" and (mkl.only or (
                 x.numel() == mkl.rows * x.shape[-1] and not x.requires_grad and not torch.compiler.is_compiling())):
             out = mkl_product(x, mkl, self.bias)  # float32: never fused (see _fuses)
-            return out if activation is None else activation(out)
-        return linear(x, self.weight, self.bias, onednn_max_rows=self.onednn_max_rows, activation=activation)
+            out = out if activation is None else activation(out)
+            return out if residual is None else out + residual
+        return linear(x, self.weight, self.bias, onednn_max_rows=self.onednn_max_rows, activation=activation,
+                      residual=residual)
 
 
 def packable_lengths(inputs: torch.Tensor, key_mask: torch.Tensor) -> list[int] | None:
