@@ -1,4 +1,4 @@
-"""The OpenAPI document says what the routes take: every documented query parameter is accepted."""
+"""The OpenAPI document says what the routes take: every documented query parameter is accepted, no other."""
 
 from __future__ import annotations
 
@@ -73,3 +73,20 @@ def test_the_body_wins_over_the_query(client):
     assert len(answer.json()["masked"][0]["predictions"]) == 1
     form = client.post("/classify/image", params={"top_k": 4}, data={"top_k": "1"}, **BODIES["/classify/image"])
     assert len(form.json()["results"][0]["predictions"]) == 1
+
+
+@pytest.mark.parametrize("path", list(BODIES))
+def test_undocumented_or_repeated_query_parameters_are_refused(client, path):
+    """A misspelt parameter (``?topk=3``) would otherwise be dropped without a word and the request answered
+    with the default; a repeated one would take one of its values. Both are refused, as a JSON body's unknown
+    field is, naming what the route reads."""
+    spec = client.get("/openapi.json").json()
+    documented = sorted(p["name"] for p in spec["paths"][path]["post"]["parameters"] if p["in"] == "query")
+    misspelt = client.post(path, params={"modle": DEFAULT_MODELS[path]}, **BODIES[path])
+    assert misspelt.status_code == 422, misspelt.text
+    error = misspelt.json()["error"]
+    assert error["code"] == "invalid_request"
+    assert "unknown query parameter(s) ['modle']" in error["message"] and str(documented) in error["message"]
+    twice = client.post(f"{path}?model={DEFAULT_MODELS[path]}&model={DEFAULT_MODELS[path]}", **BODIES[path])
+    assert twice.status_code == 422 and "['model'] sent more than once" in twice.json()["error"]["message"]
+    assert client.post(path, params={"model": DEFAULT_MODELS[path]}, **BODIES[path]).status_code == 200

@@ -438,6 +438,12 @@ MUTANTS: tuple[Mutant, ...] = (
         (f"{TEXT_API}::test_fill_mask_spans_keep_characters_whole",),
     ),
     Mutant(
+        "unknown-query-parameters-dropped", "api/rest.py",
+        "_known_once([name for name, _ in request.query_params.multi_items()], set(_query_fields(task)), \"query parameter\")",
+        "_known_once([], set(_query_fields(task)), \"query parameter\")",
+        ("tests/api/test_openapi.py::test_undocumented_or_repeated_query_parameters_are_refused",),
+    ),
+    Mutant(
         "stalled-body-waited-for-forever", "api/middleware.py",
         "async with asyncio.timeout(timeout_s):", "async with asyncio.timeout(None):",
         ("tests/reliability/test_faults.py::test_a_body_that_stalls_is_refused_with_408_and_a_slow_but_steady_one_is_read",),

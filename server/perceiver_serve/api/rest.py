@@ -70,16 +70,23 @@ async def _upload(form: FormData, field: str) -> bytes:
     raise InvalidRequest(f"multipart field {field!r} must be a file upload")
 
 
-def _known_fields_once(form: FormData, known: set[str]) -> None:
-    """Refuse a form field this route doesn't read, or one sent twice: either would otherwise be
-    dropped without a word (which of two images was classified?), where a JSON body's is refused."""
-    names = [name for name, _ in form.multi_items()]
+def _known_once(names: list[str], known: set[str], what: str) -> None:
+    """Refuse a form field or query parameter (``what``) this route doesn't read, or one sent twice: either
+    would otherwise be dropped without a word (which of two images was classified? ``?topk=3`` would
+    answer with the default top_k), where a JSON body's is refused."""
     unknown = sorted(set(names) - known)
     if unknown:
-        raise InvalidRequest(f"unknown multipart field(s) {unknown}; this route reads {sorted(known)}")
+        raise InvalidRequest(f"unknown {what}(s) {unknown}; this route reads {sorted(known)}")
     twice = sorted({name for name in names if names.count(name) > 1})
     if twice:
-        raise InvalidRequest(f"multipart field(s) {twice} sent more than once")
+        raise InvalidRequest(f"{what}(s) {twice} sent more than once")
+
+
+def _query_fields(task: Task) -> dict[str, type]:
+    """The fields a route reads from its query string (those ``/openapi.json`` lists as its parameters)."""
+    route = task.rest
+    assert route is not None
+    return _scalar_fields(task, skip=(*route.files, *(route.raw[1:] if route.raw else ())))
 
 
 def _form_params(form: FormData, query: dict[str, Any], fields: dict[str, type]) -> dict[str, Any]:
@@ -134,10 +141,12 @@ def _raw_field(task: Task, raw: bytes, field: str) -> str | bytes:
 async def read_request(request: Request, task: Task) -> Any:
     """The task's validated request, from whichever body its route accepts.
 
-    Scalar fields may also come as query parameters; a field the body (or form) sets wins.
+    Scalar fields may also come as query parameters; a field the body (or form) sets wins. Any other query
+    parameter, or one given twice, is refused.
     """
     route = task.rest
     assert route is not None
+    _known_once([name for name, _ in request.query_params.multi_items()], set(_query_fields(task)), "query parameter")
     kind, query = _media_type(request), dict(request.query_params)
     if route.raw and (kind.startswith(route.raw[0]) if route.raw[0].endswith("/") else kind == route.raw[0]):
         field = route.raw[1]
@@ -147,7 +156,7 @@ async def read_request(request: Request, task: Task) -> Any:
         form = await _form(request, route.raw[0] if route.raw else None)
         scalars = _scalar_fields(task, skip=route.files)
         uploads = {name: await _upload(form, name) for name in route.files}
-        _known_fields_once(form, {*route.files, *scalars})
+        _known_once([name for name, _ in form.multi_items()], {*route.files, *scalars}, "multipart field")
         return task.parse({**uploads, **_form_params(form, query, scalars)})
     if kind != "application/json":
         accepted = " or ".join(["application/json", *([route.raw[0]] if route.raw else [])])
@@ -191,8 +200,8 @@ def _task_openapi(task: Task) -> dict[str, Any]:
         media = f"{prefix}*" if prefix.endswith("/") else prefix
         binary = _kind(task.request.model_fields[field].annotation) is bytes
         content[media] = {"schema": {"type": "string", **({"format": "binary"} if binary else {})}}
-    in_query = _scalar_fields(task, skip=(*route.files, *(route.raw[1:] if route.raw else ())))
-    parameters = [{"name": name, "in": "query", "required": False, "schema": properties[name]} for name in in_query]
+    parameters = [{"name": name, "in": "query", "required": False, "schema": properties[name]}
+                  for name in _query_fields(task)]
     return {"requestBody": {"required": True, "content": content}, "parameters": parameters}
 
 
