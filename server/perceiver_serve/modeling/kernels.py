@@ -31,9 +31,9 @@ weights of a float32 CPU model (and of a bf16 one where the CPU multiplies bf16 
 :data:`ONEDNN_BF16`) are replaced by their packed form at load (:func:`pack_in_place`; in bf16 a
 self-attention's query, key and value weights become one, ``attention.QKVAttention.fuse_packed``).
 A bf16 latent product through oneDNN's op applies the MLP's activation as it writes its output
-(:class:`Activation`), and adds a layer's residual the same way (:func:`_fuses_residual`). A cross-attention over inputs padded at the end (a batch of texts)
-projects and attends only the real rows (:func:`packable_lengths`, used by
-``attention.QKVAttention``).
+(:class:`Activation`), and adds a layer's residual the same way (:func:`_fuses_residual`). A
+cross-attention over inputs padded at the end (a batch of texts) projects and attends only the real
+rows (:func:`packable_lengths`, used by ``attention.QKVAttention``).
 
 On Intel CPUs (:data:`MKL_PACKING`) the latent layers of a float32 text model also hold their
 weights packed for MKL's ``sgemm`` at one item's rows: with its weights read afresh from memory in
