@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 from perceiver_serve.engine.repository import ModelRepository
 from perceiver_serve.modeling import load_model
@@ -15,7 +16,11 @@ from .repository import REPOSITORY, TRAIN_SCRIPT, demo_folders, load_script, rea
 def quick_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("trained")
     script = load_script(TRAIN_SCRIPT)
-    script.main(["--quick", "--out", str(out), "--examples", str(out / "examples"), "--only", *script.TRAINERS])
+    threads = torch.get_num_threads()
+    try:
+        script.main(["--quick", "--out", str(out), "--examples", str(out / "examples"), "--only", *script.TRAINERS])
+    finally:  # the script sets each trainer's thread count for the process: leave later tests theirs
+        torch.set_num_threads(threads)
     return out
 
 
