@@ -312,8 +312,9 @@ def _fuses_residual(residual: torch.Tensor, x: torch.Tensor, weight: torch.Tenso
     float32 before the one rounding to bf16, so the fused sum is as close to the exact one or closer. float32
     products add it after: fused there, A/B in one process, the classifier gained 1.7–4% at batch 16 and MLM-2048
     0.9% (oneDNN's products, MKL's off), too little for one more kernel per shape (see :func:`_fuses`)."""
-    return (residual.dtype == x.dtype and residual.shape == (*x.shape[:-1], weight.shape[0])
-            and not residual.requires_grad and _post_op_fuses(x, weight, max_rows))
+    # The shapes last: under torch.compile (no post-ops) comparing them would add guards.
+    return (_post_op_fuses(x, weight, max_rows) and residual.dtype == x.dtype and not residual.requires_grad
+            and residual.shape == (*x.shape[:-1], weight.shape[0]))
 
 
 def _post_op_fuses(x: torch.Tensor, weight: torch.Tensor, max_rows: int) -> bool:
