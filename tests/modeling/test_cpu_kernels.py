@@ -34,17 +34,20 @@ needs_onednn = pytest.mark.skipif(not kernels.ONEDNN_LINEAR, reason="this torch 
 
 
 class _ProductRows(TorchDispatchMode):
-    """Records the row count of every product that reaches the op named ``op``."""
+    """Records the row count of every product that reaches the op named ``op``, and the overload it took
+    (oneDNN's linear: ``default``; ``binary``, a residual added)."""
 
     op = ""
 
     def __init__(self) -> None:
         super().__init__()
         self.rows: list[int] = []
+        self.overloads: list[str] = []
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         if func._schema.name == self.op:
             self.rows.append(args[0].numel() // args[0].shape[-1])
+            self.overloads.append(func._overloadname)
         return func(*args, **(kwargs or {}))
 
 
@@ -337,19 +340,6 @@ def test_activations_are_applied_by_onednns_op_in_bf16_latent_products(name, dty
         torch.testing.assert_close(got.float(), expected, rtol=tolerance, atol=tolerance)
 
 
-class OneDnnOverloads(TorchDispatchMode):
-    """The overloads of oneDNN's linear op that products reach (``default``; ``binary``: a residual added)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.seen: list[str] = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func._schema.name == "mkldnn::_linear_pointwise":
-            self.seen.append(func._overloadname)
-        return func(*args, **(kwargs or {}))
-
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_residuals_are_added_by_onednns_op_in_bf16_latent_products(dtype):
     """A bf16 latent product adds its residual (a latent layer's attention and MLP outputs' skip connections)
@@ -376,9 +366,9 @@ def test_residuals_are_added_by_onednns_op_in_bf16_latent_products(dtype):
             ("activated", {"onednn_max_rows": 64, "residual": residual, "activation": gelu},
              gelu(product) + residual.float()),
         ):
-            with OneDnnOverloads() as spy:
+            with OneDnnRows() as spy:
                 got = kernels.linear(x, weight, bias, **kwargs)
-            calls[name] = set(spy.seen)
+            calls[name] = set(spy.overloads)
             assert got.dtype == dtype and got.shape == expected.shape, name
             torch.testing.assert_close(got.float(), expected, rtol=tolerance, atol=tolerance, msg=name)
     assert calls["latent"] == ({"binary"} if dtype == torch.bfloat16 else {"default"})
@@ -396,10 +386,10 @@ def test_bf16_latent_layers_add_both_residuals_in_their_products(tmp_path):
     ours = load_model(save_reference(reference, tmp_path), dtype="bfloat16")
     (encoder,) = [m for m in ours.modules() if isinstance(m, PerceiverEncoder)]
     ids, mask = _texts(2)  # a batch of two: each latent product is one call (batch 1's 8-row ones: F.linear)
-    with torch.inference_mode(), OneDnnOverloads() as spy:
+    with torch.inference_mode(), OneDnnRows() as spy:
         got = ours(ids, mask)
     layers = len(encoder.self_attends) * encoder.num_blocks + 1
-    assert spy.seen.count("binary") == 2 * layers
+    assert spy.overloads.count("binary") == 2 * layers
     with torch.inference_mode():
         expected = reference(inputs=ids, attention_mask=mask).logits
     torch.testing.assert_close(got.float(), expected, rtol=5e-2, atol=5e-2)

@@ -146,7 +146,8 @@ async def read_request(request: Request, task: Task) -> Any:
     """
     route = task.rest
     assert route is not None
-    _known_once([name for name, _ in request.query_params.multi_items()], set(_query_fields(task)), "query parameter")
+    if request.scope["query_string"]:  # most requests carry none: nothing to parse or check
+        _known_once([name for name, _ in request.query_params.multi_items()], set(_query_fields(task)), "query parameter")
     kind, query = _media_type(request), dict(request.query_params)
     if route.raw and (kind.startswith(route.raw[0]) if route.raw[0].endswith("/") else kind == route.raw[0]):
         field = route.raw[1]

@@ -346,17 +346,16 @@ def _onednn_product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
     """
     flat = x.reshape(-1, x.shape[-1])
     rows = flat.shape[0]
-    if residual is not None:
-        op, packed = torch.ops.mkldnn._linear_pointwise.binary, packed_weight(weight)
-        out = in_parts(flat, halving_parts(rows, max_rows), lambda chunk, other: op(chunk, other, packed, bias, "add"),
-                       residual.reshape(rows, weight.shape[0]))
-        return out.view(*x.shape[:-1], weight.shape[0])
+    alongside = () if residual is None else (residual.reshape(rows, weight.shape[0]),)  # cut as ``flat`` is
     if product is None:
         op, packed = torch.ops.mkldnn._linear_pointwise, packed_weight(weight)
         attr, algorithm = activation.onednn if activation is not None else ("none", "")
-        product = lambda chunk: op(chunk, packed, bias, attr, [], algorithm)  # noqa: E731
+        if residual is None:
+            product = lambda chunk: op(chunk, packed, bias, attr, [], algorithm)  # noqa: E731
+        else:
+            product = lambda chunk, other: op.binary(chunk, other, packed, bias, "add")  # noqa: E731
     if _latent_shaped(rows, max_rows):
-        out = in_parts(flat, halving_parts(rows, max_rows), product)
+        out = in_parts(flat, halving_parts(rows, max_rows), product, *alongside)
     else:
         out = in_row_chunks(flat, ONEDNN_CHUNK_ROWS, ONEDNN_ROW_MULTIPLE, product)
     return out.view(*x.shape[:-1], weight.shape[0])
