@@ -397,19 +397,24 @@ def test_bf16_latent_layers_add_both_residuals_in_their_products(tmp_path):
 
 @needs_onednn
 def test_compiled_encoders_keep_the_onednn_products(tmp_path, monkeypatch):
-    """Inductor would lower the layers to MKL's sgemm; the products reach oneDNN as one opaque op."""
+    """Inductor would lower the layers to MKL's sgemm; the products reach oneDNN as one opaque op. A compiled
+    graph runs the whole batch's latent stack at once, so its latent products take parts as big as packed
+    weights' groups (a batch of up to that many items: one part, no copies), not ONEDNN_MAX_BATCH items'."""
     reference = build_reference("PerceiverForSequenceClassification")
     ours = load_model(save_reference(reference, tmp_path), compile=True)
     calls = []
     product = kernels._onednn_product
     monkeypatch.setattr(kernels, "_onednn_product",
-                        lambda *args, **kwargs: calls.append(args[0].shape) or product(*args, **kwargs))
+                        lambda *args, **kwargs: calls.append((args[0].shape, args[3])) or product(*args, **kwargs))
     ids, mask = _texts(ONEDNN_MAX_BATCH + 3)
     with torch.inference_mode():
         got = ours(ids, mask)
         expected = reference(inputs=ids, attention_mask=mask).logits
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
     assert calls, "the compiled encoder never reached oneDNN"
+    latents = reference.config.num_latents
+    latent_parts = {max_rows for _, max_rows in calls if max_rows}
+    assert latent_parts == {kernels.packed_group_items(latents) * latents} != {ONEDNN_MAX_BATCH * latents}
 
 
 def _cross_attention(heads: int, qk: int, v: int) -> torch.nn.Module:

@@ -169,6 +169,11 @@ MUTANTS: tuple[Mutant, ...] = (
         ("tests/modeling/test_cpu_kernels.py::test_bf16_cpu_models_multiply_latents_through_onednn_with_packed_weights",),
     ),
     Mutant(
+        "compiled-encoders-in-groups-of-four", "modeling/compiled.py",
+        "    model.perceiver.encoder.group_for_compiling()\n", "",
+        ("tests/modeling/test_cpu_kernels.py::test_compiled_encoders_keep_the_onednn_products",),
+    ),
+    Mutant(
         "learned-queries-remembered-across-parameter-changes", "modeling/cross_attention.py",
         "if memo is None or memo[0] is not base or not same_form(memo[1], form):", "if memo is None or memo[0] is not base:",
         ("tests/benchmarks/test_optimized_paths.py::test_queries_of_learned_arrays_are_computed_once_and_follow_changes",),

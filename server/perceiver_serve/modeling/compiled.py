@@ -28,6 +28,7 @@ def compile_encoder(model: torch.nn.Module) -> None:
     config = torch._dynamo.config
     config.recompile_limit = max(config.recompile_limit, RECOMPILE_LIMIT)
     config.accumulated_recompile_limit = max(config.accumulated_recompile_limit, 4 * RECOMPILE_LIMIT)
+    model.perceiver.encoder.group_for_compiling()
     model.perceiver.encoder.compile(dynamic=True)
     model.compiled = True
 
