@@ -18,7 +18,7 @@ reach it only at a few row counts per weight:
 
 * the encoder's latent layers (:class:`Linear` given an ``onednn_max_rows``), whose rows are
   batch size × number of latents, at the shapes of batches of 1, 2, 4 … :data:`PACKED_MAX_BATCH`
-  items (packed weights) or :data:`ONEDNN_MAX_BATCH` (others): a batch runs its latent stack in
+  items (packed weights, and compiled encoders) or :data:`ONEDNN_MAX_BATCH` (others): a batch runs its latent stack in
   groups of those sizes (``PerceiverEncoder``; 13 = 8 + 4 + 1), any other latent product in the
   same parts of ``onednn_max_rows`` rows;
 * every other product of at least :data:`ONEDNN_ROW_MULTIPLE` rows (inputs, output queries,
