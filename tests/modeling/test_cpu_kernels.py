@@ -340,7 +340,7 @@ def test_activations_are_applied_by_onednns_op_in_bf16_latent_products(name, dty
         torch.testing.assert_close(got.float(), expected, rtol=tolerance, atol=tolerance)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bfloat16"])
 def test_residuals_are_added_by_onednns_op_in_bf16_latent_products(dtype):
     """A bf16 latent product adds its residual (a latent layer's attention and MLP outputs' skip connections)
     as oneDNN's binary post-op; float32 products, products over input rows, a residual that broadcasts and an
